@@ -1,0 +1,111 @@
+"""Size and cost of a model: nodes, parameters, MACs, weight bytes.
+
+MACs are multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul, for the concrete input
+shapes given (the verification inputs by default), summed over the batch. Other ops count
+zero: they are memory-bound and their cost is not what pruning or factorization changes.
+Parameters count the elements of floating-point and 8/4-bit initializers (weights); integer
+shape tensors are left out. Bytes count every initializer and tensor attribute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import onnx
+import onnx_ir as ir
+
+from lightir.io import iter_tensors
+from lightir.onnx_bridge import infer_shapes, weightless_proto
+
+_WEIGHT_DTYPES = {
+    ir.DataType.FLOAT,
+    ir.DataType.FLOAT16,
+    ir.DataType.BFLOAT16,
+    ir.DataType.DOUBLE,
+    ir.DataType.INT8,
+    ir.DataType.UINT8,
+    ir.DataType.INT4,
+    ir.DataType.UINT4,
+}
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Nodes, parameters, MACs and weight bytes of a model."""
+
+    nodes: int
+    params: int
+    macs: int
+    bytes: int
+
+    def as_dict(self) -> dict[str, int]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+def _fix_input_dims(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> None:
+    for info in proto.graph.input:
+        shape = input_shapes.get(info.name)
+        if shape is None:
+            continue
+        dims = info.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shape):
+            dim.Clear()
+            dim.dim_value = int(size)
+
+
+def node_macs(node: ir.Node, shapes: dict[str, tuple]) -> int:
+    """MACs of one node given inferred shapes (0 when unknown or not a linear op)."""
+
+    def shape_of(value: ir.Value | None) -> tuple | None:
+        if value is None:
+            return None
+        shape = shapes.get(value.name)
+        if shape is None or any(not isinstance(d, int) for d in shape):
+            return None
+        return shape
+
+    out = shape_of(node.outputs[0]) if node.outputs else None
+    if node.op_type == "Conv":
+        weight = shape_of(node.inputs[1])
+        if out is None or weight is None:
+            return 0
+        return math.prod(out) * math.prod(weight[1:])
+    if node.op_type == "ConvTranspose":
+        x, weight = shape_of(node.inputs[0]), shape_of(node.inputs[1])
+        if x is None or weight is None:
+            return 0
+        return math.prod(x) * math.prod(weight[1:])
+    if node.op_type == "Gemm":
+        a = shape_of(node.inputs[0])
+        if out is None or a is None:
+            return 0
+        trans_a = node.attributes.get_int("transA", 0)
+        k = a[0] if trans_a else a[1]
+        return math.prod(out) * k
+    if node.op_type == "MatMul":
+        a = shape_of(node.inputs[0])
+        if out is None or a is None:
+            return 0
+        return math.prod(out) * a[-1]
+    return 0
+
+
+def model_cost(model: ir.Model, input_shapes: dict[str, tuple[int, ...]]) -> ModelCost:
+    """Nodes, params, MACs (for ``input_shapes``) and bytes of ``model``."""
+    proto, _ = weightless_proto(model)
+    _fix_input_dims(proto, input_shapes)
+    shapes = infer_shapes(proto)
+    nodes = macs = 0
+    for graph in model.graphs():
+        for node in graph:
+            nodes += 1
+            macs += node_macs(node, shapes)
+    params = 0
+    total_bytes = 0
+    for _, tensor in iter_tensors(model):
+        total_bytes += tensor.nbytes
+        if tensor.dtype in _WEIGHT_DTYPES:
+            params += math.prod(tensor.shape.numpy())
+    return ModelCost(nodes=nodes, params=params, macs=macs, bytes=total_bytes)

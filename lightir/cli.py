@@ -1,0 +1,204 @@
+"""``lightir-opt``: optimize an ONNX model with a pipeline of checked passes.
+
+Exit codes: 0 every pass kept its contract; 1 a pass was rolled back or a check failed (the
+last good model is still written); 2 usage or input error (nothing is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from lightir import registry
+from lightir.errors import LightirError, UsageError
+from lightir.instruments import DumpDir, PrintIRAfter
+from lightir.io import save
+from lightir.manager import VERIFY_MODES, optimize
+from lightir.pass_base import option_fields
+from lightir.report import render_explain, render_table, render_timing
+
+logger = logging.getLogger("lightir")
+PROG = "lightir-opt"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(f"{message}; see {PROG} --help")
+
+
+def _key_value(text: str, what: str, convert):
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise UsageError(f"{what} {text!r}: expected NAME=VALUE")
+    try:
+        return name, convert(value)
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: {value!r} is not a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs)."""
+    parser = _Parser(
+        prog=PROG,
+        description="Optimize an ONNX model with a pipeline of passes, each checked with "
+        "onnxruntime and rolled back if it breaks its contract.",
+        epilog="Example: lightir-opt zoo:resnet -p fold-bn,cleanup -o resnet.onnx",
+    )
+    parser.add_argument("model", nargs="?", help="input .onnx file, or zoo:NAME for a bundled model")
+    parser.add_argument("-p", "--pipeline", help="passes, e.g. 'fold-bn,cleanup' or 'prune{ratio=0.3}'")
+    parser.add_argument("-o", "--output", help="where to write the optimized model")
+    parser.add_argument("--calib", help=".npz with one array per model input (axis 0 = samples)")
+    parser.add_argument("--verify", choices=VERIFY_MODES, default="each",
+                        help="each: structure and numbers after every pass (default); end: numbers "
+                        "once at the end; structural: no onnxruntime runs")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="after a pass is rolled back, run the remaining passes")
+    parser.add_argument("--samples", type=int, default=2,
+                        help="verification samples (default 2; one batch if the batch is dynamic)")
+    parser.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                        help="value of a named dynamic dim for verification (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of synthesized inputs")
+    parser.add_argument("--tolerance", action="append", default=[], metavar="PASS=REL",
+                        help="override a pass's relative-error bound (repeatable)")
+    parser.add_argument("--report", help="write the machine-readable report to this JSON file")
+    parser.add_argument("--timing", action="store_true", help="print pass vs verification time")
+    parser.add_argument("--explain", action="store_true",
+                        help="print why rewrites did not fire")
+    parser.add_argument("--print-ir-after-all", action="store_true")
+    parser.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
+    parser.add_argument("--dump-dir", help="save the model after every pass into this directory")
+    parser.add_argument("--load-pass-plugin", action="append", default=[], metavar="MODULE",
+                        help="import a module or .py file that registers passes (repeatable)")
+    parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads for checks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
+    parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
+    return parser
+
+
+def list_passes() -> str:
+    """The text of ``--list-passes``."""
+    lines = ["passes:"]
+    for name, cls in registry.all_passes().items():
+        lines.append(f"  {name:<18} {cls.contract.describe():<28} {cls.summary}")
+        for f in option_fields(cls.Options):
+            default = f.default if f.default is not dataclasses.MISSING else "(required)"
+            lines.append(f"  {'':<18}   {f.name}={default}")
+    lines.append("pipelines:")
+    for name, named in registry.all_pipelines().items():
+        lines.append(f"  {name:<18} = {named.text:<26} {named.summary}")
+    return "\n".join(lines)
+
+
+def _check_output_path(output: str, model: str) -> None:
+    out = Path(output)
+    if out.is_dir():
+        raise UsageError(f"-o {output}: is a directory; give a file name")
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"-o {output}: directory {out.resolve().parent} does not exist")
+    if not model.startswith("zoo:") and Path(model).exists() and out.exists():
+        if os.path.samefile(out, model):
+            raise UsageError(f"-o {output}: is the input model; choose another output path")
+
+
+def run(argv: list[str]) -> int:
+    """Parse ``argv``, run, and return the exit code (errors raise LightirError)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for plugin in args.load_pass_plugin:
+        registry.load_pass_plugin(plugin)
+    if args.list_passes:
+        print(list_passes())
+        return 0
+    if not args.model:
+        raise UsageError("no input model; give a .onnx file or zoo:NAME")
+    if not args.pipeline:
+        raise UsageError("no pipeline; give -p PASSES (see --list-passes)")
+    if args.output:
+        _check_output_path(args.output, args.model)
+    if args.report and not Path(args.report).resolve().parent.is_dir():
+        raise UsageError(f"--report {args.report}: its directory does not exist")
+    dims = dict(_key_value(d, "--dim", int) for d in args.dim)
+    tolerances = dict(_key_value(t, "--tolerance", float) for t in args.tolerance)
+    instruments = []
+    if args.print_ir_after_all or args.print_ir_after:
+        instruments.append(
+            PrintIRAfter(None if args.print_ir_after_all else set(args.print_ir_after))
+        )
+    if args.dump_dir:
+        instruments.append(DumpDir(args.dump_dir))
+
+    result = optimize(
+        args.model,
+        args.pipeline,
+        calib=args.calib,
+        verify=args.verify,
+        keep_going=args.keep_going,
+        samples=args.samples,
+        dims=dims,
+        seed=args.seed,
+        tolerances=tolerances,
+        instruments=instruments,
+        threads=args.threads,
+    )
+    report = result.report
+    if not args.quiet:
+        print(render_table(report), file=sys.stderr)
+        if args.timing:
+            print(render_timing(report), file=sys.stderr)
+    if args.explain:
+        print(render_explain(report), file=sys.stderr)
+    if args.output:
+        save(result.model, args.output)
+    if args.report:
+        _write_json(args.report, report.as_dict())
+    for failure in report.failures:
+        print(f"{PROG}: {failure}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _write_json(path: str, payload: dict) -> None:
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.resolve().parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, default=float)
+    os.replace(tmp, target)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        code = run(argv)
+    except LightirError as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # a bug: say so in one line, traceback with --debug
+        if debug:
+            raise
+        print(
+            f"{PROG}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f" (rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

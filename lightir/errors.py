@@ -1,0 +1,30 @@
+"""The exceptions lightir raises, each mapped to an exit code of ``lightir-opt``.
+
+Every message is one line that says what failed, where, and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class LightirError(Exception):
+    """Base class of every error lightir raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(LightirError):
+    """The model file or the user's input cannot be used (exit code 2)."""
+
+    exit_code = 2
+
+
+class UsageError(LightirError):
+    """A pipeline, pass name, option or flag is wrong (exit code 2)."""
+
+    exit_code = 2
+
+
+class PassFailedError(LightirError):
+    """A pass raised or broke its contract and the run was asked to stop (exit code 1)."""
+
+    exit_code = 1

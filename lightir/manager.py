@@ -1,0 +1,416 @@
+"""Run a pipeline of passes, checking each pass's contract and rolling back the ones that break it.
+
+For every pass:
+
+1. a structural snapshot of the model is taken (``ir.Model.clone``: nodes and values are new
+   objects, tensors are shared, so no weight is copied);
+2. the pass rewrites the model in place;
+3. the IR invariants and ``onnx.checker`` run, then onnxruntime runs the new model on the
+   verification inputs and its outputs are compared with the last accepted model's (kept
+   from the previous step, so each pass costs one onnxruntime run);
+4. a pass that raises, breaks the structure or breaks its contract is rolled back to the
+   snapshot, reported, and the run stops (or goes on with ``keep_going``).
+
+At the end the result is compared with the original model (accumulated drift).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from lightir import io as lightir_io
+from lightir.analysis.cost import ModelCost, model_cost
+from lightir.data import CalibrationData, InputSpec, input_specs, synthesize
+from lightir.errors import InputError, PassFailedError, UsageError
+from lightir.onnx_bridge import OrtModel, check_structure, weightless_proto
+from lightir.pass_base import Pass, PassContext
+from lightir.pipeline import expand, format_pipeline, parse_pipeline
+from lightir.verify import (
+    OutputMetrics,
+    StructureError,
+    Tolerance,
+    check_ir_invariants,
+    compare_outputs,
+    tolerance_for,
+    violations,
+)
+
+logger = logging.getLogger(__name__)
+
+VERIFY_MODES = ("each", "end", "structural")
+
+
+@dataclass
+class PassRecord:
+    """What happened in one pass."""
+
+    index: int
+    name: str
+    contract: str
+    status: str  # "changed", "unchanged", "rolled-back"
+    seconds: float
+    verify_seconds: float
+    cost: ModelCost
+    tolerance: str = ""
+    vs_previous: list[OutputMetrics] = field(default_factory=list)
+    vs_original: list[OutputMetrics] = field(default_factory=list)
+    message: str = ""
+    declines: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return {
+            "index": self.index,
+            "pass": self.name,
+            "contract": self.contract,
+            "status": self.status,
+            "seconds": self.seconds,
+            "verify_seconds": self.verify_seconds,
+            "cost": self.cost.as_dict(),
+            "tolerance": self.tolerance,
+            "vs_previous": [m.as_dict() for m in self.vs_previous],
+            "vs_original": [m.as_dict() for m in self.vs_original],
+            "message": self.message,
+            "declines": self.declines,
+            "stats": self.stats,
+        }
+
+
+@dataclass
+class Report:
+    """The whole run: the pipeline, each pass, the accumulated drift and the verdict."""
+
+    model: str
+    pipeline: str
+    verify: str
+    inputs: str
+    original: ModelCost
+    records: list[PassRecord] = field(default_factory=list)
+    final: ModelCost | None = None
+    drift: list[OutputMetrics] = field(default_factory=list)
+    seconds: float = 0.0
+    verify_seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No pass was rolled back and no check failed."""
+        return not self.failures
+
+    def as_dict(self) -> dict:
+        """Plain dict for ``--report FILE.json``."""
+        return {
+            "model": self.model,
+            "pipeline": self.pipeline,
+            "verify": self.verify,
+            "inputs": self.inputs,
+            "ok": self.ok,
+            "failures": self.failures,
+            "seconds": self.seconds,
+            "verify_seconds": self.verify_seconds,
+            "original": self.original.as_dict(),
+            "final": self.final.as_dict() if self.final else None,
+            "passes": [r.as_dict() for r in self.records],
+            "drift": [m.as_dict() for m in self.drift],
+        }
+
+
+@dataclass
+class Result:
+    """The optimized model and the report of how it was made."""
+
+    model: ir.Model
+    report: Report
+
+
+class Instrument:
+    """Hooks around each pass (``--print-ir-after``, ``--dump-dir``, ...)."""
+
+    def before_pass(self, index: int, pass_: Pass, model: ir.Model) -> None:
+        """Called before the pass runs."""
+
+    def after_pass(self, index: int, pass_: Pass, model: ir.Model, record: PassRecord) -> None:
+        """Called after the pass ran and was checked (``model`` is the accepted model)."""
+
+
+def _inputs_description(calibration: CalibrationData | None, batches: list[dict]) -> str:
+    rows = sum(next(iter(b.values())).shape[0] for b in batches) if batches else 0
+    source = f"calibration file {calibration.source}" if calibration else "synthesized"
+    return f"{len(batches)} batch(es), {rows} sample(s), {source}"
+
+
+def _verification_inputs(
+    specs: list[InputSpec],
+    calibration: CalibrationData | None,
+    samples: int,
+    dims: Mapping[str, int] | None,
+    seed: int,
+) -> list[dict[str, np.ndarray]]:
+    if calibration is not None:
+        batches = list(calibration.batches(batch_size=samples, limit=max(samples, 1)))
+        if not batches:
+            raise InputError(f"--calib {calibration.source}: too few samples for one batch")
+        return batches
+    return synthesize(specs, samples=samples, dims=dict(dims or {}), seed=seed)
+
+
+def resolve_model(model_or_path: ir.Model | str | Path) -> tuple[ir.Model, str]:
+    """Accept a model, a path, or ``zoo:NAME``; return the model and its display name."""
+    if isinstance(model_or_path, ir.Model):
+        # Work on a structural copy (weights shared): the caller's model is never modified.
+        copy = model_or_path.clone()
+        copy.meta.update(model_or_path.meta)
+        return copy, model_or_path.graph.name or "<model>"
+    text = str(model_or_path)
+    if text.startswith("zoo:"):
+        from lightir import zoo
+
+        return zoo.build(text[4:]), text
+    return lightir_io.load(text), text
+
+
+def optimize(
+    model_or_path: ir.Model | str | Path,
+    pipeline: str | Sequence[Pass],
+    *,
+    calib: str | Path | CalibrationData | None = None,
+    verify: str = "each",
+    keep_going: bool = False,
+    samples: int = 2,
+    dims: Mapping[str, int] | None = None,
+    seed: int = 0,
+    tolerances: Mapping[str, float] | None = None,
+    instruments: Sequence[Instrument] = (),
+    threads: int = 0,
+) -> Result:
+    """Run ``pipeline`` on a model and check every pass.
+
+    Args:
+        model_or_path: an ``onnx_ir.Model`` (left unchanged: the passes work on a copy that
+            shares its weights), a ``.onnx`` path, or ``"zoo:NAME"``.
+        pipeline: pipeline text (``"fold-bn,cleanup"``) or pass instances.
+        calib: calibration ``.npz`` path or data; also used as verification inputs.
+        verify: ``"each"`` (structure and numbers after every pass, default), ``"end"``
+            (structure after every pass, numbers once at the end), ``"structural"`` (no
+            onnxruntime runs).
+        keep_going: after a pass is rolled back, run the remaining passes.
+        samples: verification samples (one batch when the batch dim is dynamic).
+        dims: values for named dynamic dims (``{"batch": 4}``).
+        seed: seed of synthesized inputs.
+        tolerances: per pass name, a relative-error bound overriding its contract's.
+        instruments: hooks called around each pass.
+        threads: onnxruntime intra-op threads for verification (0: its default).
+
+    Returns:
+        :class:`Result`; ``result.report.ok`` is false when a pass was rolled back.
+
+    Raises:
+        InputError, UsageError: bad model, pipeline or calibration data.
+        PassFailedError: only with ``verify="end"``, when the final check fails.
+    """
+    if verify not in VERIFY_MODES:
+        raise UsageError(f"verify={verify!r}: use one of {', '.join(VERIFY_MODES)}")
+    if samples < 1:
+        raise UsageError(f"samples={samples}: give at least 1")
+    start = time.perf_counter()
+    if isinstance(pipeline, str):
+        specs = parse_pipeline(pipeline)
+        passes = expand(specs)
+        pipeline_text = format_pipeline(specs)
+    else:
+        passes = list(pipeline)
+        pipeline_text = ",".join(p.name for p in passes)
+    tolerances = dict(tolerances or {})
+    unknown = sorted(set(tolerances) - {p.name for p in passes})
+    if unknown:
+        raise UsageError(f"tolerance given for {', '.join(unknown)}, not in the pipeline")
+
+    model, display_name = resolve_model(model_or_path)
+    specs_in = input_specs(model)
+    calibration = (
+        calib
+        if isinstance(calib, CalibrationData) or calib is None
+        else CalibrationData.from_npz(calib)
+    )
+    if calibration is not None:
+        calibration = calibration.bind(specs_in)
+    batches = _verification_inputs(specs_in, calibration, samples, dims, seed)
+    input_shapes = {name: array.shape for name, array in batches[0].items()}
+
+    verify_seconds = 0.0
+    t0 = time.perf_counter()
+    _check_structure(model, display_name, "the input model")
+    original_outputs = None
+    if verify != "structural":
+        try:
+            original_outputs = OrtModel(model, threads=threads).run_all(batches)
+        except Exception as exc:
+            raise InputError(
+                f"{display_name}: onnxruntime cannot run the input model "
+                f"({_first_line(exc)}); fix the model or use --verify structural"
+            ) from exc
+    verify_seconds += time.perf_counter() - t0
+    report = Report(
+        model=display_name,
+        pipeline=pipeline_text,
+        verify=verify,
+        inputs=_inputs_description(calibration, batches),
+        original=model_cost(model, input_shapes),
+    )
+    previous_outputs = original_outputs
+    context_calibration = calibration
+
+    for index, pass_ in enumerate(passes, start=1):
+        for instrument in instruments:
+            instrument.before_pass(index, pass_, model)
+        snapshot = model.clone()
+        snapshot.meta.update(model.meta)
+        context = PassContext(context_calibration)
+        record = PassRecord(
+            index=index,
+            name=pass_.name,
+            contract=pass_.contract.describe(),
+            status="unchanged",
+            seconds=0.0,
+            verify_seconds=0.0,
+            cost=report.original,
+        )
+        t_pass = time.perf_counter()
+        failure = None
+        try:
+            result = pass_.run(model, context)
+            if result is None or not hasattr(result, "modified"):
+                raise TypeError(f"run() returned {result!r}, not a PassResult")
+            modified = result.modified
+            record.stats = dict(result.stats)
+        except Exception as exc:
+            logger.debug("pass %s raised", pass_.name, exc_info=True)
+            failure = f"raised {type(exc).__name__}: {_first_line(exc)}"
+            modified = True
+        record.seconds = time.perf_counter() - t_pass
+        record.declines = list(context.declines)
+
+        t_verify = time.perf_counter()
+        outputs = previous_outputs
+        if failure is None and modified:
+            tolerance = tolerance_for(pass_.contract, model, tolerances.get(pass_.name))
+            record.tolerance = tolerance.describe()
+            failure, outputs = _check_pass(
+                model, verify, batches, previous_outputs, original_outputs, tolerance, record,
+                threads,
+            )
+        record.verify_seconds = time.perf_counter() - t_verify
+        verify_seconds += record.verify_seconds
+
+        if failure is not None:
+            model = snapshot
+            record.status = "rolled-back"
+            record.message = f"pass '{pass_.name}' (#{index}) {failure}; rolled back"
+            report.failures.append(record.message)
+        else:
+            record.status = "changed" if modified else "unchanged"
+            previous_outputs = outputs
+        record.cost = model_cost(model, input_shapes) if modified else _last_cost(report)
+        report.records.append(record)
+        for instrument in instruments:
+            instrument.after_pass(index, pass_, model, record)
+        if failure is not None and not keep_going:
+            break
+
+    if verify == "end" and original_outputs is not None:
+        t_final = time.perf_counter()
+        final_outputs = OrtModel(model, threads=threads).run_all(batches)
+        verify_seconds += time.perf_counter() - t_final
+        report.drift = compare_outputs(original_outputs, final_outputs)
+        budget = _pipeline_budget(passes, model, tolerances)
+        problems = violations(report.drift, budget)
+        if problems:
+            report.failures.append(f"final check failed: {'; '.join(problems)}")
+    elif original_outputs is not None and previous_outputs is not None:
+        report.drift = compare_outputs(original_outputs, previous_outputs)
+    report.final = _last_cost(report)
+    report.verify_seconds = verify_seconds
+    report.seconds = time.perf_counter() - start
+    if verify == "end" and report.failures:
+        raise PassFailedError(report.failures[-1])
+    return Result(model, report)
+
+
+def _last_cost(report: Report) -> ModelCost:
+    return report.records[-1].cost if report.records else report.original
+
+
+def _pipeline_budget(
+    passes: Sequence[Pass], model: ir.Model, tolerances: Mapping[str, float]
+) -> Tolerance:
+    """Sum of per-pass relative bounds (the triangle inequality), min of cosine bounds."""
+    rel, cosines = 0.0, []
+    for pass_ in passes:
+        tol = tolerance_for(pass_.contract, model, tolerances.get(pass_.name))
+        rel += tol.rel_error if tol.rel_error is not None else math.inf
+        if tol.min_cosine is not None:
+            cosines.append(tol.min_cosine)
+    return Tolerance(rel, min(cosines) if cosines else None)
+
+
+def _check_structure(model: ir.Model, name: str, what: str) -> None:
+    try:
+        check_ir_invariants(model)
+        proto, _ = weightless_proto(model)
+        check_structure(proto)
+    except Exception as exc:
+        raise InputError(
+            f"{name}: {what} is not a valid ONNX model ({_first_line(exc)}); fix or re-export it"
+        ) from exc
+
+
+def _check_pass(
+    model: ir.Model,
+    verify: str,
+    batches: list[dict[str, np.ndarray]],
+    previous_outputs: list[dict[str, np.ndarray]] | None,
+    original_outputs: list[dict[str, np.ndarray]] | None,
+    tolerance: Tolerance,
+    record: PassRecord,
+    threads: int,
+) -> tuple[str | None, list[dict[str, np.ndarray]] | None]:
+    """Structural then numeric check; returns (failure or None, new outputs)."""
+    try:
+        check_ir_invariants(model)
+        proto, _ = weightless_proto(model)
+        check_structure(proto)
+    except (StructureError, Exception) as exc:
+        return f"broke the model structure ({_first_line(exc)})", previous_outputs
+    if verify != "each" or previous_outputs is None:
+        return None, previous_outputs
+    try:
+        outputs = OrtModel(model, threads=threads).run_all(batches)
+    except Exception as exc:
+        return f"made a model onnxruntime cannot run ({_first_line(exc)})", previous_outputs
+    if list(outputs[0]) != list(previous_outputs[0]):
+        return (
+            f"changed the model outputs from {list(previous_outputs[0])} to {list(outputs[0])}",
+            previous_outputs,
+        )
+    record.vs_previous = compare_outputs(previous_outputs, outputs)
+    if original_outputs is not None:
+        record.vs_original = compare_outputs(original_outputs, outputs)
+    problems = violations(record.vs_previous, tolerance)
+    if problems:
+        return f"broke its {record.contract} contract: {'; '.join(problems)}", previous_outputs
+    return None, outputs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

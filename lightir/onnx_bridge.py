@@ -1,0 +1,162 @@
+"""The one place where lightir turns its onnx-ir model into protobuf for onnx and onnxruntime.
+
+Weights are never copied for a check: :func:`weightless_proto` serializes the graph with every
+large initializer replaced by an external-data placeholder, and :class:`OrtModel` hands the
+real arrays to onnxruntime with ``SessionOptions.add_external_initializers``, which uses the
+caller's memory in place. A memory-mapped weight therefore stays memory-mapped through
+verification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER_LOCATION = "lightir-weights-held-in-memory"
+_SMALL_TENSOR_BYTES = 1024
+_ORT_NUMPY_DTYPES = {
+    ir.DataType.FLOAT,
+    ir.DataType.DOUBLE,
+    ir.DataType.FLOAT16,
+    ir.DataType.INT8,
+    ir.DataType.UINT8,
+    ir.DataType.INT16,
+    ir.DataType.UINT16,
+    ir.DataType.INT32,
+    ir.DataType.UINT32,
+    ir.DataType.INT64,
+    ir.DataType.UINT64,
+    ir.DataType.BOOL,
+}
+
+
+@contextlib.contextmanager
+def weightless(model: ir.Model) -> Iterator[dict[str, ir.TensorProtocol]]:
+    """Temporarily swap large main-graph initializers for placeholders.
+
+    Yields the swapped-out tensors by name; the model is restored on exit.
+    """
+    graph = model.graph
+    graph_inputs = set(graph.inputs)
+    held: dict[str, ir.TensorProtocol] = {}
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if (
+                tensor is None
+                or value in graph_inputs
+                or tensor.dtype not in _ORT_NUMPY_DTYPES
+                or tensor.nbytes <= _SMALL_TENSOR_BYTES
+            ):
+                continue
+            placeholder = ir.ExternalTensor(
+                PLACEHOLDER_LOCATION,
+                offset=0,
+                length=tensor.nbytes,
+                dtype=tensor.dtype,
+                shape=tensor.shape,
+                name=value.name,
+            )
+            swapped.append((value, tensor))
+            held[value.name] = tensor
+            value.const_value = placeholder
+        yield held
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+
+
+def weightless_proto(model: ir.Model) -> tuple[onnx.ModelProto, dict[str, ir.TensorProtocol]]:
+    """The model as a protobuf without its large weights, and those weights by name."""
+    with weightless(model) as held:
+        proto = ir.serde.serialize_model(model)
+    return proto, held
+
+
+def as_graph_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a weightless proto whose placeholders became typed graph inputs.
+
+    ``onnx.checker`` and shape inference want to open external data; as inputs they are
+    checked by type and shape alone.
+    """
+    result = onnx.ModelProto()
+    result.CopyFrom(proto)
+    graph = result.graph
+    kept = []
+    for init in graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL and any(
+            e.key == "location" and e.value == PLACEHOLDER_LOCATION for e in init.external_data
+        ):
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+        else:
+            kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return result
+
+
+def check_structure(proto: onnx.ModelProto) -> None:
+    """Run ``onnx.checker`` with strict shape inference on a weightless model proto."""
+    onnx.checker.check_model(as_graph_inputs(proto), full_check=True)
+
+
+def infer_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
+    """Shapes of every value onnx shape inference can resolve (symbolic dims as names)."""
+    inferred = onnx.shape_inference.infer_shapes(
+        as_graph_inputs(proto), strict_mode=False, data_prop=True
+    )
+    shapes: dict[str, tuple] = {}
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor_type = info.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        shapes[info.name] = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tensor_type.shape.dim
+        )
+    for init in graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+class OrtModel:
+    """An onnxruntime session over an onnx-ir model that shares the model's weight memory."""
+
+    def __init__(self, model: ir.Model, *, threads: int = 0, optimize: bool = False) -> None:
+        proto, held = weightless_proto(model)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            if optimize
+            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        # Keep the arrays alive as long as the session: onnxruntime does not copy them.
+        self._arrays = [np.ascontiguousarray(t.numpy()) for t in held.values()]
+        self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._arrays]
+        if held:
+            options.add_external_initializers(list(held), self._values)
+        self.session = ort.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; returns outputs by name."""
+        results = self.session.run(self.output_names, dict(feeds))
+        return dict(zip(self.output_names, results))
+
+    def run_all(self, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Run every batch in order."""
+        return [self.run(batch) for batch in batches]

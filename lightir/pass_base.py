@@ -1,0 +1,142 @@
+"""The pass base class, its contract and result.
+
+A pass rewrites an :class:`onnx_ir.Model` in place and says what it promises about the model's
+outputs (its :class:`Contract`). The pass manager (:mod:`lightir.manager`) checks that promise
+with onnxruntime after the pass and rolls the pass back when it is broken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a pass promises about the model's outputs.
+
+    ``exact``: outputs equal up to float32 rounding; the tolerance is derived from the model
+    (see :func:`lightir.verify.exact_tolerance`). ``lossy``: outputs within a stated budget:
+    ``rel_error`` bounds ``max|after - before| / max|before|`` per output, ``min_cosine`` the
+    cosine similarity, ``min_top1`` the top-1 agreement of logits-like outputs.
+    """
+
+    kind: str = "exact"
+    rel_error: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("exact", "lossy"):
+            raise ValueError(f"contract kind must be 'exact' or 'lossy', not {self.kind!r}")
+        if self.kind == "lossy" and self.rel_error is None and self.min_cosine is None:
+            raise ValueError("a lossy contract states a budget: rel_error or min_cosine")
+
+    @classmethod
+    def exact(cls) -> Contract:
+        """Outputs equal up to float rounding."""
+        return cls("exact")
+
+    @classmethod
+    def lossy(
+        cls,
+        rel_error: float | None = None,
+        min_cosine: float | None = None,
+        min_top1: float | None = None,
+    ) -> Contract:
+        """Outputs within the given budget."""
+        return cls("lossy", rel_error, min_cosine, min_top1)
+
+    @property
+    def is_exact(self) -> bool:
+        """Whether the pass promises float-rounding equality."""
+        return self.kind == "exact"
+
+    def describe(self) -> str:
+        """Short human form, e.g. ``lossy(rel<=0.05, cos>=0.999)``."""
+        if self.is_exact:
+            return "exact"
+        parts = []
+        if self.rel_error is not None:
+            parts.append(f"rel<={self.rel_error:g}")
+        if self.min_cosine is not None:
+            parts.append(f"cos>={self.min_cosine:g}")
+        if self.min_top1 is not None:
+            parts.append(f"top1>={self.min_top1:g}")
+        return f"lossy({', '.join(parts)})"
+
+
+EXACT = Contract.exact()
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a pass that takes none."""
+
+
+@dataclass
+class PassResult:
+    """What a pass did: the model (changed in place) and whether it changed.
+
+    ``stats`` holds counts for the report (``{"folded": 3}``).
+    """
+
+    model: ir.Model
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class PassContext:
+    """What the pass manager hands a pass besides the model.
+
+    Attributes:
+        calibration: calibration data (:class:`lightir.data.CalibrationData`) or ``None``.
+        declines: reasons a rewrite did not fire, shown by ``--explain``.
+    """
+
+    def __init__(self, calibration: Any = None) -> None:
+        self.calibration = calibration
+        self.declines: list[str] = []
+
+    def decline(self, where: str | ir.Node, reason: str) -> None:
+        """Record why a rewrite did not fire at ``where`` (a node or a name)."""
+        if isinstance(where, ir.Node):
+            where = f"{where.op_type} '{where.name}'"
+        self.declines.append(f"{where}: {reason}")
+        logger.debug("declined at %s: %s", where, reason)
+
+
+class Pass:
+    """Base class of every lightir pass, built-in or user-written.
+
+    Subclasses set ``name`` through :func:`lightir.register_pass`, may set ``Options`` to a
+    frozen dataclass whose fields are the pipeline keys (``prune{ratio=0.3}``), and implement
+    :meth:`run`, which changes the model in place through onnx-ir and returns a
+    :class:`PassResult`. The first line of the class docstring is the pass's summary.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    contract: ClassVar[Contract] = EXACT
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Rewrite ``model`` in place."""
+        raise NotImplementedError(f"pass {self.name!r} does not implement run()")
+
+    def __repr__(self) -> str:
+        return f"<pass {self.name} {self.options}>"
+
+
+def option_fields(options_cls: type) -> list[dataclasses.Field]:
+    """The dataclass fields of an options class (empty for :class:`NoOptions`)."""
+    return list(dataclasses.fields(options_cls)) if dataclasses.is_dataclass(options_cls) else []

@@ -1,0 +1,94 @@
+"""Apply onnxscript pattern-rewrite rules and collect why they did not fire.
+
+Passes write their local rewrites as onnxscript ``RewriteRuleClassBase`` rules whose ``check``
+returns a failed ``MatchResult`` with a reason; :func:`apply_rules` applies them and then, in a
+dry run with a tracer, records the reasons of the matches that remain (``--explain``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import onnx_ir as ir
+from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRule, RewriteRuleSet
+
+from lightir.pass_base import PassContext
+
+logger = logging.getLogger(__name__)
+
+NOT_A_CANDIDATE = "[not a candidate] "
+"""Prefix of check reasons that mean "this is not what the rule is about" (hidden by explain)."""
+
+_FRIENDLY = {
+    "Matched nodes have other uses preventing replacement.": (
+        "an intermediate result has another consumer or is a graph output"
+    ),
+}
+
+
+class _DeclineTracer(MatchingTracer):
+    """Records every match that got past the op types but was refused, with its reason."""
+
+    def __init__(self, min_nodes: int) -> None:
+        super().__init__()
+        self.min_nodes = min_nodes
+        self.declines: list[tuple[RewriteRule, ir.Node, str]] = []
+
+    def log(self, rule, container, node, match_result, status) -> None:  # noqa: D102
+        reason = match_result.reason
+        if not reason or reason.startswith(NOT_A_CANDIDATE):
+            return
+        if status == MatchStatus.CONDITION_FAILED or (
+            status == MatchStatus.NO_MATCH and reason in _FRIENDLY
+        ):
+            self.declines.append((rule, node, _FRIENDLY.get(reason, reason)))
+
+
+def skip(result, reason: str):
+    """Fail a rule's check quietly: the match is not a candidate, so explain stays silent."""
+    return result.fail(NOT_A_CANDIDATE + reason)
+
+
+def apply_rules(
+    model: ir.Model,
+    rules: Sequence[RewriteRule] | RewriteRuleSet,
+    context: PassContext | None = None,
+) -> int:
+    """Apply ``rules`` to the model (all graphs) until none fires; return the rewrite count.
+
+    When ``context`` is given, the reasons of the remaining declined matches are recorded in
+    it (one dry run of the matcher).
+    """
+    rule_set = rules if isinstance(rules, RewriteRuleSet) else RewriteRuleSet(list(rules))
+    total = 0
+    while True:
+        count = rule_set.apply_to_model(model)
+        total += count
+        if count == 0:
+            break
+    if context is not None:
+        tracer = _DeclineTracer(min_nodes=2)
+        rule_set.apply_to_model(model, tracer=tracer)
+        seen = set()
+        for rule, node, reason in tracer.declines:
+            key = (node.name, reason)
+            if key in seen:
+                continue
+            seen.add(key)
+            context.decline(node, f"{rule.name}: {reason}" if rule.name else reason)
+    return total
+
+
+def unique_name(graph: ir.Graph, base: str) -> str:
+    """A value name not yet used by an initializer or node output of ``graph``."""
+    taken = set(graph.initializers)
+    taken.update(v.name for v in graph.inputs)
+    for node in graph:
+        taken.update(o.name for o in node.outputs)
+    if base not in taken:
+        return base
+    index = 1
+    while f"{base}_{index}" in taken:
+        index += 1
+    return f"{base}_{index}"
