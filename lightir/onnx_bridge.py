@@ -44,31 +44,38 @@ def weightless(model: ir.Model) -> Iterator[dict[str, ir.TensorProtocol]]:
 
     Yields the swapped-out tensors by name; the model is restored on exit.
     """
-    graph = model.graph
-    graph_inputs = set(graph.inputs)
+    main_inputs = set(model.graph.inputs)
     held: dict[str, ir.TensorProtocol] = {}
     swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
     try:
-        for value in graph.initializers.values():
-            tensor = value.const_value
-            if (
-                tensor is None
-                or value in graph_inputs
-                or tensor.dtype not in _ORT_NUMPY_DTYPES
-                or tensor.nbytes <= _SMALL_TENSOR_BYTES
-            ):
-                continue
-            placeholder = ir.ExternalTensor(
-                PLACEHOLDER_LOCATION,
-                offset=0,
-                length=tensor.nbytes,
-                dtype=tensor.dtype,
-                shape=tensor.shape,
-                name=value.name,
-            )
-            swapped.append((value, tensor))
-            held[value.name] = tensor
-            value.const_value = placeholder
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if tensor is None:
+                    continue
+                external = isinstance(tensor, ir.ExternalTensor)
+                if (
+                    graph is model.graph
+                    and value not in main_inputs
+                    and tensor.dtype in _ORT_NUMPY_DTYPES
+                    and (external or tensor.nbytes > _SMALL_TENSOR_BYTES)
+                ):
+                    replacement: ir.TensorProtocol = ir.ExternalTensor(
+                        PLACEHOLDER_LOCATION,
+                        offset=0,
+                        length=tensor.nbytes,
+                        dtype=tensor.dtype,
+                        shape=tensor.shape,
+                        name=value.name,
+                    )
+                    held[value.name] = tensor
+                elif external:
+                    # Subgraph initializers and exotic dtypes travel inside the proto.
+                    replacement = ir.tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
+                else:
+                    continue
+                swapped.append((value, tensor))
+                value.const_value = replacement
         yield held
     finally:
         for value, tensor in swapped:

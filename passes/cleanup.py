@@ -9,7 +9,8 @@ In order:
    constant cannot broadcast the other operand to a larger shape or change its type; Reshape
    to the shape the input already has; Transpose with the identity permutation; Cast to the
    input's own type;
-3. removal of dead nodes, initializers, functions and opset imports;
+3. Constant nodes lifted to initializers; removal of dead nodes, initializers, functions and
+   opset imports;
 4. onnx shape inference, so later passes see shapes.
 
 All of it is exact: every removed op computes the identity on its input bit for bit.
@@ -162,6 +163,7 @@ class Cleanup(Pass):
         folded = fold_constants_ir(model).modified
         removed_no_ops = apply_rules(model, RULES, context)
         common_passes.IdentityEliminationPass()(model)
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         common_passes.RemoveUnusedNodesPass()(model)
         common_passes.RemoveUnusedFunctionsPass()(model)
         common_passes.RemoveUnusedOpsetsPass()(model)
