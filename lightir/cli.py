@@ -153,8 +153,8 @@ def run(argv: list[str]) -> int:
     report = result.report
     if not args.quiet:
         print(render_table(report), file=sys.stderr)
-        if args.timing:
-            print(render_timing(report), file=sys.stderr)
+    if args.timing:
+        print(render_timing(report), file=sys.stderr)
     if args.explain:
         print(render_explain(report), file=sys.stderr)
     if args.output:

@@ -9,13 +9,18 @@ mobilenetv2 MobileNetV2-style inverted residuals: 1x1 expand, 3x3 depthwise, 1x1
 vgg        VGG-style: conv/BN/ReLU stacks, max pools, Flatten and two hidden FC layers
 repvgg     RepVGG train-time blocks: 3x3 conv+BN, 1x1 conv+BN and identity BN, summed
 resnet50   ResNet-50-sized (bottlenecks [3, 4, 6, 3], 224x224, 25.6 M params): benchmarks
+digits     a real trained CNN (committed fixture): 4 conv/BN/ReLU blocks and two FC layers
+           trained on scikit-learn's 8x8 digits by ``tools/train_digits.py``; its test
+           split (450 images) comes with it, so lossy passes are judged by real accuracy
 ========== =============================================================================
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx_ir as ir
 
 from lightir.builder import GraphBuilder
@@ -122,12 +127,44 @@ def resnet50(seed: int = 0, size: int = 224, classes: int = 1000) -> ir.Model:
     return _head(b, x, classes)
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def digits(seed: int = 0) -> ir.Model:
+    """The trained digits CNN (``seed`` is ignored: the weights are the trained ones)."""
+    from lightir.io import load
+
+    return load(FIXTURES / "digits_cnn.onnx")
+
+
+def digits_test_split() -> tuple[np.ndarray, np.ndarray]:
+    """The digits fixture's held-out images (float32 [N, 1, 8, 8], normalized) and labels."""
+    with np.load(FIXTURES / "digits_test.npz") as data:
+        return data["input"], data["label"]
+
+
+def digits_calibration_path() -> Path:
+    """The test split as a ``--calib`` file (its ``input`` array feeds the model)."""
+    return FIXTURES / "digits_test.npz"
+
+
+def accuracy(model: ir.Model, images: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of a classifier on ``images`` under onnxruntime."""
+    from lightir.onnx_bridge import OrtModel
+
+    session = OrtModel(model)
+    name = session.session.get_inputs()[0].name
+    logits = next(iter(session.run({name: images}).values()))
+    return float((logits.argmax(axis=1) == labels).mean())
+
+
 BUILDERS: dict[str, Callable[..., ir.Model]] = {
     "resnet": resnet,
     "mobilenetv2": mobilenetv2,
     "vgg": vgg,
     "repvgg": repvgg,
     "resnet50": resnet50,
+    "digits": digits,
 }
 SMALL = ["resnet", "mobilenetv2", "vgg", "repvgg"]
 
@@ -146,5 +183,5 @@ def build(name: str, seed: int = 0) -> ir.Model:
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(BUILDERS)}"
         raise UsageError(f"zoo:{name}: no such zoo model; {hint}")
     model = BUILDERS[name](seed=seed)
-    model.graph.name = name
+    model.graph.name = model.graph.name or name
     return model

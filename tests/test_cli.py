@@ -1,0 +1,154 @@
+"""lightir-opt run as a user runs it: a subprocess, exit codes, files, stderr."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+
+import lightir
+from lightir import zoo
+from lightir.testing import op_types, random_inputs, run
+
+
+def lightir_opt(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "lightir.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_main_job_folds_every_bn_and_matches(tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    proc = lightir_opt("zoo:resnet", "-p", "fold-bn,cleanup", "-o", out, "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "fold-bn" in proc.stderr and "drift vs input" in proc.stderr  # the table
+    optimized = lightir.load(out)
+    assert "BatchNormalization" not in op_types(optimized)
+    original = zoo.build("resnet")
+    feeds = random_inputs(original, samples=4, seed=7)
+    for ref, got in zip(run(original, feeds), run(optimized, feeds)):
+        scale = np.abs(ref["logits"]).max()
+        assert np.abs(ref["logits"] - got["logits"]).max() <= 1e-5 * scale
+    data = json.loads(report.read_text())
+    assert data["ok"] and data["passes"][0]["pass"] == "fold-bn"
+    assert data["original"]["nodes"] > data["final"]["nodes"]
+
+
+PLUGIN = textwrap.dedent(
+    """
+    import onnx_ir as ir
+    import lightir
+
+    @lightir.register_pass("perturb", contract="exact")
+    def perturb(model, context):
+        '''Deliberately wrong: nudges one weight of the first Conv.'''
+        conv = next(n for n in model.graph if n.op_type == "Conv")
+        value = conv.inputs[1]
+        array = value.const_value.numpy().copy()
+        array.flat[0] += 0.5
+        value.const_value = ir.tensor(array, name=value.name)
+        return True
+    """
+)
+
+
+def test_wrong_pass_is_rolled_back_exit_1_and_last_good_model_written(tmp_path):
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(PLUGIN)
+    out = tmp_path / "out.onnx"
+    proc = lightir_opt(
+        "zoo:vgg", "-p", "fold-bn,perturb,cleanup", "--load-pass-plugin", plugin, "-o", out, "-q"
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pass 'perturb' (#2)" in lines[0] and "rolled back" in lines[0]
+    expected = lightir.optimize("zoo:vgg", "fold-bn").model
+    # Same graph and bit-identical weights as the last good model (after fold-bn).
+    got = lightir.load(out)
+    assert op_types(got) == op_types(expected)
+    for name, value in expected.graph.initializers.items():
+        np.testing.assert_array_equal(got.graph.initializers[name].const_value.numpy(),
+                                      value.const_value.numpy())
+
+
+def make_bad_inputs(tmp_path):
+    good = tmp_path / "good.onnx"
+    lightir.save(zoo.build("vgg"), good)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    random_bytes = tmp_path / "random.onnx"
+    random_bytes.write_bytes(np.random.default_rng(0).bytes(5000))
+    escaping_dir = tmp_path / "escaping"
+    escaping_dir.mkdir()
+    escaping = escaping_dir / "model.onnx"
+    lightir.save(zoo.build("vgg"), escaping, external_data=True)
+    proto = onnx.load(str(escaping), load_external_data=False)
+    for init in proto.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = "../../secret.data"
+    onnx.save(proto, str(escaping))
+    return {
+        "missing": ([tmp_path / "nope.onnx", "-p", "fold-bn"], "no such file"),
+        "random": ([random_bytes, "-p", "fold-bn"], "not a readable ONNX model"),
+        "truncated": ([truncated, "-p", "fold-bn"], "ONNX"),
+        "escaping": ([escaping, "-p", "fold-bn"], "outside the model's directory"),
+        "unknown-pass": ([good, "-p", "fold-bm"], "did you mean 'fold-bn'"),
+        "bad-option": ([good, "-p", "cleanup{level=3}"], "has no option 'level'"),
+        "bad-zoo": (["zoo:resnt", "-p", "fold-bn"], "did you mean 'resnet'"),
+        "no-pipeline": ([good], "no pipeline"),
+        "bad-flag": ([good, "-p", "fold-bn", "--verify", "sometimes"], "invalid choice"),
+        "same-output": ([good, "-p", "fold-bn", "-o", good], "is the input model"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "random", "truncated", "escaping", "unknown-pass", "bad-option", "bad-zoo",
+     "no-pipeline", "bad-flag", "same-output"],
+)
+def test_bad_input_one_line_exit_2_no_output(tmp_path, case):
+    cases = make_bad_inputs(tmp_path)
+    args, expected = cases[case]
+    out = tmp_path / "out.onnx"
+    if "-o" not in args:
+        args = [*args, "-o", out]
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*.onnx")}
+    proc = lightir_opt(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lightir-opt: error:") and expected in lines[0]
+    assert not out.exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+    for path, before in digest.items():  # the inputs are untouched
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_list_passes():
+    proc = lightir_opt("--list-passes")
+    assert proc.returncode == 0
+    assert "fold-bn" in proc.stdout and "cleanup" in proc.stdout and "exact" in proc.stdout
+
+
+def test_instruments_dump_dir_print_ir_and_explain(tmp_path):
+    dump = tmp_path / "dump"
+    proc = lightir_opt(
+        "zoo:resnet", "-p", "fold-bn,cleanup", "--dump-dir", dump, "--print-ir-after", "fold-bn",
+        "--explain", "--timing", "-q",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in dump.iterdir()) == ["01-fold-bn.onnx", "02-cleanup.onnx"]
+    assert "IR after pass #1 fold-bn" in proc.stderr and "IR after pass #2" not in proc.stderr
+    assert "pass #1 fold-bn: no declined matches" in proc.stderr
+    assert "verification" in proc.stderr
