@@ -75,6 +75,7 @@ def load(path: str | os.PathLike) -> ir.Model:
             f"{path}: the ONNX graph is malformed ({_first_line(exc)}); re-export the model"
         ) from exc
     del proto
+    _materialize(model)
     base_dir = path.resolve().parent
     ir.external_data.set_base_dir(model.graph, str(base_dir))
     check_external_data(model, base_dir, path)
@@ -179,7 +180,7 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
         if external_data:
             ir.save(model, tmp_name, external_data=data_name)
         else:
-            ir.save(model, tmp_name)
+            _write_streaming(model, tmp_name)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)
@@ -194,6 +195,57 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     logger.info("wrote %s%s", path, f" (+ {data_name})" if external_data else "")
+
+
+def _write_streaming(model: ir.Model, path: str) -> None:
+    """Write an embedded-weights model one tensor at a time.
+
+    ``ir.save`` builds the whole protobuf and its serialized bytes, which costs twice the
+    weights on top of the model. Protobuf merges repeated occurrences of an embedded message
+    field, so the model without its large weights followed by one
+    ``ModelProto(graph=GraphProto(initializer=[t]))`` per weight parses as the full model;
+    memory stays at one tensor above the model.
+    """
+    from lightir.onnx_bridge import PLACEHOLDER_LOCATION, weightless
+
+    with weightless(model) as held:
+        skeleton = ir.serde.serialize_model(model)
+    kept = [
+        init
+        for init in skeleton.graph.initializer
+        if not any(e.value == PLACEHOLDER_LOCATION for e in init.external_data)
+    ]
+    del skeleton.graph.initializer[:]
+    skeleton.graph.initializer.extend(kept)
+    with open(path, "wb") as handle:
+        handle.write(skeleton.SerializeToString())
+        del skeleton
+        for tensor in held.values():
+            piece = onnx.ModelProto()
+            piece.graph.initializer.append(ir.serde.serialize_tensor(tensor))
+            handle.write(piece.SerializeToString())
+
+
+def _materialize(model: ir.Model) -> None:
+    """Replace protobuf-backed tensors by numpy-backed ones so the parsed protobuf is freed.
+
+    A ``TensorProtoTensor`` keeps the whole parsed model alive and copies its bytes on every
+    ``numpy()`` call; after this, each weight exists once, as an array.
+    """
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.TensorProtoTensor):
+                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
+        for node in graph:
+            for name, attr in list(node.attributes.items()):
+                if attr.type == ir.AttributeType.TENSOR and isinstance(
+                    attr.value, ir.TensorProtoTensor
+                ):
+                    tensor = attr.value
+                    node.attributes[name] = ir.AttrTensor(
+                        name, ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+                    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -153,7 +153,7 @@ def accuracy(model: ir.Model, images: np.ndarray, labels: np.ndarray) -> float:
     from lightir.onnx_bridge import OrtModel
 
     session = OrtModel(model)
-    name = session.session.get_inputs()[0].name
+    name = session.input_names[0]
     logits = next(iter(session.run({name: images}).values()))
     return float((logits.argmax(axis=1) == labels).mean())
 
