@@ -50,31 +50,60 @@ def build_parser() -> argparse.ArgumentParser:
         "onnxruntime and rolled back if it breaks its contract.",
         epilog="Example: lightir-opt zoo:resnet -p fold-bn,cleanup -o resnet.onnx",
     )
-    parser.add_argument("model", nargs="?", help="input .onnx file, or zoo:NAME for a bundled model")
-    parser.add_argument("-p", "--pipeline", help="passes, e.g. 'fold-bn,cleanup' or 'prune{ratio=0.3}'")
+    parser.add_argument(
+        "model", nargs="?", help="input .onnx file, or zoo:NAME for a bundled model"
+    )
+    parser.add_argument(
+        "-p", "--pipeline", help="passes, e.g. 'fold-bn,cleanup' or 'prune{ratio=0.3}'"
+    )
     parser.add_argument("-o", "--output", help="where to write the optimized model")
     parser.add_argument("--calib", help=".npz with one array per model input (axis 0 = samples)")
-    parser.add_argument("--verify", choices=VERIFY_MODES, default="each",
-                        help="each: structure and numbers after every pass (default); end: numbers "
-                        "once at the end; structural: no onnxruntime runs")
-    parser.add_argument("--keep-going", action="store_true",
-                        help="after a pass is rolled back, run the remaining passes")
-    parser.add_argument("--samples", type=int, default=2,
-                        help="verification samples (default 2; one batch if the batch is dynamic)")
-    parser.add_argument("--dim", action="append", default=[], metavar="NAME=N",
-                        help="value of a named dynamic dim for verification (repeatable)")
+    parser.add_argument(
+        "--verify",
+        choices=VERIFY_MODES,
+        default="each",
+        help="each: structure and numbers after every pass (default); end: numbers "
+        "once at the end; structural: no onnxruntime runs",
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="after a pass is rolled back, run the remaining passes",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=2,
+        help="verification samples (default 2; one batch if the batch is dynamic)",
+    )
+    parser.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="value of a named dynamic dim for verification (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of synthesized inputs")
-    parser.add_argument("--tolerance", action="append", default=[], metavar="PASS=REL",
-                        help="override a pass's relative-error bound (repeatable)")
+    parser.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="PASS=REL",
+        help="override a pass's relative-error bound (repeatable)",
+    )
     parser.add_argument("--report", help="write the machine-readable report to this JSON file")
     parser.add_argument("--timing", action="store_true", help="print pass vs verification time")
-    parser.add_argument("--explain", action="store_true",
-                        help="print why rewrites did not fire")
+    parser.add_argument("--explain", action="store_true", help="print why rewrites did not fire")
     parser.add_argument("--print-ir-after-all", action="store_true")
     parser.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
     parser.add_argument("--dump-dir", help="save the model after every pass into this directory")
-    parser.add_argument("--load-pass-plugin", action="append", default=[], metavar="MODULE",
-                        help="import a module or .py file that registers passes (repeatable)")
+    parser.add_argument(
+        "--load-pass-plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module or .py file that registers passes (repeatable)",
+    )
     parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads for checks")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
@@ -191,9 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: say so in one line, traceback with --debug
         if debug:
             raise
+        detail = str(exc).splitlines()[0] if str(exc) else ""
         print(
-            f"{PROG}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            f" (rerun with --debug for the traceback and report it)",
+            f"{PROG}: internal error: {type(exc).__name__}: {detail} "
+            "(rerun with --debug for the traceback and report it)",
             file=sys.stderr,
         )
         code = 1

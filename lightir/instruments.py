@@ -27,7 +27,10 @@ class PrintIRAfter(Instrument):
         """Print when the pass is selected."""
         if self.names is not None and pass_.name not in self.names:
             return
-        print(f"// ----- IR after pass #{index} {pass_.name} ({record.status}) -----", file=self.stream)
+        print(
+            f"// ----- IR after pass #{index} {pass_.name} ({record.status}) -----",
+            file=self.stream,
+        )
         print(str(model.graph), file=self.stream)
 
 

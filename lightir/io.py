@@ -48,6 +48,7 @@ def load(path: str | os.PathLike) -> ir.Model:
     Raises:
         InputError: the file is missing, not ONNX, truncated, or its external data
             points outside the model's directory.
+
     """
     path = Path(path)
     if not path.exists():
@@ -145,6 +146,7 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     Raises:
         InputError: ``path`` is the model's own source file or a directory, or it cannot be
             written.
+
     """
     path = Path(path)
     source = model.meta.get(SOURCE_PATH_KEY)

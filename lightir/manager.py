@@ -217,6 +217,7 @@ def optimize(
     Raises:
         InputError, UsageError: bad model, pipeline or calibration data.
         PassFailedError: only with ``verify="end"``, when the final check fails.
+
     """
     if verify not in VERIFY_MODES:
         raise UsageError(f"verify={verify!r}: use one of {', '.join(VERIFY_MODES)}")
@@ -306,7 +307,13 @@ def optimize(
             tolerance = tolerance_for(pass_.contract, model, tolerances.get(pass_.name))
             record.tolerance = tolerance.describe()
             failure, outputs = _check_pass(
-                model, verify, batches, previous_outputs, original_outputs, tolerance, record,
+                model,
+                verify,
+                batches,
+                previous_outputs,
+                original_outputs,
+                tolerance,
+                record,
                 threads,
             )
         record.verify_seconds = time.perf_counter() - t_verify

@@ -103,7 +103,9 @@ def as_graph_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
         if init.data_location == onnx.TensorProto.EXTERNAL and any(
             e.key == "location" and e.value == PLACEHOLDER_LOCATION for e in init.external_data
         ):
-            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims)
+            )
         else:
             kept.append(init)
     del graph.initializer[:]
@@ -161,9 +163,7 @@ class OrtModel:
         self.session = ort.InferenceSession(
             as_graph_inputs(proto).SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
-        self.input_names = [
-            i.name for i in self.session.get_inputs() if i.name not in self.weights
-        ]
+        self.input_names = [i.name for i in self.session.get_inputs() if i.name not in self.weights]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -98,6 +98,7 @@ class PassContext:
     Attributes:
         calibration: calibration data (:class:`lightir.data.CalibrationData`) or ``None``.
         declines: reasons a rewrite did not fire, shown by ``--explain``.
+
     """
 
     def __init__(self, calibration: Any = None) -> None:

@@ -83,6 +83,7 @@ def parse_pipeline(text: str) -> list[PassSpec]:
     Raises:
         UsageError: empty items, unknown names or options, or values of the wrong type, with
             a "did you mean" suggestion.
+
     """
     registry.load_builtins()
     compact = re.sub(r"\s+", "", text)
@@ -127,9 +128,7 @@ def _validate(name: str, raw_options: dict[str, str]) -> PassSpec:
     for key, raw in raw_options.items():
         if key not in fields:
             known = sorted(fields) or ["(this pass takes no options)"]
-            raise UsageError(
-                f"pass {name!r} has no option {key!r}; {_did_you_mean(key, known)}"
-            )
+            raise UsageError(f"pass {name!r} has no option {key!r}; {_did_you_mean(key, known)}")
         options[key] = _convert(name, key, raw, hints[key])
     ordered = {k: options[k] for k in fields if k in options}
     spec = PassSpec(name, ordered)

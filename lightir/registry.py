@@ -75,6 +75,7 @@ def register_pass(
         summary: one line for ``--list-passes``; defaults to the docstring's first line.
         options: for a function pass, its options dataclass (passed as ``options=``).
         replace: allow replacing an existing registration (tests, overrides).
+
     """
     contract = _as_contract(contract)
     if not name or not all(c.isalnum() or c == "-" for c in name) or name != name.lower():

@@ -25,21 +25,62 @@ def _worst(metrics: list[OutputMetrics]) -> tuple[str, str, str]:
 def render_table(report: Report) -> str:
     """The per-pass table printed on stderr by ``lightir-opt``."""
     header = [
-        "#", "pass", "contract", "status", "time s", "verify s", "nodes", "params", "MACs",
-        "bytes", "rel err prev", "rel err orig", "cos orig", "top1 orig",
+        "#",
+        "pass",
+        "contract",
+        "status",
+        "time s",
+        "verify s",
+        "nodes",
+        "params",
+        "MACs",
+        "bytes",
+        "rel err prev",
+        "rel err orig",
+        "cos orig",
+        "top1 orig",
     ]
     rows = [header]
     o = report.original
-    rows.append(["0", "(input)", "", "", "", "", str(o.nodes), _si(o.params), _si(o.macs),
-                 _si(o.bytes), "", "", "", ""])
+    rows.append(
+        [
+            "0",
+            "(input)",
+            "",
+            "",
+            "",
+            "",
+            str(o.nodes),
+            _si(o.params),
+            _si(o.macs),
+            _si(o.bytes),
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
     for r in report.records:
         prev_rel = _worst(r.vs_previous)[0]
         orig_rel, orig_cos, orig_top1 = _worst(r.vs_original)
-        rows.append([
-            str(r.index), r.name, r.contract, r.status, f"{r.seconds:.3f}",
-            f"{r.verify_seconds:.3f}", str(r.cost.nodes), _si(r.cost.params), _si(r.cost.macs),
-            _si(r.cost.bytes), prev_rel, orig_rel, orig_cos, orig_top1,
-        ])
+        rows.append(
+            [
+                str(r.index),
+                r.name,
+                r.contract,
+                r.status,
+                f"{r.seconds:.3f}",
+                f"{r.verify_seconds:.3f}",
+                str(r.cost.nodes),
+                _si(r.cost.params),
+                _si(r.cost.macs),
+                _si(r.cost.bytes),
+                prev_rel,
+                orig_rel,
+                orig_cos,
+                orig_top1,
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -1,10 +1,10 @@
 """Helpers for lightir's tests and for authors of custom passes.
 
-    model = from_text('''<ir_version: 8, opset_import: ["" : 17]>
-        g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }''')
-    out = lightir.optimize(model, "my-pass").model
-    assert op_types(out) == ["Relu"]
-    assert_outputs_close(model, out, rtol=1e-6)
+model = from_text('''<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }''')
+out = lightir.optimize(model, "my-pass").model
+assert op_types(out) == ["Relu"]
+assert_outputs_close(model, out, rtol=1e-6)
 """
 
 from __future__ import annotations

@@ -157,9 +157,7 @@ def violations(metrics: list[OutputMetrics], tolerance: Tolerance) -> list[str]:
                 f"(max abs {m.max_abs_error:.3g})"
             )
         if tolerance.min_cosine is not None and not m.cosine >= tolerance.min_cosine:
-            problems.append(
-                f"output '{m.output}' cosine {m.cosine:.6f} < {tolerance.min_cosine:g}"
-            )
+            problems.append(f"output '{m.output}' cosine {m.cosine:.6f} < {tolerance.min_cosine:g}")
         if (
             tolerance.min_top1 is not None
             and m.top1 is not None

@@ -171,7 +171,10 @@ class Cleanup(Pass):
         nodes_after = count_nodes(model)
         inits_after = sum(len(g.initializers) for g in model.graphs())
         modified = (
-            folded or removed_no_ops > 0 or nodes_after != nodes_before or inits_after != inits_before
+            folded
+            or removed_no_ops > 0
+            or nodes_after != nodes_before
+            or inits_after != inits_before
         )
         stats = {
             "nodes_removed": nodes_before - nodes_after,

@@ -133,6 +133,8 @@ def _attrs(node: ir.Node) -> dict:
 
 
 class FoldIntoConv(_FoldIntoLinear):
+    """BN(Conv(x)) -> Conv(x)."""
+
     op_type: ClassVar[str] = "Conv"
 
     def check_op(self, linear, channels, linear_out):
@@ -148,6 +150,8 @@ class FoldIntoConv(_FoldIntoLinear):
 
 
 class FoldIntoConvTranspose(_FoldIntoLinear):
+    """BN(ConvTranspose(x)) -> ConvTranspose(x)."""
+
     op_type: ClassVar[str] = "ConvTranspose"
 
     def check_op(self, linear, channels, linear_out):
@@ -172,6 +176,8 @@ class FoldIntoConvTranspose(_FoldIntoLinear):
 
 
 class FoldIntoGemm(_FoldIntoLinear):
+    """BN(Gemm(x)) -> Gemm(x)."""
+
     op_type: ClassVar[str] = "Gemm"
 
     def check_op(self, linear, channels, linear_out):
@@ -195,6 +201,8 @@ class FoldIntoGemm(_FoldIntoLinear):
 
 
 class FoldIntoMatMul(_FoldIntoLinear):
+    """BN(MatMul(x, W)) -> Add(MatMul(x, W'), b') for rank-2 outputs."""
+
     op_type: ClassVar[str] = "MatMul"
 
     def check_op(self, linear, channels, linear_out):
@@ -228,8 +236,6 @@ class FoldBatchNorm(Pass):
         count = apply_rules(model, RULES, context)
         if count:
             common_passes.RemoveUnusedNodesPass()(model)
-        remaining = sum(
-            1 for g in model.graphs() for n in g if n.op_type == "BatchNormalization"
-        )
+        remaining = sum(1 for g in model.graphs() for n in g if n.op_type == "BatchNormalization")
         logger.info("folded %d BatchNormalization nodes, %d left", count, remaining)
         return PassResult(model, modified=count > 0, stats={"folded": count, "left": remaining})

@@ -77,8 +77,9 @@ def test_wrong_pass_is_rolled_back_exit_1_and_last_good_model_written(tmp_path):
     got = lightir.load(out)
     assert op_types(got) == op_types(expected)
     for name, value in expected.graph.initializers.items():
-        np.testing.assert_array_equal(got.graph.initializers[name].const_value.numpy(),
-                                      value.const_value.numpy())
+        np.testing.assert_array_equal(
+            got.graph.initializers[name].const_value.numpy(), value.const_value.numpy()
+        )
 
 
 def make_bad_inputs(tmp_path):
@@ -114,8 +115,18 @@ def make_bad_inputs(tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "random", "truncated", "escaping", "unknown-pass", "bad-option", "bad-zoo",
-     "no-pipeline", "bad-flag", "same-output"],
+    [
+        "missing",
+        "random",
+        "truncated",
+        "escaping",
+        "unknown-pass",
+        "bad-option",
+        "bad-zoo",
+        "no-pipeline",
+        "bad-flag",
+        "same-output",
+    ],
 )
 def test_bad_input_one_line_exit_2_no_output(tmp_path, case):
     cases = make_bad_inputs(tmp_path)
@@ -144,8 +155,16 @@ def test_list_passes():
 def test_instruments_dump_dir_print_ir_and_explain(tmp_path):
     dump = tmp_path / "dump"
     proc = lightir_opt(
-        "zoo:resnet", "-p", "fold-bn,cleanup", "--dump-dir", dump, "--print-ir-after", "fold-bn",
-        "--explain", "--timing", "-q",
+        "zoo:resnet",
+        "-p",
+        "fold-bn,cleanup",
+        "--dump-dir",
+        dump,
+        "--print-ir-after",
+        "fold-bn",
+        "--explain",
+        "--timing",
+        "-q",
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in dump.iterdir()) == ["01-fold-bn.onnx", "02-cleanup.onnx"]

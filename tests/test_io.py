@@ -102,7 +102,9 @@ def test_save_is_atomic_when_serialization_fails(tmp_path, monkeypatch):
             handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(lightir_io, "_write_streaming", lambda model, path: broken_save(model, path))
+    monkeypatch.setattr(
+        lightir_io, "_write_streaming", lambda model, path: broken_save(model, path)
+    )
     with pytest.raises(InputError, match="disk full"):
         lightir.save(zoo.build("vgg"), path)
     assert list(tmp_path.iterdir()) == []

@@ -125,7 +125,9 @@ def test_lossy_contract_budget_is_enforced(throwaway_passes):
         """Scale the last Gemm's weight and bias (a stand-in for a lossy pass)."""
         gemm = [n for n in model.graph if n.op_type == "Gemm"][-1]
         for value in gemm.inputs[1:]:
-            value.const_value = ir.tensor(value.const_value.numpy() * options.factor, name=value.name)
+            value.const_value = ir.tensor(
+                value.const_value.numpy() * options.factor, name=value.name
+            )
         return True
 
     assert lightir.optimize("zoo:vgg", "scale-logits{factor=1.01}").report.ok

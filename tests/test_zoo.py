@@ -13,7 +13,9 @@ def test_zoo_models_are_valid_deterministic_and_realistic(name):
     model = zoo.build(name)
     again = zoo.build(name)
     for key, value in model.graph.initializers.items():
-        np.testing.assert_array_equal(value.const_value.numpy(), again.graph.initializers[key].const_value.numpy())
+        np.testing.assert_array_equal(
+            value.const_value.numpy(), again.graph.initializers[key].const_value.numpy()
+        )
     (outputs,) = run(model, random_inputs(model, samples=3))
     logits = outputs["logits"]
     assert logits.shape == (3, 10) and np.isfinite(logits).all() and logits.std() > 0.1

@@ -85,9 +85,7 @@ def measure(name: str, pipeline: str, repeats: int, external: bool, workdir: Pat
     median = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "ok"}
     median["ok"] = all(r["ok"] for r in runs)
     median["verify_share"] = statistics.median(r["verify_s"] / r["total_s"] for r in runs)
-    median["peak_ratio"] = statistics.median(
-        r["peak_delta_bytes"] / r["model_bytes"] for r in runs
-    )
+    median["peak_ratio"] = statistics.median(r["peak_delta_bytes"] / r["model_bytes"] for r in runs)
     return median
 
 
@@ -102,9 +100,14 @@ def main() -> None:
     if args.worker:
         worker(*args.worker)
         return
-    print(f"pipeline {args.pipeline}; median of {args.repeats} runs; "
-          f"weights {'external' if args.external else 'embedded'}")
-    header = f"{'model':<12} {'weights':>10} {'total s':>8} {'verify s':>9} {'verify share':>13} {'peak/model':>11} ok"
+    print(
+        f"pipeline {args.pipeline}; median of {args.repeats} runs; "
+        f"weights {'external' if args.external else 'embedded'}"
+    )
+    header = (
+        f"{'model':<12} {'weights':>10} {'total s':>8} {'verify s':>9} {'verify share':>13} "
+        f"{'peak/model':>11} ok"
+    )
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

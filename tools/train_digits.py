@@ -58,7 +58,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    for epoch in range(args.epochs):
+    for _epoch in range(args.epochs):
         model.train()
         order = torch.randperm(len(xt))
         for start in range(0, len(xt), 64):
