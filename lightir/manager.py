@@ -292,6 +292,8 @@ def optimize(
             result = pass_.run(model, context)
             if result is None or not hasattr(result, "modified"):
                 raise TypeError(f"run() returned {result!r}, not a PassResult")
+            # A pass may hand back a new model object (graphsurgeon passes do).
+            model = result.model
             modified = result.modified
             record.stats = dict(result.stats)
         except Exception as exc:

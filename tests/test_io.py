@@ -123,3 +123,15 @@ def test_file_without_graph_is_refused(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(InputError, match="holds no ONNX graph"):
         lightir.load(path)
+
+
+def test_external_data_chosen_automatically_past_the_protobuf_limit(tmp_path, monkeypatch):
+    # The real limit is 2 GB; lowering it exercises the same decision on a small model.
+    monkeypatch.setattr(lightir_io, "PROTOBUF_LIMIT_BYTES", 1_000_000)
+    model = zoo.build("vgg")
+    lightir.save(model, tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").exists()
+    monkeypatch.setattr(lightir_io, "PROTOBUF_LIMIT_BYTES", 10_000_000)
+    lightir.save(model, tmp_path / "small.onnx")
+    assert not (tmp_path / "small.onnx.data").exists()
+    assert_outputs_close(model, lightir.load(tmp_path / "big.onnx"), rtol=0)
