@@ -62,14 +62,21 @@ class Contract:
         """Short human form, e.g. ``lossy(rel<=0.05, cos>=0.999)``."""
         if self.is_exact:
             return "exact"
-        parts = []
-        if self.rel_error is not None:
-            parts.append(f"rel<={self.rel_error:g}")
-        if self.min_cosine is not None:
-            parts.append(f"cos>={self.min_cosine:g}")
-        if self.min_top1 is not None:
-            parts.append(f"top1>={self.min_top1:g}")
-        return f"lossy({', '.join(parts)})"
+        return f"lossy({describe_bounds(self.rel_error, self.min_cosine, self.min_top1)})"
+
+
+def describe_bounds(
+    rel_error: float | None, min_cosine: float | None, min_top1: float | None
+) -> str:
+    """``rel<=R, cos>=C, top1>=T`` for the bounds that are set."""
+    parts = []
+    if rel_error is not None:
+        parts.append(f"rel<={rel_error:.2g}")
+    if min_cosine is not None:
+        parts.append(f"cos>={min_cosine:g}")
+    if min_top1 is not None:
+        parts.append(f"top1>={min_top1:g}")
+    return ", ".join(parts)
 
 
 EXACT = Contract.exact()

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx_ir as ir
 
-from lightir.pass_base import Contract
+from lightir.pass_base import Contract, describe_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +67,7 @@ class Tolerance:
 
     def describe(self) -> str:
         """Short form for messages."""
-        parts = []
-        if self.rel_error is not None:
-            parts.append(f"rel<={self.rel_error:.2g}")
-        if self.min_cosine is not None:
-            parts.append(f"cos>={self.min_cosine:g}")
-        if self.min_top1 is not None:
-            parts.append(f"top1>={self.min_top1:g}")
-        return ", ".join(parts)
+        return describe_bounds(self.rel_error, self.min_cosine, self.min_top1)
 
 
 def exact_tolerance(model: ir.Model) -> float:
