@@ -30,9 +30,7 @@ def _import_gs():
     try:
         import onnx_graphsurgeon as gs
     except ImportError as exc:
-        raise UsageError(
-            "onnx-graphsurgeon is not installed; pip install 'lightir[gs]'"
-        ) from exc
+        raise UsageError("onnx-graphsurgeon is not installed; pip install 'lightir[gs]'") from exc
     return gs
 
 

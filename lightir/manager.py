@@ -33,7 +33,14 @@ from lightir.data import CalibrationData, InputSpec, input_specs, synthesize
 from lightir.errors import InputError, PassFailedError, UsageError
 from lightir.onnx_bridge import OrtModel, check_structure, weightless_proto
 from lightir.pass_base import Pass, PassContext
-from lightir.pipeline import expand, format_pipeline, parse_pipeline
+from lightir.pipeline import (
+    MAX_FIXPOINT_ROUNDS,
+    Fixpoint,
+    expand,
+    flatten,
+    format_pipeline,
+    parse_pipeline,
+)
 from lightir.verify import (
     OutputMetrics,
     StructureError,
@@ -226,11 +233,12 @@ def optimize(
     start = time.perf_counter()
     if isinstance(pipeline, str):
         specs = parse_pipeline(pipeline)
-        passes = expand(specs)
+        items = expand(specs)
         pipeline_text = format_pipeline(specs)
     else:
-        passes = list(pipeline)
-        pipeline_text = ",".join(p.name for p in passes)
+        items = list(pipeline)
+        pipeline_text = ",".join(p.name for p in items)
+    passes = flatten(items)
     tolerances = dict(tolerances or {})
     unknown = sorted(set(tolerances) - {p.name for p in passes})
     if unknown:
@@ -271,7 +279,8 @@ def optimize(
     previous_outputs = original_outputs
     context_calibration = calibration
 
-    for index, pass_ in enumerate(passes, start=1):
+    schedule = _Schedule(items)
+    for index, pass_ in enumerate(schedule, start=1):
         for instrument in instruments:
             instrument.before_pass(index, pass_, model)
         snapshot = model.clone()
@@ -329,6 +338,7 @@ def optimize(
         else:
             record.status = "changed" if modified else "unchanged"
             previous_outputs = outputs
+            schedule.changed |= modified
         record.cost = model_cost(model, input_shapes) if modified else _last_cost(report)
         report.records.append(record)
         for instrument in instruments:
@@ -353,6 +363,27 @@ def optimize(
     if verify == "end" and report.failures:
         raise PassFailedError(report.failures[-1])
     return Result(model, report)
+
+
+class _Schedule:
+    """Yields the passes to run; a :class:`Fixpoint` group repeats while a round changed."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+        self.changed = False
+
+    def __iter__(self):
+        for item in self.items:
+            if not isinstance(item, Fixpoint):
+                yield item
+                continue
+            for round_index in range(MAX_FIXPOINT_ROUNDS):
+                outer, self.changed = self.changed, False
+                yield from item.passes
+                round_changed, self.changed = self.changed, outer or self.changed
+                if not round_changed:
+                    break
+                logger.info("%s: round %d changed the model", item.name, round_index + 1)
 
 
 def _last_cost(report: Report) -> ModelCost:

@@ -189,9 +189,23 @@ def format_pipeline(specs: list[PassSpec]) -> str:
     return ",".join(canonical)
 
 
-def expand(specs: list[PassSpec], _seen: tuple[str, ...] = ()) -> list[Pass]:
-    """Instantiate the passes of ``specs``, expanding named pipelines (cycles refused)."""
-    passes: list[Pass] = []
+MAX_FIXPOINT_ROUNDS = 8
+
+
+@dataclass
+class Fixpoint:
+    """Passes repeated until a round changes nothing (from a ``fixpoint`` named pipeline)."""
+
+    name: str
+    passes: list
+
+
+def expand(specs: list[PassSpec], _seen: tuple[str, ...] = ()) -> list:
+    """Instantiate the passes of ``specs``, expanding named pipelines (cycles refused).
+
+    Items are :class:`~lightir.pass_base.Pass` instances or :class:`Fixpoint` groups.
+    """
+    passes: list = []
     for spec in specs:
         pass_cls = registry.get_pass(spec.name)
         if pass_cls is not None:
@@ -201,5 +215,17 @@ def expand(specs: list[PassSpec], _seen: tuple[str, ...] = ()) -> list[Pass]:
         assert named is not None, spec.name
         if spec.name in _seen:
             raise UsageError(f"pipeline {spec.name!r} includes itself")
-        passes.extend(expand(parse_pipeline(named.text), (*_seen, spec.name)))
+        inner = expand(parse_pipeline(named.text), (*_seen, spec.name))
+        if named.fixpoint:
+            passes.append(Fixpoint(spec.name, inner))
+        else:
+            passes.extend(inner)
     return passes
+
+
+def flatten(items: list) -> list[Pass]:
+    """Every pass instance in ``items``, fixpoint groups opened (each pass once)."""
+    result: list[Pass] = []
+    for item in items:
+        result.extend(flatten(item.passes) if isinstance(item, Fixpoint) else [item])
+    return result

@@ -47,6 +47,7 @@ class NamedPipeline:
     name: str
     text: str
     summary: str
+    fixpoint: bool = False
 
 
 def _as_contract(contract: Contract | str) -> Contract:
@@ -100,11 +101,17 @@ def register_pass(
     return decorate
 
 
-def register_pipeline(name: str, text: str, summary: str, *, replace: bool = False) -> None:
-    """Register ``text`` (``"fold-bn,cleanup"``) as the pipeline ``name``."""
+def register_pipeline(
+    name: str, text: str, summary: str, *, fixpoint: bool = False, replace: bool = False
+) -> None:
+    """Register ``text`` (``"fold-bn,cleanup"``) as the pipeline ``name``.
+
+    With ``fixpoint=True`` the passes run again, round after round, until a round changes
+    nothing (at most :data:`lightir.pipeline.MAX_FIXPOINT_ROUNDS` rounds).
+    """
     if (name in _PASSES or name in _PIPELINES) and not replace:
         raise ValueError(f"a pass or pipeline named {name!r} is already registered")
-    _PIPELINES[name] = NamedPipeline(name, text, summary)
+    _PIPELINES[name] = NamedPipeline(name, text, summary, fixpoint)
 
 
 def unregister(name: str) -> None:

@@ -9,6 +9,10 @@ mobilenetv2 MobileNetV2-style inverted residuals: 1x1 expand, 3x3 depthwise, 1x1
 vgg        VGG-style: conv/BN/ReLU stacks, max pools, Flatten and two hidden FC layers
 repvgg     RepVGG train-time blocks: 3x3 conv+BN, 1x1 conv+BN and identity BN, summed
 resnet50   ResNet-50-sized (bottlenecks [3, 4, 6, 3], 224x224, 25.6 M params): benchmarks
+acnet      ACNet train-time blocks: 3x3, 1x3 and 3x1 conv+BN branches, summed
+dbb        Diverse Branch Blocks: 3x3, 1x1, 1x1->AvgPool and 1x1->3x3 branches
+mobileone  MobileOne blocks: k over-parameterized dw/1x1 branches with scale and skip BN
+repghost   RepGhost bottlenecks: depthwise conv + BN-identity added in feature space
 digits     a real trained CNN (committed fixture): 4 conv/BN/ReLU blocks and two FC layers
            trained on scikit-learn's 8x8 digits by ``tools/train_digits.py``; its test
            split (450 images) comes with it, so lossy passes are judged by real accuracy
@@ -127,6 +131,189 @@ def resnet50(seed: int = 0, size: int = 224, classes: int = 1000) -> ir.Model:
     return _head(b, x, classes)
 
 
+# --------------------------------------------------------------------------------------------
+# Train-time reparameterizable blocks (RepVGG above) and their hand-written deploy forms. Each
+# network: stem, a few blocks, GAP + Gemm head. ``deploy_NAME`` builds the inference form
+# that reparameterization must reach (random weights: compare structure and speed, not
+# outputs).
+
+
+def _conv_bn(b: GraphBuilder, x: ir.Value, cout: int, kernel, **kw) -> ir.Value:
+    return b.batch_norm(b.conv(x, cout, kernel, **kw))
+
+
+def _plain_head(b: GraphBuilder, size: int, blocks, make_block, classes: int = 10) -> ir.Model:
+    x = b.input("input", [BATCH, 3, size, size])
+    x = b.relu(b.conv(x, blocks[0][0], 3, stride=2, bias=True))
+    for width, stride in blocks:
+        x = make_block(b, x, width, stride)
+    return _head(b, x, classes)
+
+
+ACNET_BLOCKS = [(32, 1), (48, 2), (48, 1), (64, 2)]
+
+
+def acnet(seed: int = 0, size: int = 32) -> ir.Model:
+    """ACNet: each block sums 3x3+BN, 1x3+BN and 3x1+BN branches (asymmetric kernels)."""
+
+    def block(b, x, width, stride):
+        square = _conv_bn(b, x, width, 3, stride=stride)
+        wide = _conv_bn(b, x, width, (1, 3), stride=stride, pads=[0, 1, 0, 1])
+        tall = _conv_bn(b, x, width, (3, 1), stride=stride, pads=[1, 0, 1, 0])
+        return b.relu(b.add(b.add(square, wide), tall))
+
+    return _plain_head(GraphBuilder("acnet", seed=seed), size, ACNET_BLOCKS, block)
+
+
+def deploy_acnet(seed: int = 0, size: int = 32) -> ir.Model:
+    """ACNet deploy form: one 3x3 Conv + Relu per block."""
+    return _plain_head(GraphBuilder("acnet_deploy", seed=seed), size, ACNET_BLOCKS, _deploy_3x3)
+
+
+def _deploy_3x3(b, x, width, stride):
+    return b.relu(b.conv(x, width, 3, stride=stride, bias=True))
+
+
+DBB_BLOCKS = [(32, 1), (48, 2), (48, 1)]
+
+
+def dbb(seed: int = 0, size: int = 32) -> ir.Model:
+    """Diverse Branch Block: 3x3+BN, 1x1+BN, 1x1 -> AvgPool -> BN, and 1x1 -> 3x3 -> BN.
+
+    The 1x1 convs ahead of the padded AvgPool and 3x3 have no bias, so the ONNX graph is
+    exactly mergeable (DBB's BN-and-pad layer serves the same purpose in PyTorch).
+    """
+
+    def block(b, x, width, stride):
+        square = _conv_bn(b, x, width, 3, stride=stride)
+        point = _conv_bn(b, x, width, 1, stride=stride, pads=[0] * 4)
+        pooled = b.conv(x, width, 1, pads=[0] * 4)
+        pooled = b.op(
+            "AveragePool",
+            [pooled],
+            {
+                "kernel_shape": [3, 3],
+                "strides": [stride] * 2,
+                "pads": [1] * 4,
+                "count_include_pad": 1,
+            },
+        )
+        pooled = b.batch_norm(pooled)
+        seq = b.conv(x, width, 1, pads=[0] * 4)
+        seq = _conv_bn(b, seq, width, 3, stride=stride)
+        return b.relu(b.add(b.add(square, point), b.add(pooled, seq)))
+
+    return _plain_head(GraphBuilder("dbb", seed=seed), size, DBB_BLOCKS, block)
+
+
+def deploy_dbb(seed: int = 0, size: int = 32) -> ir.Model:
+    """DBB deploy form: one 3x3 Conv + Relu per block."""
+    return _plain_head(GraphBuilder("dbb_deploy", seed=seed), size, DBB_BLOCKS, _deploy_3x3)
+
+
+MOBILEONE_BLOCKS = [(32, 1), (48, 2), (48, 1), (64, 2)]
+MOBILEONE_K = 3
+
+
+def mobileone(seed: int = 0, size: int = 32) -> ir.Model:
+    """MobileOne: a depthwise stage then a pointwise stage, each summed, each with ReLU.
+
+    Depthwise stage: k x (dw 3x3 + BN), dw 1x1 + BN (scale branch), skip BN. Pointwise stage:
+    k x (1x1 + BN), skip BN.
+    """
+
+    def block(b, x, width, stride):
+        cin = b.channels[x]
+        terms = [_conv_bn(b, x, cin, 3, stride=stride, groups=cin) for _ in range(MOBILEONE_K)]
+        terms.append(_conv_bn(b, x, cin, 1, stride=stride, groups=cin, pads=[0] * 4))
+        if stride == 1:
+            terms.append(b.batch_norm(x))
+        y = b.relu(_sum(b, terms))
+        terms = [_conv_bn(b, y, width, 1, pads=[0] * 4) for _ in range(MOBILEONE_K)]
+        if width == cin:
+            terms.append(b.batch_norm(y))
+        return b.relu(_sum(b, terms))
+
+    return _plain_head(GraphBuilder("mobileone", seed=seed), size, MOBILEONE_BLOCKS, block)
+
+
+def deploy_mobileone(seed: int = 0, size: int = 32) -> ir.Model:
+    """MobileOne deploy form: dw 3x3 Conv + Relu, 1x1 Conv + Relu per block."""
+
+    def block(b, x, width, stride):
+        cin = b.channels[x]
+        y = b.relu(b.conv(x, cin, 3, stride=stride, groups=cin, bias=True))
+        return b.relu(b.conv(y, width, 1, pads=[0] * 4, bias=True))
+
+    return _plain_head(GraphBuilder("mobileone_deploy", seed=seed), size, MOBILEONE_BLOCKS, block)
+
+
+def _sum(b: GraphBuilder, terms: list[ir.Value]) -> ir.Value:
+    total = terms[0]
+    for term in terms[1:]:
+        total = b.add(total, term)
+    return total
+
+
+REPGHOST_BLOCKS = [(32, 1), (32, 1), (48, 2), (48, 1)]
+
+
+def repghost(seed: int = 0, size: int = 32) -> ir.Model:
+    """RepGhost bottleneck: depthwise conv plus BN-identity, added in feature space.
+
+    1x1 primary conv, then a depthwise 3x3 + BN added to a BN of its own input, ReLU, a 1x1
+    projection + BN, and a residual.
+    """
+
+    def block(b, x, width, stride):
+        cin = b.channels[x]
+        hidden = 2 * cin
+        y = b.relu(_conv_bn(b, x, hidden, 1, pads=[0] * 4))
+        cheap = _conv_bn(b, y, hidden, 3, groups=hidden)
+        y = b.relu(b.add(cheap, b.batch_norm(y)))
+        if stride == 2:
+            y = _conv_bn(b, y, hidden, 3, stride=2, groups=hidden)
+        y = _conv_bn(b, y, width, 1, pads=[0] * 4)
+        return b.add(x, y) if stride == 1 and width == cin else y
+
+    return _plain_head(GraphBuilder("repghost", seed=seed), size, REPGHOST_BLOCKS, block)
+
+
+def deploy_repghost(seed: int = 0, size: int = 32) -> ir.Model:
+    """RepGhost deploy form: 1x1 Conv+Relu, dw 3x3 Conv+Relu, (dw stride 2), 1x1 Conv, Add."""
+
+    def block(b, x, width, stride):
+        cin = b.channels[x]
+        hidden = 2 * cin
+        y = b.relu(b.conv(x, hidden, 1, pads=[0] * 4, bias=True))
+        y = b.relu(b.conv(y, hidden, 3, groups=hidden, bias=True))
+        if stride == 2:
+            y = b.conv(y, hidden, 3, stride=2, groups=hidden, bias=True)
+        y = b.conv(y, width, 1, pads=[0] * 4, bias=True)
+        return b.add(x, y) if stride == 1 and width == cin else y
+
+    return _plain_head(GraphBuilder("repghost_deploy", seed=seed), size, REPGHOST_BLOCKS, block)
+
+
+def deploy_repvgg(seed: int = 0, size: int = 32, classes: int = 10) -> ir.Model:
+    """RepVGG deploy form: one 3x3 Conv + Relu per block."""
+    b = GraphBuilder("repvgg_deploy", seed=seed)
+    x = b.input("input", [BATCH, 3, size, size])
+    for width, repeats in [(32, 1), (48, 2), (96, 2)]:
+        for index in range(repeats):
+            x = b.relu(b.conv(x, width, 3, stride=2 if index == 0 else 1, bias=True))
+    return _head(b, x, classes)
+
+
+DEPLOY_FORMS: dict[str, Callable[..., ir.Model]] = {
+    "repvgg": deploy_repvgg,
+    "acnet": deploy_acnet,
+    "dbb": deploy_dbb,
+    "mobileone": deploy_mobileone,
+    "repghost": deploy_repghost,
+}
+
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -165,7 +352,12 @@ BUILDERS: dict[str, Callable[..., ir.Model]] = {
     "repvgg": repvgg,
     "resnet50": resnet50,
     "digits": digits,
+    "acnet": acnet,
+    "dbb": dbb,
+    "mobileone": mobileone,
+    "repghost": repghost,
 }
+REPARAM = ["repvgg", "acnet", "dbb", "mobileone", "repghost"]
 SMALL = ["resnet", "mobilenetv2", "vgg", "repvgg"]
 
 

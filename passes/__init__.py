@@ -1,6 +1,11 @@
 """Built-in passes; importing this package registers them (``lightir.passes``)."""
 
-from lightir.passes import cleanup, fold_bn  # noqa: F401  (registration)
+from lightir.passes import (  # noqa: F401  (registration)
+    cleanup,
+    fold_bn,
+    merge_branches,
+    merge_linear,
+)
 
 from lightir.registry import register_pipeline
 
@@ -8,4 +13,11 @@ register_pipeline(
     "fold-bn-cleanup",
     "fold-bn,cleanup",
     "Fold BatchNormalization into the linear ops, then clean up.",
+)
+
+register_pipeline(
+    "reparam",
+    "fold-bn,merge-branches,merge-linear,cleanup",
+    "Structural reparameterization: fold BN, merge branches and linear chains, to a fixpoint.",
+    fixpoint=True,
 )

@@ -1,0 +1,213 @@
+"""Merge parallel linear branches that read the same input into one Conv (RepVGG, ACNet, DBB, ...).
+
+A tree of Adds whose leaves are linear maps of one input ``x`` (Conv kxk, 1x1, 1xk / kx1,
+identity, AveragePool, each optionally followed by BatchNormalization or a per-channel
+Mul/Add, and 1x1 -> kxk or 1x1 -> AveragePool sequences) equals one convolution of ``x``
+(see :mod:`lightir.conv_algebra` for the algebra). Each branch kernel is placed in the
+smallest window covering all of them, grouped branches are re-expressed at the gcd of their
+group counts, and weights and biases are summed. Per-channel constant leaves of the Add tree
+join the bias. Leaves that read other inputs stay in an Add with the merged Conv.
+
+Preconditions, each refusal explained by ``--explain``:
+
+* every intermediate result of the tree and of the branches has no other consumer;
+* no branch weight is shared with another node;
+* branches have equal strides, compatible dilations, and read the same input span;
+* at least one branch is a Conv, and the merged Conv costs no more MACs than the branches.
+
+BatchNormalization that directly follows a Conv is best folded first (``fold-bn``); the
+``reparam`` pipeline does that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
+
+from lightir.branches import LINEAR_OPS, Branch, classify, constant, per_channel, reaches
+from lightir.conv_algebra import ConvKernel, NotExact
+from lightir.pass_base import Pass, PassContext, PassResult
+from lightir.registry import register_pass
+from lightir.rewrite import apply_rules, skip, unique_name
+
+logger = logging.getLogger(__name__)
+
+
+def classify_identity(value: ir.Value) -> ConvKernel:
+    """The identity kernel on ``value``'s channels."""
+    return ConvKernel.identity(value.shape[1])
+
+
+def _on_path(value: ir.Value, target: ir.Value, depth: int = 6) -> bool:
+    """Whether ``target`` is reached from ``value`` through first inputs, linear ops only."""
+    for _ in range(depth):
+        if value is target:
+            return True
+        node = value.producer()
+        if node is None or not node.inputs or node.op_type not in LINEAR_OPS:
+            return False
+        value = node.inputs[0]
+    return False
+
+
+def add_tree_leaves(root: ir.Node) -> tuple[list[ir.Value], list[ir.Node], str | None]:
+    """Leaves and inner Adds of the Add tree rooted at ``root``; a reason if it is unusable."""
+    out_shape = root.outputs[0].shape
+    leaves, inner, stack = [], [], list(root.inputs)
+    while stack:
+        value = stack.pop()
+        node = value.producer()
+        if (
+            node is not None
+            and node.op_type == "Add"
+            and len(list(value.uses())) == 1
+            and not value.is_graph_output()
+            and value.shape == out_shape
+        ):
+            inner.append(node)
+            stack.extend(node.inputs)
+        else:
+            leaves.append(value)
+    return leaves, inner, None
+
+
+class MergeBranches(RewriteRuleClassBase):
+    """Add tree of linear branches of one input -> one Conv (+ Add of the other leaves)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="merge-branches")
+
+    def pattern(self, op, a, b):
+        return op.Add(a, b, _outputs=["out"])
+
+    def check(self, context, a, b, out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        plan = self.plan(out.producer())
+        if isinstance(plan, str):
+            return skip(result, plan[1:]) if plan.startswith("~") else result.fail(plan)
+        self._plan = plan
+        return result
+
+    def plan(self, root: ir.Node):
+        """Decide what to merge at ``root``: (group, bias leaves, other leaves) or a reason."""
+        out = root.outputs[0]
+        channels = out.shape[1] if out.shape is not None and len(out.shape) == 4 else None
+        if not isinstance(channels, int):
+            return "~output is not a rank-4 tensor with known channels"
+        leaves, _, _ = add_tree_leaves(root)
+        branches: list[Branch] = []
+        biases: list[ir.Value] = []
+        others: list[ir.Value] = []
+        for leaf in leaves:
+            array = constant(leaf)
+            if array is not None:
+                if per_channel(array, channels) is not None:
+                    biases.append(leaf)
+                else:
+                    others.append(leaf)
+                continue
+            if leaf.shape != out.shape:
+                others.append(leaf)
+                continue
+            branch = classify(leaf)
+            if branch is None:
+                others.append(leaf)
+                continue
+            consumers = [n.name for n, _ in leaf.uses()]
+            if branch.nodes and (len(consumers) > 1 or leaf.is_graph_output()):
+                # Its producer must stay for the other consumer: only an identity reading.
+                stop = f"branch output '{leaf.name}' has other consumers {consumers}"
+                branch = Branch(leaf, leaf, classify_identity(leaf), [], stop, branch.source)
+            branches.append(branch)
+        by_source: dict[ir.Value, list[Branch]] = defaultdict(list)
+        for branch in branches:
+            by_source[branch.source].append(branch)
+        groups = [g for g in by_source.values() if len(g) >= 2 and any(b.has_conv for b in g)]
+        if not groups:
+            return self._why_not(branches)
+        group = max(groups, key=len)
+        try:
+            kernel = group[0].kernel
+            for branch in group[1:]:
+                kernel = kernel.add(branch.kernel)
+        except NotExact as reason:
+            return f"branches of '{group[0].source.name}' cannot merge exactly: {reason}"
+        branch_macs = sum(b.kernel.macs_per_output for b in group if b.nodes)
+        if kernel.macs_per_output > branch_macs:
+            return (
+                f"merging the branches of '{group[0].source.name}' would cost more "
+                f"({kernel.macs_per_output} vs {branch_macs} MACs per output)"
+            )
+        for leaf in biases:
+            kernel = kernel.scale(1.0, per_channel(constant(leaf), channels))
+        rest = [b.value for b in branches if b not in group] + others
+        return group, kernel, rest
+
+    @staticmethod
+    def _why_not(branches: list[Branch]) -> str:
+        """A reason worth showing, or a silent one (prefixed ``~``).
+
+        A stop matters when, without it, the branch would have reached an input that another
+        branch reads; a nonlinearity matters when it lies on the path between two sources.
+        """
+        sources = {b.source for b in branches}
+        for branch in branches:
+            if branch.stop and branch.wanted_source is not None:
+                wanted = branch.wanted_source
+                if any(_on_path(wanted, s) for s in sources - {branch.source}):
+                    return branch.stop
+        for branch in branches:
+            for other in sources - {branch.source}:
+                nonlinear = reaches(branch.source, other)
+                if nonlinear is not None:
+                    return (
+                        f"{nonlinear.op_type} '{nonlinear.name}' (not linear) sits inside a "
+                        f"branch from '{other.name}'"
+                    )
+        return "~no two linear branches read the same input"
+
+    def rewrite(self, op, a, b, out):
+        group, kernel, rest = self._plan
+        graph = out.producer().graph
+        source = group[0].source
+        dtype = source.dtype.numpy() if source.dtype is not None else np.float32
+        name = out.producer().name or "add"
+        w_name = unique_name(graph, f"{name}_merged_weight")
+        b_name = unique_name(graph, f"{name}_merged_bias")
+        weight = op.initializer(ir.tensor(kernel.weight.astype(dtype), name=w_name), name=w_name)
+        bias = op.initializer(ir.tensor(kernel.bias.astype(dtype), name=b_name), name=b_name)
+        result = op.Conv(
+            source,
+            weight,
+            bias,
+            kernel_shape=list(kernel.kernel),
+            strides=list(kernel.strides),
+            dilations=list(kernel.dilations),
+            pads=kernel.pads,
+            group=kernel.group,
+        )
+        for value in rest:
+            result = op.Add(result, value)
+        return result
+
+
+RULES = [MergeBranches.rule()]
+
+
+@register_pass("merge-branches", contract="exact")
+class MergeBranchesPass(Pass):
+    """Merge parallel linear branches of one input (RepVGG, ACNet, DBB, MobileOne) into a Conv."""
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Infer shapes, merge every eligible Add tree, drop the replaced branches."""
+        common_passes.ShapeInferencePass()(model)
+        count = apply_rules(model, RULES, context)
+        if count:
+            common_passes.RemoveUnusedNodesPass()(model)
+        logger.info("merged %d branch groups", count)
+        return PassResult(model, modified=count > 0, stats={"merged": count})
