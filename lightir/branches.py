@@ -219,15 +219,17 @@ def _extend(value: ir.Value, node: ir.Node, source: ir.Value, step: ConvKernel) 
     inner = classify(source)
     if inner is None or not inner.nodes:
         if inner is not None:
-            here.stop = inner.stop
+            here.stop, here.wanted_source = inner.stop, inner.wanted_source
         return here
     try:
         kernel = inner.kernel.then(step)
     except NotExact as reason:
+        first = inner.nodes[-1]
         here.stop = (
-            f"{inner.nodes[-1].op_type} '{inner.nodes[-1].name}' -> {node.op_type} "
-            f"'{node.name}' cannot merge exactly: {reason}"
+            f"{first.op_type} '{first.name}' -> {node.op_type} '{node.name}' cannot merge "
+            f"exactly: {reason}"
         )
+        here.wanted_source = inner.source
         return here
     return Branch(value, inner.source, kernel, [*inner.nodes, node], inner.stop)
 

@@ -115,7 +115,10 @@ class PassContext:
     def decline(self, where: str | ir.Node, reason: str) -> None:
         """Record why a rewrite did not fire at ``where`` (a node or a name)."""
         if isinstance(where, ir.Node):
-            where = f"{where.op_type} '{where.name}'"
+            if where.name:
+                where = f"{where.op_type} '{where.name}'"
+            else:
+                where = f"{where.op_type} producing '{where.outputs[0].name}'"
         self.declines.append(f"{where}: {reason}")
         logger.debug("declined at %s: %s", where, reason)
 

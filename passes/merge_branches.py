@@ -127,7 +127,10 @@ class MergeBranches(RewriteRuleClassBase):
         by_source: dict[ir.Value, list[Branch]] = defaultdict(list)
         for branch in branches:
             by_source[branch.source].append(branch)
-        groups = [g for g in by_source.values() if len(g) >= 2 and any(b.has_conv for b in g)]
+        # Two branches to sum, or one Conv branch whose constant shifts join its bias.
+        groups = [
+            g for g in by_source.values() if (len(g) >= 2 or biases) and any(b.has_conv for b in g)
+        ]
         if not groups:
             return self._why_not(branches)
         group = max(groups, key=len)

@@ -193,13 +193,22 @@ def _affine_step(value: ir.Value) -> Affine | str | None:
     return Affine(node.inputs[0], matrix, offset, nodes)
 
 
+def _feeds_constant_add(value: ir.Value) -> bool:
+    """Whether ``value`` only feeds an Add with a constant (a bias to fold with it)."""
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return False
+    node = uses[0][0]
+    return node.op_type == "Add" and any(constant(v) is not None for v in node.inputs)
+
+
 def _through_no_op_reshape(value: ir.Value) -> tuple[ir.Value, list[ir.Node]]:
-    """Skip Reshape/Flatten nodes whose rank-2 input and output shapes are the same."""
+    """Skip Reshape/Flatten/Identity nodes whose rank-2 input and output shapes are equal."""
     skipped = []
     node = value.producer()
     while (
         node is not None
-        and node.op_type in ("Reshape", "Flatten")
+        and node.op_type in ("Reshape", "Flatten", "Identity")
         and node.inputs[0].shape is not None
         and len(node.inputs[0].shape) == 2
         and node.inputs[0].shape == node.outputs[0].shape
@@ -228,12 +237,23 @@ class MergeDenseChain(RewriteRuleClassBase):
         second = _affine_step(out)
         if not isinstance(second, Affine):
             return result.fail(second) if isinstance(second, str) else skip(result, "no step")
+        if self.op_type != "Add" and _feeds_constant_add(out):
+            return skip(result, "the bias Add after this step is the root of the chain")
         middle, skipped = _through_no_op_reshape(second.source)
-        if not _single_use(middle):
-            return skip(result, "the first step's output has other consumers")
-        first = _affine_step(middle)
-        if not isinstance(first, Affine):
-            return result.fail(first) if isinstance(first, str) else skip(result, "no chain")
+        first = _affine_step(middle) if _single_use(middle) else None
+        if isinstance(first, str):
+            return result.fail(first)
+        if first is None:
+            # A single step: fold its separate bias Add into a Gemm when that is possible.
+            if (
+                len(second.nodes) == 2
+                and second.source.shape is not None
+                and len(second.source.shape) == 2
+            ):
+                identity = Affine(second.source, np.empty((0, 0)), np.empty(0), [])
+                self._plan = (identity, second)
+                return result
+            return skip(result, "no chain")
         k, m = first.matrix.shape
         n = second.matrix.shape[1]
         if not self.force and k * n > k * m + m * n:
@@ -246,8 +266,11 @@ class MergeDenseChain(RewriteRuleClassBase):
 
     def rewrite(self, op, x, out):
         first, second = self._plan
-        matrix = first.matrix @ second.matrix
-        offset = first.offset @ second.matrix + second.offset
+        if first.nodes:
+            matrix = first.matrix @ second.matrix
+            offset = first.offset @ second.matrix + second.offset
+        else:  # a single step whose bias Add joins it
+            matrix, offset = second.matrix, second.offset
         graph = out.producer().graph
         dtype = first.source.dtype.numpy() if first.source.dtype else np.float32
         base = out.producer().name or "dense"
