@@ -39,7 +39,7 @@ NONLINEAR_OPS = {
 LINEAR_OPS = {"Conv", "BatchNormalization", "AveragePool", "Mul", "Add"}
 
 
-@dataclass
+@dataclass(eq=False)
 class Branch:
     """``value = kernel(source)``; ``nodes`` are the ops the kernel replaces."""
 

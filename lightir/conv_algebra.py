@@ -34,7 +34,7 @@ class NotExact(Exception):
     """The requested algebra would not reproduce the original outputs exactly."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ConvKernel:
     """A 2-D convolution with bias, as float64 arrays plus geometry."""
 
