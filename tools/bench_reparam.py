@@ -122,6 +122,44 @@ def measure(name: str, threads_list, repeats: int, target_s: float) -> list[dict
     return rows
 
 
+def measure_pair(train: str, deploy: str, threads_list, repeats: int, target_s: float) -> None:
+    """lightir's reparam of a train-time export against the deploy-form export, side by side."""
+    import lightir
+    from lightir.data import input_specs, synthesize
+
+    train_model = lightir.load(train)
+    result = lightir.optimize(train_model, "reparam")
+    assert result.report.ok, result.report.failures
+    deploy_model = lightir.load(deploy)
+    feeds = synthesize(input_specs(deploy_model), samples=1)[0]
+    protos = {
+        "lightir": lightir.onnx_bridge.ir.to_proto(result.model).SerializeToString(),
+        "deploy": lightir.onnx_bridge.ir.to_proto(deploy_model).SerializeToString(),
+    }
+    print(
+        f"{Path(train).name} -> reparam vs {Path(deploy).name}: nodes "
+        f"{len(list(result.model.graph))} vs {len(list(deploy_model.graph))}"
+    )
+    for threads in threads_list:
+        for optimize in (False, True):
+            variants = {k: session(v, threads, optimize) for k, v in protos.items()}
+            for sess in variants.values():
+                time_block(sess, feeds, 3)
+            iterations = max(5, int(target_s / max(time_block(variants["deploy"], feeds, 5), 1e-6)))
+            samples = {key: [] for key in variants}
+            order, rng = list(variants), random.Random(0)
+            for _ in range(repeats):
+                rng.shuffle(order)
+                for key in order:
+                    samples[key].append(time_block(variants[key], feeds, iterations))
+            t = {key: statistics.median(v) for key, v in samples.items()}
+            print(
+                f"  threads {threads} ort {'ENABLE_ALL' if optimize else 'DISABLE_ALL'}: "
+                f"lightir {t['lightir'] * 1e3:.3f} ms, deploy {t['deploy'] * 1e3:.3f} ms, "
+                f"ratio {t['lightir'] / t['deploy']:.3f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS)
@@ -135,9 +173,21 @@ def main() -> None:
         action="store_true",
         help="stop onnxruntime's idle threads from spinning (steadier on shared machines)",
     )
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("TRAIN.onnx", "DEPLOY.onnx"),
+        action="append",
+        default=[],
+        help="compare reparam(TRAIN) with a deploy-form export",
+    )
     args = parser.parse_args()
     global SPIN
     SPIN = not args.no_spin
+    if args.pair:
+        for train, deploy in args.pair:
+            measure_pair(train, deploy, args.threads, args.repeats, args.block_seconds)
+        return
     print(
         f"onnxruntime {ort.__version__}; spinning {'on' if SPIN else 'off'}; batch 1; "
         f"median of {args.repeats} interleaved "
