@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import lightir
@@ -152,3 +153,24 @@ def test_declines_padded_sequence_after_a_bias():
     assert op_types(result.model).count("Conv") == 3
     assert any("cannot merge exactly" in d for d in declines(result))
     assert_outputs_close(model, result.model, rtol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [13, 15, 18, 21])
+def test_exporter_noise_and_opsets(opset):
+    """Identity, Cast-to-same-type and Constant nodes between branches, opsets 13-21."""
+    b = GraphBuilder("noisy", seed=8, opset=opset)
+    x = b.input("x", ["batch", 4, 8, 8])
+    dense = b.op("Identity", [b.batch_norm(b.conv(x, 4, 3))])
+    point = b.op("Cast", [b.batch_norm(b.conv(x, 4, 1, pads=[0] * 4))], {"to": 1})
+    shift = b.op(
+        "Constant",
+        [],
+        {"value": __import__("onnx_ir").tensor(np.full((4, 1, 1), 0.5, np.float32))},
+        channels=4,
+    )
+    y = b.add(b.add(dense, point), b.add(b.batch_norm(x), shift))
+    b.output(b.relu(y), "y")
+    model = b.build()
+    out = reparam(model).model
+    assert op_types(out) == ["Conv", "Relu"]
+    assert_outputs_close(model, out, rtol=1e-5)
