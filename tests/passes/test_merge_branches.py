@@ -162,12 +162,7 @@ def test_exporter_noise_and_opsets(opset):
     x = b.input("x", ["batch", 4, 8, 8])
     dense = b.op("Identity", [b.batch_norm(b.conv(x, 4, 3))])
     point = b.op("Cast", [b.batch_norm(b.conv(x, 4, 1, pads=[0] * 4))], {"to": 1})
-    shift = b.op(
-        "Constant",
-        [],
-        {"value": __import__("onnx_ir").tensor(np.full((4, 1, 1), 0.5, np.float32))},
-        channels=4,
-    )
+    shift = b.op("Constant", [], {"value": ir.tensor(np.full((4, 1, 1), 0.5, np.float32))})
     y = b.add(b.add(dense, point), b.add(b.batch_norm(x), shift))
     b.output(b.relu(y), "y")
     model = b.build()
