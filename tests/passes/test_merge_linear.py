@@ -122,3 +122,20 @@ def test_dense_chain_with_relu_and_costlier_merge_left_alone():
     narrow = merge(dense_chain_model(middle=2, extra="f = Identity(h)"))
     assert op_types(narrow.model).count("Gemm") == 1  # 16x2 + 2x8 < 16x8: kept
     assert any("would cost more" in d for d in declines(narrow))
+
+
+def test_linear_layers_exported_with_transposed_weights_merge_under_reparam():
+    """MatMul(x, Transpose(W)) + b twice, as some exporters write nn.Linear."""
+    b = GraphBuilder("linear_t", seed=3)
+    x = b.input("x", ["batch", 16])
+    h = x
+    for fan_in, fan_out in [(16, 24), (24, 8)]:
+        w = b.initializer(b.rng.standard_normal((fan_out, fan_in)).astype(np.float32))
+        bias = b.initializer(b.rng.standard_normal(fan_out).astype(np.float32))
+        wt = b.op("Transpose", [w], {"perm": [1, 0]})
+        h = b.op("Add", [b.op("MatMul", [h, wt]), bias])
+    b.output(h, "y")
+    model = b.build()
+    out = merge(model, "reparam").model
+    assert op_types(out) == ["Gemm"]
+    assert_outputs_close(model, out, rtol=1e-5)
