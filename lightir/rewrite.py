@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRule, RewriteRuleSet
 
@@ -92,3 +93,28 @@ def unique_name(graph: ir.Graph, base: str) -> str:
     while f"{base}_{index}" in taken:
         index += 1
     return f"{base}_{index}"
+
+
+def new_initializer(op, root: ir.Node, suffix: str, array, dtype: ir.DataType | None):
+    """A new initializer named after ``root`` holding ``array`` cast to ``dtype``.
+
+    For use inside a rule's ``rewrite`` (``op`` is the rewriter's builder).
+    """
+    numpy_dtype = dtype.numpy() if dtype is not None else np.float32
+    name = unique_name(root.graph, f"{root.name or root.op_type.lower()}_{suffix}")
+    tensor = ir.tensor(np.ascontiguousarray(np.asarray(array).astype(numpy_dtype)), name=name)
+    return op.initializer(tensor, name=name)
+
+
+def emit_conv(op, root: ir.Node, source: ir.Value, kernel) -> ir.Value:
+    """A Conv of ``source`` computing ``kernel`` (a :class:`~lightir.conv_algebra.ConvKernel`)."""
+    return op.Conv(
+        source,
+        new_initializer(op, root, "merged_weight", kernel.weight, source.dtype),
+        new_initializer(op, root, "merged_bias", kernel.bias, source.dtype),
+        kernel_shape=list(kernel.kernel),
+        strides=list(kernel.strides),
+        dilations=list(kernel.dilations),
+        pads=kernel.pads,
+        group=kernel.group,
+    )

@@ -20,6 +20,7 @@ from lightir.onnx_bridge import OrtModel
 __all__ = [
     "GraphBuilder",
     "assert_outputs_close",
+    "declines",
     "from_text",
     "op_types",
     "run",
@@ -32,6 +33,11 @@ def from_text(text: str) -> ir.Model:
     proto = onnx.parser.parse_model(text)
     proto = onnx.shape_inference.infer_shapes(proto)
     return ir.serde.deserialize_model(proto)
+
+
+def declines(result) -> list[str]:
+    """Every ``--explain`` reason of a :class:`lightir.Result`, over all passes."""
+    return [reason for record in result.report.records for reason in record.declines]
 
 
 def op_types(model: ir.Model) -> list[str]:

@@ -28,7 +28,7 @@ from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
-from lightir.rewrite import apply_rules, unique_name
+from lightir.rewrite import apply_rules, new_initializer
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class _FoldIntoLinear(RewriteRuleClassBase):
         bn, linear = bn_out.producer(), linear_out.producer()
         scale, beta, mean = self.bn_scale_shift(bn)
         weight = linear.inputs[1].const_value.numpy()
-        dtype = weight.dtype
+        dtype = linear.inputs[1].const_value.dtype
         bias = (
             linear.inputs[2].const_value.numpy().astype(np.float64)
             if len(linear.inputs) > 2 and linear.inputs[2] is not None
@@ -113,11 +113,8 @@ class _FoldIntoLinear(RewriteRuleClassBase):
         new_weight, new_bias, attributes, extra_add = self.fold(
             linear, weight.astype(np.float64), bias, scale, beta, mean
         )
-        graph = linear.graph
-        w_name = unique_name(graph, f"{linear.inputs[1].name}_bnfold")
-        b_name = unique_name(graph, f"{linear.name or 'linear'}_bnfold_bias")
-        w_value = op.initializer(ir.tensor(new_weight.astype(dtype), name=w_name), name=w_name)
-        b_value = op.initializer(ir.tensor(new_bias.astype(dtype), name=b_name), name=b_name)
+        w_value = new_initializer(op, linear, "bnfold_weight", new_weight, dtype)
+        b_value = new_initializer(op, linear, "bnfold_bias", new_bias, dtype)
         if extra_add:
             product = op.op(self.op_type, x, w_value, **attributes)
             return op.Add(product, b_value)

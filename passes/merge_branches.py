@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
@@ -33,7 +32,7 @@ from lightir.branches import LINEAR_OPS, Branch, classify, constant, per_channel
 from lightir.conv_algebra import ConvKernel, NotExact
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
-from lightir.rewrite import apply_rules, skip, unique_name
+from lightir.rewrite import apply_rules, emit_conv, skip
 
 logger = logging.getLogger(__name__)
 
@@ -176,24 +175,7 @@ class MergeBranches(RewriteRuleClassBase):
 
     def rewrite(self, op, a, b, out):
         group, kernel, rest = self._plan
-        graph = out.producer().graph
-        source = group[0].source
-        dtype = source.dtype.numpy() if source.dtype is not None else np.float32
-        name = out.producer().name or "add"
-        w_name = unique_name(graph, f"{name}_merged_weight")
-        b_name = unique_name(graph, f"{name}_merged_bias")
-        weight = op.initializer(ir.tensor(kernel.weight.astype(dtype), name=w_name), name=w_name)
-        bias = op.initializer(ir.tensor(kernel.bias.astype(dtype), name=b_name), name=b_name)
-        result = op.Conv(
-            source,
-            weight,
-            bias,
-            kernel_shape=list(kernel.kernel),
-            strides=list(kernel.strides),
-            dilations=list(kernel.dilations),
-            pads=kernel.pads,
-            group=kernel.group,
-        )
+        result = emit_conv(op, out.producer(), group[0].source, kernel)
         for value in rest:
             result = op.Add(result, value)
         return result

@@ -32,7 +32,7 @@ from lightir.analysis.cost import node_macs
 from lightir.branches import classify, constant
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
-from lightir.rewrite import apply_rules, skip, unique_name
+from lightir.rewrite import apply_rules, emit_conv, new_initializer, skip
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +77,23 @@ def _chain_cost(nodes: list[ir.Node]) -> tuple[int, int] | None:
     return macs, params
 
 
-class MergeConvChain(RewriteRuleClassBase):
-    """A chain ending at a Conv / Mul / Add / BatchNormalization -> one Conv."""
+class _RootedRule(RewriteRuleClassBase):
+    """A rule whose pattern is any node of ``op_type``; ``check`` reads the chain behind it."""
+
+    kind = ""
 
     def __init__(self, op_type: str, force: bool) -> None:
-        super().__init__(name=f"merge-linear-{op_type.lower()}")
+        super().__init__(name=f"merge-linear-{op_type.lower()}{self.kind}")
         self.op_type, self.force = op_type, force
 
     def pattern(self, op, x):
         return getattr(op, self.op_type)(
             x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["out"]
         )
+
+
+class MergeConvChain(_RootedRule):
+    """A chain ending at a Conv / Mul / Add / BatchNormalization -> one Conv."""
 
     def check(self, context, x, out: ir.Value) -> MatchResult:
         result = MatchResult()
@@ -112,21 +118,7 @@ class MergeConvChain(RewriteRuleClassBase):
 
     def rewrite(self, op, x, out):
         branch, kernel = self._branch, self._branch.kernel
-        graph = out.producer().graph
-        dtype = branch.source.dtype.numpy() if branch.source.dtype else np.float32
-        base = out.producer().name or "conv"
-        w_name = unique_name(graph, f"{base}_merged_weight")
-        b_name = unique_name(graph, f"{base}_merged_bias")
-        return op.Conv(
-            branch.source,
-            op.initializer(ir.tensor(kernel.weight.astype(dtype), name=w_name), name=w_name),
-            op.initializer(ir.tensor(kernel.bias.astype(dtype), name=b_name), name=b_name),
-            kernel_shape=list(kernel.kernel),
-            strides=list(kernel.strides),
-            dilations=list(kernel.dilations),
-            pads=kernel.pads,
-            group=kernel.group,
-        )
+        return emit_conv(op, out.producer(), branch.source, kernel)
 
 
 @dataclass
@@ -220,17 +212,10 @@ def _through_no_op_reshape(value: ir.Value) -> tuple[ir.Value, list[ir.Node]]:
     return value, skipped
 
 
-class MergeDenseChain(RewriteRuleClassBase):
+class MergeDenseChain(_RootedRule):
     """Two fully connected steps with no nonlinearity between -> one."""
 
-    def __init__(self, op_type: str, force: bool) -> None:
-        super().__init__(name=f"merge-linear-{op_type.lower()}-chain")
-        self.op_type, self.force = op_type, force
-
-    def pattern(self, op, x):
-        return getattr(op, self.op_type)(
-            x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["out"]
-        )
+    kind = "-chain"
 
     def check(self, context, x, out: ir.Value) -> MatchResult:
         result = MatchResult()
@@ -271,14 +256,9 @@ class MergeDenseChain(RewriteRuleClassBase):
             offset = first.offset @ second.matrix + second.offset
         else:  # a single step whose bias Add joins it
             matrix, offset = second.matrix, second.offset
-        graph = out.producer().graph
-        dtype = first.source.dtype.numpy() if first.source.dtype else np.float32
-        base = out.producer().name or "dense"
-        w_name = unique_name(graph, f"{base}_merged_weight")
-        b_name = unique_name(graph, f"{base}_merged_bias")
-        weight = op.initializer(ir.tensor(matrix.astype(dtype), name=w_name), name=w_name)
-        bias = op.initializer(ir.tensor(offset.astype(dtype), name=b_name), name=b_name)
-        source = first.source
+        root, source = out.producer(), first.source
+        weight = new_initializer(op, root, "merged_weight", matrix, source.dtype)
+        bias = new_initializer(op, root, "merged_bias", offset, source.dtype)
         if source.shape is not None and len(source.shape) == 2:
             return op.Gemm(source, weight, bias)
         return op.Add(op.MatMul(source, weight), bias)

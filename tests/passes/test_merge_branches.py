@@ -8,11 +8,7 @@ import pytest
 
 import lightir
 from lightir import zoo
-from lightir.testing import GraphBuilder, assert_outputs_close, op_types
-
-
-def declines(result):
-    return [d for r in result.report.records for d in r.declines]
+from lightir.testing import GraphBuilder, assert_outputs_close, declines, op_types
 
 
 def reparam(model, pipeline="reparam"):

@@ -4,11 +4,7 @@ import numpy as np
 import pytest
 
 import lightir
-from lightir.testing import GraphBuilder, assert_outputs_close, from_text, op_types
-
-
-def declines(result):
-    return [d for r in result.report.records for d in r.declines]
+from lightir.testing import GraphBuilder, assert_outputs_close, declines, from_text, op_types
 
 
 def merge(model, pipeline="merge-linear,cleanup"):
