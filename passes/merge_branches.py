@@ -54,6 +54,20 @@ def _on_path(value: ir.Value, target: ir.Value, depth: int = 6) -> bool:
     return False
 
 
+def same_shape(a: ir.Shape | None, b: ir.Shape | None) -> bool:
+    """Equal rank, equal static dims, and symbolic where the other is symbolic.
+
+    Shape inference names unknown dims independently, so two symbolic dims are taken as
+    equal; a static dim against a symbolic one is not (it could broadcast).
+    """
+    if a is None or b is None or len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, int) != isinstance(y, int) or (isinstance(x, int) and x != y):
+            return False
+    return True
+
+
 def add_tree_leaves(root: ir.Node) -> tuple[list[ir.Value], list[ir.Node], str | None]:
     """Leaves and inner Adds of the Add tree rooted at ``root``; a reason if it is unusable."""
     out_shape = root.outputs[0].shape
@@ -66,7 +80,7 @@ def add_tree_leaves(root: ir.Node) -> tuple[list[ir.Value], list[ir.Node], str |
             and node.op_type == "Add"
             and len(list(value.uses())) == 1
             and not value.is_graph_output()
-            and value.shape == out_shape
+            and same_shape(value.shape, out_shape)
         ):
             inner.append(node)
             stack.extend(node.inputs)
@@ -110,7 +124,7 @@ class MergeBranches(RewriteRuleClassBase):
                 else:
                     others.append(leaf)
                 continue
-            if leaf.shape != out.shape:
+            if not same_shape(leaf.shape, out.shape):
                 others.append(leaf)
                 continue
             branch = classify(leaf)

@@ -165,3 +165,20 @@ def test_exporter_noise_and_opsets(opset):
     out = reparam(model).model
     assert op_types(out) == ["Conv", "Relu"]
     assert_outputs_close(model, out, rtol=1e-5)
+
+
+def test_dynamic_spatial_dims_merge_and_unknown_channels_do_not():
+    b = GraphBuilder("dynamic", seed=9)
+    x = b.input("x", ["batch", 4, "height", "width"])
+    b.output(b.relu(b.add(b.conv(x, 4, 3), b.conv(x, 4, 1, pads=[0] * 4))), "y")
+    model = b.build()
+    result = lightir.optimize(model, "merge-branches", dims={"height": 7, "width": 5})
+    assert result.report.ok and op_types(result.model) == ["Conv", "Relu"]
+    assert_outputs_close(model, result.model, rtol=1e-5)
+
+    b = GraphBuilder("unknown_channels", seed=10)
+    x = b.input("x", ["batch", "channels", 6, 6])
+    b.channels[x] = 4  # the builder needs a count for the weights; the graph keeps it symbolic
+    b.output(b.add(b.batch_norm(x), b.conv(x, 4, 1, pads=[0] * 4)), "y")
+    result = lightir.optimize(b.build(), "merge-branches", verify="structural")
+    assert result.report.ok and "BatchNormalization" in op_types(result.model)
