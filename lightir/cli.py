@@ -39,7 +39,14 @@ def _key_value(text: str, what: str, convert):
     try:
         return name, convert(value)
     except ValueError:
-        raise UsageError(f"{what} {text!r}: {value!r} is not a number") from None
+        raise UsageError(f"{what} {text!r}: {value!r} is not a valid value") from None
+
+
+def _tolerance(text: str):
+    from lightir.verify import parse_tolerance
+
+    parse_tolerance(text)  # raises ValueError on bad text
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance",
         action="append",
         default=[],
-        metavar="PASS=REL",
-        help="override a pass's relative-error bound (repeatable)",
+        metavar="PASS=BOUNDS",
+        help="override a pass's bounds: PASS=REL or PASS=rel:R,cos:C,top1:T (repeatable)",
     )
     parser.add_argument("--report", help="write the machine-readable report to this JSON file")
     parser.add_argument("--timing", action="store_true", help="print pass vs verification time")
@@ -157,7 +164,7 @@ def run(argv: list[str]) -> int:
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise UsageError(f"--report {args.report}: its directory does not exist")
     dims = dict(_key_value(d, "--dim", int) for d in args.dim)
-    tolerances = dict(_key_value(t, "--tolerance", float) for t in args.tolerance)
+    tolerances = dict(_key_value(t, "--tolerance", _tolerance) for t in args.tolerance)
     instruments = []
     if args.print_ir_after_all or args.print_ir_after:
         instruments.append(

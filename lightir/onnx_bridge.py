@@ -174,3 +174,25 @@ class OrtModel:
     def run_all(self, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Run every batch in order."""
         return [self.run(batch) for batch in batches]
+
+
+def capture(
+    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Values ``names`` of ``model`` on ``batches`` (concatenated along axis 0).
+
+    Runs a structural copy of the model (weights shared) with those values as extra outputs.
+    """
+    copy = model.clone()
+    by_name = {v.name: v for n in copy.graph for v in n.outputs}
+    present = {v.name for v in copy.graph.outputs}
+    for name in names:
+        if name not in present and name in by_name:  # graph inputs come from the batches
+            copy.graph.outputs.append(by_name[name])
+    session = OrtModel(copy)
+    results: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in batches:
+        outputs = session.run(batch)
+        for name in names:
+            results[name].append(outputs[name] if name in outputs else batch[name])
+    return {name: np.concatenate(parts, axis=0) for name, parts in results.items()}

@@ -38,7 +38,9 @@ class PassSpec:
     def __str__(self) -> str:
         if not self.options:
             return self.name
-        body = ",".join(f"{k}={_format_value(v)}" for k, v in self.options.items())
+        body = ",".join(
+            f"{k.replace('_', '-')}={_format_value(v)}" for k, v in self.options.items()
+        )
         return f"{self.name}{{{body}}}"
 
 
@@ -125,10 +127,13 @@ def _validate(name: str, raw_options: dict[str, str]) -> PassSpec:
     fields = {f.name: f for f in option_fields(pass_cls.Options)}
     hints = typing.get_type_hints(pass_cls.Options) if fields else {}
     options: dict[str, Any] = {}
-    for key, raw in raw_options.items():
+    for dashed, raw in raw_options.items():
+        key = dashed.replace("-", "_")
         if key not in fields:
-            known = sorted(fields) or ["(this pass takes no options)"]
-            raise UsageError(f"pass {name!r} has no option {key!r}; {_did_you_mean(key, known)}")
+            known = sorted(f.replace("_", "-") for f in fields) or ["(this pass takes no options)"]
+            raise UsageError(
+                f"pass {name!r} has no option {dashed!r}; {_did_you_mean(dashed, known)}"
+            )
         options[key] = _convert(name, key, raw, hints[key])
     ordered = {k: options[k] for k in fields if k in options}
     spec = PassSpec(name, ordered)
@@ -143,7 +148,7 @@ def _convert(pass_name: str, key: str, raw: str, hint: Any) -> Any:
         if raw.lower() in ("none", "null"):
             return None
         hint, origin = args[0], typing.get_origin(args[0])
-    where = f"pass {pass_name!r}: option {key!r}"
+    where = f"pass {pass_name!r}: option {key.replace('_', '-')!r}"
     if origin is typing.Literal:
         choices = [str(c) for c in typing.get_args(hint)]
         if raw not in choices:

@@ -94,12 +94,36 @@ def exact_tolerance(model: ir.Model) -> float:
     return max(EXACT_FLOOR, estimate)
 
 
-def tolerance_for(contract: Contract, model: ir.Model, override: float | None = None) -> Tolerance:
-    """The tolerance a pass with ``contract`` is held to on ``model``."""
-    if contract.is_exact:
-        return Tolerance(override if override is not None else exact_tolerance(model))
-    rel = override if override is not None else contract.rel_error
-    return Tolerance(rel, contract.min_cosine, contract.min_top1)
+def tolerance_for(
+    contract: Contract, model: ir.Model, override: float | str | None = None
+) -> Tolerance:
+    """The tolerance a pass with ``contract`` is held to on ``model``.
+
+    ``override`` replaces the contract's bounds: a number is a relative-error bound alone;
+    text such as ``"rel:0.5,cos:0.95,top1:0.9"`` sets each named bound (the others are off).
+    """
+    if override is None:
+        if contract.is_exact:
+            return Tolerance(exact_tolerance(model))
+        return Tolerance(contract.rel_error, contract.min_cosine, contract.min_top1)
+    return parse_tolerance(override)
+
+
+def parse_tolerance(text: float | str) -> Tolerance:
+    """``0.05`` -> rel<=0.05; ``"cos:0.95,top1:0.9"`` -> those bounds."""
+    if isinstance(text, (int, float)):
+        return Tolerance(float(text))
+    try:
+        return Tolerance(float(text))
+    except ValueError:
+        pass
+    bounds = {"rel": None, "cos": None, "top1": None}
+    for part in text.split(","):
+        key, sep, value = part.partition(":")
+        if key not in bounds or not sep:
+            raise ValueError(f"tolerance {text!r}: use REL or rel:R,cos:C,top1:T")
+        bounds[key] = float(value)
+    return Tolerance(bounds["rel"], bounds["cos"], bounds["top1"])
 
 
 def compare_outputs(

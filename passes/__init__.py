@@ -5,6 +5,7 @@ from lightir.passes import (  # noqa: F401  (registration)
     fold_bn,
     merge_branches,
     merge_linear,
+    prune,
 )
 
 from lightir.registry import register_pipeline

@@ -1,0 +1,147 @@
+"""Least-squares reconstruction of layers after their inputs were pruned or approximated.
+
+After channels are removed, a consuming layer sees fewer inputs. Following He et al. (2017)
+and ThiNet, its weights and bias are refit on real data, and the target is the *original*
+model's output of that layer. The input is the *current* model's input to it, so error
+accumulated upstream is corrected rather than propagated. Layers are refit in topological
+order:
+
+    min_W ||X' W + b - Y||^2 + lam ||W||^2     (ridge; lam = 1e-4 * mean diag(X'^T X'))
+
+For a Conv, X' holds im2col patches at up to ``MAX_ROWS`` sampled output positions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+from numpy.lib.stride_tricks import sliding_window_view
+
+from lightir.onnx_bridge import capture
+
+logger = logging.getLogger(__name__)
+
+MAX_ROWS = 16384
+RIDGE = 1e-4
+
+
+def conv_patches(
+    x: np.ndarray, node: ir.Node, rows: np.ndarray | None = None, seed: int = 0
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """im2col rows of ``x`` for Conv ``node`` at sampled output positions.
+
+    Returns the patches (P, C * kh * kw) and the (n, i, j) indices of the positions.
+    """
+    kh, kw = node.inputs[1].const_value.shape.numpy()[2:]
+    sh, sw = node.attributes.get_ints("strides", [1, 1])
+    dh, dw = node.attributes.get_ints("dilations", [1, 1])
+    top, left, bottom, right = node.attributes.get_ints("pads", [0, 0, 0, 0])
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    extent_h, extent_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    windows = sliding_window_view(padded, (extent_h, extent_w), axis=(2, 3))
+    out_h = (padded.shape[2] - extent_h) // sh + 1
+    out_w = (padded.shape[3] - extent_w) // sw + 1
+    total = x.shape[0] * out_h * out_w
+    rng = np.random.default_rng(seed)
+    flat = np.arange(total) if total <= MAX_ROWS else rng.choice(total, MAX_ROWS, replace=False)
+    n, rest = np.divmod(flat, out_h * out_w)
+    i, j = np.divmod(rest, out_w)
+    patches = windows[n, :, i * sh, j * sw][:, :, ::dh, ::dw]  # (P, C, kh, kw)
+    return patches.reshape(len(flat), -1), (n, i, j)
+
+
+def ridge_solve(a: np.ndarray, y: np.ndarray, with_bias: bool = True) -> np.ndarray:
+    """Solve ``[a, 1] @ w ~ y`` with ridge regularization (float64)."""
+    a = a.astype(np.float64)
+    if with_bias:
+        a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
+    gram = a.T @ a
+    lam = RIDGE * float(np.mean(np.diag(gram))) if gram.size else 0.0
+    gram[np.diag_indices_from(gram)] += lam
+    return np.linalg.solve(gram, a.T @ y.astype(np.float64))
+
+
+def _refit_conv(node: ir.Node, x: np.ndarray, y: np.ndarray) -> None:
+    if node.attributes.get_int("group", 1) != 1:
+        return
+    patches, (n, i, j) = conv_patches(x, node)
+    target = y[n, :, i, j]  # (P, C_out)
+    solution = ridge_solve(patches, target)
+    weight_value = node.inputs[1]
+    shape = weight_value.const_value.shape.numpy()
+    dtype = weight_value.const_value.numpy().dtype
+    weight_value.const_value = ir.tensor(
+        np.ascontiguousarray(solution[:-1].T.reshape(shape).astype(dtype)), name=weight_value.name
+    )
+    _set_bias(node, solution[-1].astype(dtype))
+
+
+def _refit_dense(node: ir.Node, x: np.ndarray, y: np.ndarray) -> None:
+    has_bias = node.op_type == "Gemm"
+    solution = ridge_solve(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1), has_bias)
+    matrix = solution[:-1] if has_bias else solution  # (F_in, F_out)
+    weight_value = node.inputs[1]
+    dtype = weight_value.const_value.numpy().dtype
+    if node.op_type == "Gemm":
+        alpha = node.attributes.get_float("alpha", 1.0)
+        stored = matrix.T if node.attributes.get_int("transB", 0) else matrix
+        weight_value.const_value = ir.tensor(
+            np.ascontiguousarray((stored / alpha).astype(dtype)), name=weight_value.name
+        )
+        beta = node.attributes.get_float("beta", 1.0)
+        _set_bias(node, (solution[-1] / beta).astype(dtype))
+    else:
+        weight_value.const_value = ir.tensor(
+            np.ascontiguousarray(matrix.astype(dtype)), name=weight_value.name
+        )
+
+
+def _set_bias(node: ir.Node, bias: np.ndarray) -> None:
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        value = node.inputs[2]
+        old = value.const_value.numpy()
+        value.const_value = ir.tensor(bias.reshape(old.shape).astype(old.dtype), name=value.name)
+        return
+    name = f"{node.name}_refit_bias"
+    value = ir.val(name, const_value=ir.tensor(bias, name=name))
+    node.graph.register_initializer(value)
+    node.resize_inputs(3)
+    node.replace_input_with(2, value)
+
+
+def refit_layers(
+    original: ir.Model,
+    current: ir.Model,
+    node_names: Sequence[str],
+    batches: Sequence[Mapping[str, np.ndarray]],
+    kept_outputs: Mapping[str, np.ndarray] | None = None,
+) -> int:
+    """Refit the named Conv / Gemm / MatMul layers of ``current`` to ``original``'s outputs.
+
+    Both models must name those nodes and their output values alike. ``kept_outputs`` maps a
+    layer whose own outputs were pruned to the original output channels it still has.
+    Returns how many layers were refit.
+    """
+    by_name = {node.name: node for node in current.graph}
+    originals = {node.name: node for node in original.graph}
+    order = [n.name for n in current.graph if n.name in set(node_names)]
+    targets = capture(original, [originals[n].outputs[0].name for n in order], batches)
+    count = 0
+    for name in order:
+        node = by_name[name]
+        x = capture(current, [node.inputs[0].name], batches)[node.inputs[0].name]
+        y = targets[originals[name].outputs[0].name]
+        if kept_outputs and name in kept_outputs:
+            y = y[:, kept_outputs[name]]
+        if node.op_type == "Conv":
+            _refit_conv(node, x, y)
+        elif node.op_type in ("Gemm", "MatMul"):
+            _refit_dense(node, x, y)
+        else:
+            continue
+        count += 1
+        logger.info("refit %s %s on %d samples", node.op_type, name, x.shape[0])
+    return count

@@ -1,0 +1,464 @@
+"""Structured channel pruning: remove whole channels, leaving a smaller dense model.
+
+The channel dependency graph (:mod:`lightir.analysis.channels`) decides which channels can
+only go together (residual Adds, Concat offsets, depthwise convs, SE gates, Flatten -> Gemm
+blocks). Within each prunable group, the least important channels are removed from every
+layer they touch: the producing weight rows, BN parameters and biases, per-channel constants,
+and the consuming weight columns.
+
+Importance (``criterion``), summed over the group's producing layers:
+
+* ``l1`` / ``l2``: mean absolute value / root mean square of the producing weight rows;
+* ``bn-gamma``: ``|gamma|`` of the BatchNormalization on the channel (network slimming);
+* ``activation``: mean ``|a|`` of the channel on the calibration data;
+* ``entropy``: entropy of the channel's spatially averaged activation over the calibration
+  samples (Luo et al.); a channel that hardly varies carries little information.
+
+Budget:
+
+* ``ratio=R`` removes a fraction R of each group's channels (``scope=uniform``), or the
+  globally least important fraction R of all prunable channels (``scope=global``).
+* ``target-macs=R`` removes channels in steps of ``round`` until the model's MACs are at
+  most R of the original, each step taking the channels with the least importance lost per
+  MAC saved. Importance is normalized per group. With calibration data, each group's curve
+  is its measured output error when pruned alone.
+
+Kept channel counts are rounded to a multiple of ``round`` (8 by default, what vectorized
+kernels like), and groups produced by the first layer or consumed by the last one are
+protected unless ``protect-first`` / ``protect-last`` are false.
+
+Repair after removal:
+
+* ``reconstruct=true`` (needs ``--calib``): each consuming Conv / Gemm is refit, in
+  topological order, by ridge least squares on real activations. The refit maps the pruned
+  model's inputs to the original model's outputs (He et al. 2017; ThiNet).
+* without it, the removed channels' mean contribution is folded into the consumer's bias.
+  The mean comes from calibration data when given, otherwise from the BN statistics feeding
+  the channel (``E[relu(gamma z + beta)]`` for ``z ~ N(0, 1)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from lightir.analysis.channels import ChannelGraph, ChannelGroup, Component
+from lightir.data import input_specs
+from lightir.errors import UsageError
+from lightir.onnx_bridge import capture
+from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.reconstruct import refit_layers
+from lightir.registry import register_pass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Options of prune (pipeline keys use dashes: ``target-macs``)."""
+
+    ratio: float = 0.3
+    criterion: Literal["l1", "l2", "bn-gamma", "activation", "entropy"] = "l1"
+    scope: Literal["uniform", "global"] = "uniform"
+    target_macs: float = 0.0
+    round: int = 8
+    protect_first: bool = True
+    protect_last: bool = True
+    reconstruct: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
+        if not 0.0 <= self.target_macs <= 1.0:
+            raise ValueError(f"target-macs must be in (0, 1], got {self.target_macs}")
+        if self.round < 1:
+            raise ValueError(f"round must be >= 1, got {self.round}")
+
+
+def _weight_rows(node: ir.Node, index: int) -> np.ndarray:
+    weight = node.inputs[1].const_value.numpy()
+    if node.op_type == "Conv":
+        return weight[index].ravel()
+    if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+        return weight[index]
+    return weight[:, index]
+
+
+class Pruner:
+    """Decide and apply the removal of channels for one model."""
+
+    def __init__(self, model: ir.Model, options: Options, context: PassContext) -> None:
+        self.model, self.options, self.context = model, options, context
+        common_passes.ShapeInferencePass()(model)
+        self.analysis = ChannelGraph(model)
+        self.groups, frozen = self.analysis.groups()
+        for group, reason in frozen:
+            context.decline(f"channels of {', '.join(group.producer_nodes)}", reason)
+        self.batches = None
+        if context.calibration is not None:
+            self.batches = list(context.calibration.batches(batch_size=16, limit=64))
+
+    # ------------------------------------------------------------------ protection
+    def protected(self, group: ChannelGroup) -> str | None:
+        graph = self.model.graph
+        inputs, outputs = set(graph.inputs), set(graph.outputs)
+        component = group.components[0]
+        if self.options.protect_first and any(
+            node.inputs[0] in inputs for node, _ in component.producers
+        ):
+            return "first layer (protect-first=true)"
+        if self.options.protect_last and any(
+            any(out in outputs for out in node.outputs) for node, _ in component.consumers
+        ):
+            return "feeds the last layer (protect-last=true)"
+        return None
+
+    # ------------------------------------------------------------------ importance
+    def importance(self, group: ChannelGroup) -> np.ndarray:
+        criterion = self.options.criterion
+        if criterion in ("activation", "entropy"):
+            if self.batches is None:
+                raise UsageError(f"prune{{criterion={criterion}}} needs calibration data (--calib)")
+            return self._data_importance(group, criterion)
+        scores = np.zeros(group.size)
+        for i, component in enumerate(group.components):
+            if criterion == "bn-gamma":
+                gammas = [
+                    abs(float(s.value.const_value.numpy()[s.index]))
+                    for s in component.slices
+                    if s.value.uses()
+                    and s.value.uses()[0][0].op_type == "BatchNormalization"
+                    and s.value.uses()[0][1] == 1
+                ]
+                if gammas:
+                    scores[i] = sum(gammas)
+                    continue
+            for node, index in component.producers:
+                rows = _weight_rows(node, index)
+                scores[i] += (
+                    float(np.sqrt(np.mean(rows**2)))
+                    if criterion == "l2"
+                    else float(np.abs(rows).mean())
+                )
+        return scores
+
+    def _data_importance(self, group: ChannelGroup, criterion: str) -> np.ndarray:
+        outputs = sorted({node.outputs[0].name for node, _ in group.components[0].producers})
+        values = capture(self.model, outputs, self.batches)
+        scores = np.zeros(group.size)
+        for i, component in enumerate(group.components):
+            for node, index in component.producers:
+                act = values[node.outputs[0].name][:, index]
+                if criterion == "activation":
+                    scores[i] += float(np.abs(act).mean())
+                else:
+                    pooled = act.reshape(act.shape[0], -1).mean(axis=1)
+                    hist, _ = np.histogram(pooled, bins=min(32, max(4, len(pooled) // 2)))
+                    p = hist[hist > 0] / hist.sum()
+                    scores[i] += float(-(p * np.log(p)).sum())
+        return scores
+
+    # ------------------------------------------------------------------ budget
+    def keep_count(self, size: int, remove: int) -> int:
+        step = self.options.round
+        if size <= step:
+            return size
+        keep = size - remove
+        keep = max(step, int(math.floor(keep / step + 0.5)) * step)
+        return min(size, keep)
+
+    def plan(self) -> dict[int, list[int]]:
+        """For each prunable group index, the component indices to remove."""
+        candidates = []
+        for index, group in enumerate(self.groups):
+            reason = self.protected(group)
+            if reason:
+                self.context.decline(f"channels of {', '.join(group.producer_nodes)}", reason)
+                continue
+            candidates.append(index)
+        scores = {i: self.importance(self.groups[i]) for i in candidates}
+        if self.options.target_macs:
+            return self._plan_macs(candidates, scores)
+        removal: dict[int, list[int]] = {}
+        if self.options.scope == "global":
+            pool = []
+            for i in candidates:
+                normalized = scores[i] / (scores[i].mean() or 1.0)
+                pool.extend((score, i, j) for j, score in enumerate(normalized))
+            pool.sort()
+            quota = int(len(pool) * self.options.ratio)
+            wanted: dict[int, int] = defaultdict(int)
+            for _, i, _ in pool[:quota]:
+                wanted[i] += 1
+        else:
+            wanted = {i: int(self.groups[i].size * self.options.ratio) for i in candidates}
+        for i in candidates:
+            size = self.groups[i].size
+            keep = self.keep_count(size, wanted.get(i, 0))
+            order = np.argsort(scores[i], kind="stable")
+            removal[i] = sorted(int(j) for j in order[: size - keep])
+        return removal
+
+    def _macs_per_channel(self, group: ChannelGroup, macs_by_node: dict[str, int]) -> float:
+        component = group.components[0]
+        total = 0.0
+        for node, _ in component.producers:
+            total += macs_by_node.get(node.name, 0) / max(1, node.outputs[0].shape[1])
+        for node, _ in component.consumers:
+            total += macs_by_node.get(node.name, 0) / max(1, node.inputs[0].shape[1])
+        return total
+
+    def _plan_macs(
+        self, candidates: list[int], scores: dict[int, np.ndarray]
+    ) -> dict[int, list[int]]:
+        from lightir.analysis.cost import node_macs
+        from lightir.onnx_bridge import infer_shapes, weightless_proto
+
+        specs = input_specs(self.model)
+        shapes_in = {s.name: tuple(d if isinstance(d, int) else 1 for d in s.shape) for s in specs}
+        proto, _ = weightless_proto(self.model)
+        for info in proto.graph.input:
+            if info.name in shapes_in:
+                for dim, size in zip(info.type.tensor_type.shape.dim, shapes_in[info.name]):
+                    dim.Clear()
+                    dim.dim_value = size
+        shapes = infer_shapes(proto)
+        macs_by_node = {n.name: node_macs(n, shapes) for n in self.model.graph}
+        total = sum(macs_by_node.values())
+        target = self.options.target_macs * total
+        step = self.options.round
+        removed = {i: 0 for i in candidates}
+        orders = {i: np.argsort(scores[i], kind="stable") for i in candidates}
+        normalized = {i: scores[i] / (scores[i].mean() or 1.0) for i in candidates}
+        per_channel = {i: self._macs_per_channel(self.groups[i], macs_by_node) for i in candidates}
+        current = total
+        while current > target:
+            best, best_cost = None, math.inf
+            for i in candidates:
+                size = self.groups[i].size
+                if size - removed[i] - step < step:
+                    continue
+                taken = orders[i][removed[i] : removed[i] + step]
+                saved = per_channel[i] * step
+                cost = float(normalized[i][taken].sum()) / max(saved, 1.0)
+                if cost < best_cost:
+                    best, best_cost = i, cost
+            if best is None:
+                self.context.decline("target-macs", f"cannot reach {self.options.target_macs:g}")
+                break
+            removed[best] += step
+            # Consumers shrink too: count both sides once by re-estimating from the total.
+            current -= per_channel[best] * step
+        return {i: sorted(int(j) for j in orders[i][: removed[i]]) for i in candidates}
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, removal: dict[int, list[int]]) -> dict[str, int]:
+        removed_components: list[Component] = [
+            self.groups[i].components[j] for i, js in removal.items() for j in js
+        ]
+        if not removed_components:
+            return {"channels_removed": 0}
+        self.consumers = sorted({n.name for c in removed_components for n, _ in c.consumers})
+        compensation = (
+            {} if self.options.reconstruct else self._mean_contributions(removed_components)
+        )
+        deletions: dict[tuple[int, int], tuple[ir.Value, int, set[int]]] = {}
+        for component in removed_components:
+            for s in component.slices:
+                deletions.setdefault((id(s.value), s.axis), (s.value, s.axis, set()))[2].add(
+                    s.index
+                )
+        old_outputs = {}
+        for node in self.model.graph:
+            if node.name in self.consumers:
+                shape = node.inputs[1].const_value.shape.numpy()
+                transposed = node.op_type == "MatMul" or (
+                    node.op_type == "Gemm" and not node.attributes.get_int("transB", 0)
+                )
+                old_outputs[node.name] = shape[1] if transposed else shape[0]
+        multipliers = {
+            node.name: node.inputs[1].const_value.shape[0] // node.attributes.get_int("group", 1)
+            for node in self.model.graph
+            if node.op_type == "Conv" and node.attributes.get_int("group", 1) > 1
+        }
+        for value, axis, indices in deletions.values():
+            kept = np.delete(value.const_value.numpy(), sorted(indices), axis=axis)
+            value.const_value = ir.tensor(np.ascontiguousarray(kept), name=value.name)
+            value.shape = ir.Shape(kept.shape)
+        for node in self.model.graph:  # depthwise convs keep one group per channel
+            if node.name in multipliers:
+                groups = node.inputs[1].const_value.shape[0] // multipliers[node.name]
+                node.attributes["group"] = ir.AttrInt64("group", groups)
+        compensation = {
+            name: np.delete(delta, self._removed_outputs(name, deletions))
+            for name, delta in compensation.items()
+        }
+        self.kept_outputs = {
+            name: np.delete(np.arange(old_outputs[name]), self._removed_outputs(name, deletions))
+            for name in self.consumers
+        }
+        self._update_split_sizes(removed_components)
+        self._fold_compensation(compensation)
+        self._refresh_shapes()
+        return {
+            "channels_removed": len(removed_components),
+            "layers_touched": len(self.consumers),
+            "compensated_layers": len(compensation),
+        }
+
+    def _removed_outputs(self, node_name: str, deletions) -> list[int]:
+        """Output channels of ``node_name`` removed by ``deletions`` (its own weight rows)."""
+        node = next(n for n in self.model.graph if n.name == node_name)
+        weight = node.inputs[1]
+        axis = 0
+        if node.op_type == "Gemm" and not node.attributes.get_int("transB", 0):
+            axis = 1
+        elif node.op_type == "MatMul":
+            axis = 1
+        entry = deletions.get((id(weight), axis))
+        return sorted(entry[2]) if entry else []
+
+    def _mean_contributions(self, removed: list[Component]) -> dict[str, np.ndarray]:
+        """Per consumer node: bias increment from the removed channels' mean values."""
+        increments: dict[str, np.ndarray] = {}
+        means = self._channel_means(removed)
+        for component, mean in zip(removed, means):
+            if mean is None or mean == 0:
+                continue
+            for node, index in component.consumers:
+                weight = node.inputs[1].const_value.numpy()
+                if node.op_type == "Conv":
+                    column = weight[:, index].reshape(weight.shape[0], -1).sum(axis=1)
+                elif node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+                    column = weight[:, index] * node.attributes.get_float("alpha", 1.0)
+                else:
+                    column = weight[index]
+                increments[node.name] = increments.get(node.name, 0) + column * mean
+        return increments
+
+    def _channel_means(self, removed: list[Component]) -> list[float | None]:
+        """Mean value of each removed channel as its consumers see it."""
+        if self.batches is not None:
+            names = sorted(
+                {
+                    name
+                    for c in removed
+                    for name, _ in c.channels
+                    if any(n.inputs[0].name == name for n, _ in c.consumers)
+                }
+            )
+            values = capture(self.model, names, self.batches) if names else {}
+            result = []
+            for component in removed:
+                seen = [
+                    values[name][:, ch].mean() for name, ch in component.channels if name in values
+                ]
+                result.append(float(np.mean(seen)) if seen else None)
+            return result
+        return [self._bn_mean(component) for component in removed]
+
+    def _bn_mean(self, component: Component) -> float | None:
+        """``E[act(gamma z + beta)]`` from the BN feeding the consumers, ``z ~ N(0, 1)``."""
+        from math import erf, exp, pi, sqrt
+
+        for node, _ in component.consumers:
+            value = node.inputs[0]
+            producer = value.producer()
+            relu = False
+            if producer is not None and producer.op_type == "Relu":
+                relu, producer = True, producer.inputs[0].producer()
+            if producer is None or producer.op_type != "BatchNormalization":
+                return None
+            channel = next(
+                ch for name, ch in component.channels if name == producer.outputs[0].name
+            )
+            gamma = float(producer.inputs[1].const_value.numpy()[channel])
+            beta = float(producer.inputs[2].const_value.numpy()[channel])
+            if not relu:
+                return beta
+            sigma = abs(gamma) or 1e-12
+            t = beta / sigma
+            cdf = 0.5 * (1 + erf(t / sqrt(2)))
+            pdf = exp(-t * t / 2) / sqrt(2 * pi)
+            return beta * cdf + sigma * pdf
+        return None
+
+    def _fold_compensation(self, increments: dict[str, np.ndarray]) -> None:
+        """Add each consumer's bias increment (creating the bias input if it has none)."""
+        for node in self.model.graph:
+            if node.name not in increments:
+                continue
+            delta = np.asarray(increments[node.name], np.float64)
+            if node.op_type == "Gemm":
+                # C is scaled by beta; keep beta and divide the increment by it.
+                delta = delta / node.attributes.get_float("beta", 1.0)
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                bias_value = node.inputs[2]
+                bias = bias_value.const_value.numpy()
+                new = bias.astype(np.float64) + np.broadcast_to(delta, bias.shape[-1:])
+                bias_value.const_value = ir.tensor(new.astype(bias.dtype), name=bias_value.name)
+                continue
+            name = f"{node.name}_pruned_bias"
+            dtype = node.inputs[1].const_value.numpy().dtype
+            value = ir.val(name, const_value=ir.tensor(delta.astype(dtype), name=name))
+            node.graph.register_initializer(value)
+            node.resize_inputs(3)
+            node.replace_input_with(2, value)
+
+    def _update_split_sizes(self, removed: list[Component]) -> None:
+        """Split on axis 1 with explicit sizes: subtract the channels removed per output."""
+        removed_per_value: dict[str, int] = defaultdict(int)
+        for component in removed:
+            for name, _ in component.channels:
+                removed_per_value[name] += 1
+        for node in self.model.graph:
+            if node.op_type != "Split" or len(node.inputs) < 2 or node.inputs[1] is None:
+                continue
+            sizes = node.inputs[1].const_value.numpy()
+            new = np.array(
+                [s - removed_per_value.get(out.name, 0) for s, out in zip(sizes, node.outputs)],
+                dtype=sizes.dtype,
+            )
+            if not np.array_equal(new, sizes):
+                node.inputs[1].const_value = ir.tensor(new, name=node.inputs[1].name)
+
+    def _refresh_shapes(self) -> None:
+        graph = self.model.graph
+        keep = set(graph.inputs) | set(graph.outputs)
+        for node in graph:
+            for out in node.outputs:
+                if out not in keep:
+                    out.shape = None
+        common_passes.ShapeInferencePass()(self.model)
+
+
+@register_pass("prune", contract=Contract.lossy(min_cosine=0.9))
+class Prune(Pass):
+    """Remove whole channels across residuals, concats and depthwise convs (smaller dense model)."""
+
+    Options = Options
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Analyse, rank, remove, then refit or compensate the consumers."""
+        options = self.options
+        if options.reconstruct and context.calibration is None:
+            raise UsageError(
+                "prune{reconstruct=true} needs calibration data: pass --calib FILE.npz"
+            )
+        original = model.clone() if options.reconstruct else None
+        pruner = Pruner(model, options, context)
+        removal = pruner.plan()
+        stats = pruner.apply(removal)
+        if options.reconstruct and stats["channels_removed"]:
+            stats["refit_layers"] = refit_layers(
+                original, model, pruner.consumers, pruner.batches, pruner.kept_outputs
+            )
+        stats["groups"] = len(pruner.groups)
+        return PassResult(model, modified=stats["channels_removed"] > 0, stats=stats)
