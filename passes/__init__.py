@@ -7,7 +7,6 @@ from lightir.passes import (  # noqa: F401  (registration)
     merge_linear,
     prune,
 )
-
 from lightir.registry import register_pipeline
 
 register_pipeline(

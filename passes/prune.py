@@ -32,7 +32,8 @@ Repair after removal:
 * ``reconstruct=true`` (needs ``--calib``): each consuming Conv / Gemm is refit, in
   topological order, by ridge least squares on real activations. The refit maps the pruned
   model's inputs to the original model's outputs (He et al. 2017; ThiNet).
-* without it, the removed channels' mean contribution is folded into the consumer's bias.
+* without it (and unless ``compensate=false``), the removed channels' mean contribution is
+  folded into the consumer's bias.
   The mean comes from calibration data when given, otherwise from the BN statistics feeding
   the channel (``E[relu(gamma z + beta)]`` for ``z ~ N(0, 1)``).
 """
@@ -72,6 +73,7 @@ class Options:
     protect_first: bool = True
     protect_last: bool = True
     reconstruct: bool = False
+    compensate: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -267,7 +269,9 @@ class Pruner:
             return {"channels_removed": 0}
         self.consumers = sorted({n.name for c in removed_components for n, _ in c.consumers})
         compensation = (
-            {} if self.options.reconstruct else self._mean_contributions(removed_components)
+            self._mean_contributions(removed_components)
+            if self.options.compensate and not self.options.reconstruct
+            else {}
         )
         deletions: dict[tuple[int, int], tuple[ir.Value, int, set[int]]] = {}
         for component in removed_components:

@@ -1,0 +1,147 @@
+"""Channel groups checked channel by channel, and pruning checked against masking.
+
+Removing a set of channels must compute exactly what the original model computes when the
+weight columns that read those channels are zeroed: that is the reference for the slicing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+import pytest
+
+from lightir import zoo
+from lightir.analysis.channels import ChannelGraph
+from lightir.pass_base import PassContext
+from lightir.passes.prune import Options, Pruner
+from lightir.testing import GraphBuilder, assert_outputs_close
+
+
+def analyse(model):
+    common_passes.ShapeInferencePass()(model)
+    graph = ChannelGraph(model)
+    groups, frozen = graph.groups()
+    return graph, {g.producer_nodes: g for g in groups}, frozen
+
+
+def component_of(graph, value_name, channel):
+    for component in graph.components():
+        if (value_name, channel) in component.channels:
+            return set(component.channels)
+    raise AssertionError(f"{value_name}[{channel}] not found")
+
+
+def test_residual_channels_are_tied_across_the_stage():
+    model = zoo.build("resnet")
+    graph, groups, _ = analyse(model)
+    stage = groups[("conv_0", "conv_2", "conv_4")]
+    assert stage.size == 32
+    for c in (0, 17, 31):
+        members = component_of(graph, "add_0_out", c)
+        assert {
+            ("conv_0_out", c),
+            ("conv_2_out", c),
+            ("add_1_out", c),
+            ("relu_0_out", c),
+        } <= members
+        assert all(ch == c for _, ch in members)  # never mixes channel indices
+
+
+def test_concat_offsets_and_split_sizes():
+    b = GraphBuilder("concat", seed=1)
+    x = b.input("x", [1, 3, 6, 6])
+    left, right = b.relu(b.conv(x, 4, 3)), b.relu(b.conv(x, 6, 3))
+    cat = b.op("Concat", [left, right], {"axis": 1}, channels=10)
+    sizes = b.initializer(np.array([5, 5], np.int64))
+    first = b.op("Split", [cat, sizes], {"axis": 1}, num_outputs=2, channels=5)
+    second = first.producer().outputs[1]
+    b.output(b.add(b.conv(first, 4, 1, pads=[0] * 4), b.conv(second, 4, 1, pads=[0] * 4)), "y")
+    model = b.build()
+    graph, groups, _ = analyse(model)
+    assert component_of(graph, "conv_1_out", 2) >= {("concat_0_out", 6), ("split_0_out1", 1)}
+    assert component_of(graph, "conv_0_out", 3) >= {("concat_0_out", 3), ("split_0_out0", 3)}
+    check_prune_equals_masking(model, ratio=0.5, round=1, protect_first=False)
+
+
+def test_depthwise_couples_input_and_output():
+    model = zoo.build("mobilenetv2")
+    graph, groups, _ = analyse(model)
+    expand = groups[("conv_3",)]
+    members = component_of(graph, "conv_3_out", 5)
+    assert ("conv_4_out", 5) in members  # the depthwise conv's output channel 5
+    assert expand.size == 64
+
+
+def se_block():
+    b = GraphBuilder("se", seed=2)
+    x = b.input("x", [1, 3, 8, 8])
+    feat = b.relu(b.conv(x, 16, 3))
+    gate = b.global_avg_pool(feat)
+    gate = b.relu(b.conv(gate, 4, 1, pads=[0] * 4, bias=True))
+    gate = b.op("Sigmoid", [b.conv(gate, 16, 1, pads=[0] * 4, bias=True)])
+    scaled = b.op("Mul", [feat, gate])
+    b.output(b.global_avg_pool(b.conv(scaled, 8, 3)), "y")
+    return b.build()
+
+
+def test_se_gate_ties_gate_and_features():
+    model = se_block()
+    graph, groups, _ = analyse(model)
+    assert ("conv_0", "conv_2") in groups  # features and the gate's expanding conv, together
+    members = component_of(graph, "conv_0_out", 9)
+    assert {("sigmoid_0_out", 9), ("mul_0_out", 9), ("globalaveragepool_0_out", 9)} <= members
+    check_prune_equals_masking(model, ratio=0.5, round=1, protect_first=False)
+
+
+def test_flatten_maps_a_channel_to_a_block_of_features():
+    model = zoo.build("vgg")
+    graph, groups, _ = analyse(model)
+    members = component_of(graph, "conv_4_out", 2)
+    flat = sorted(ch for name, ch in members if name == "flatten_0_out")
+    assert flat == list(range(2 * 16, 3 * 16))  # 4x4 spatial block of channel 2
+    check_prune_equals_masking(model, ratio=0.3)
+
+
+def test_unknown_ops_freeze_their_channels():
+    b = GraphBuilder("custom", seed=3)
+    x = b.input("x", [1, 3, 6, 6])
+    y = b.conv(b.conv(x, 8, 3), 8, 3)
+    z = b.op("MyOp", [y], domain="com.example", channels=8)
+    b.output(b.conv(z, 4, 1, pads=[0] * 4), "out")
+    model = b.build()
+    model.opset_imports["com.example"] = 1
+    graph, groups, frozen = analyse(model)
+    reasons = {g.producer_nodes: r for g, r in frozen}
+    assert "MyOp" in reasons[("conv_1",)]
+    assert ("conv_0",) in groups  # the channels between the two convs stay prunable
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "repvgg"])
+def test_zoo_pruning_equals_masking(name):
+    check_prune_equals_masking(zoo.build(name), ratio=0.3)
+
+
+def check_prune_equals_masking(model, **options):
+    options.setdefault("compensate", False)
+    pruned = model.clone()
+    pruner = Pruner(pruned, Options(**options), PassContext())
+    removal = pruner.plan()
+    removed = [pruner.groups[i].components[j] for i, js in removal.items() for j in js]
+    assert removed, "nothing was pruned"
+    masked = model.clone()
+    by_name = {n.name: n for n in masked.graph}
+    for component in removed:
+        for node, index in component.consumers:
+            target = by_name[node.name]
+            weight = target.inputs[1].const_value.numpy().copy()
+            if target.op_type == "Conv":
+                weight[:, index] = 0
+            elif target.op_type == "Gemm" and target.attributes.get_int("transB", 0):
+                weight[:, index] = 0
+            else:
+                weight[index] = 0
+            target.inputs[1].const_value = ir.tensor(weight, name=target.inputs[1].name)
+    pruner.apply(removal)
+    assert_outputs_close(masked, pruned, rtol=1e-5)
+    return pruned
