@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from lightir import io as lightir_io
 from lightir.analysis.cost import ModelCost, model_cost
-from lightir.data import CalibrationData, InputSpec, input_specs, synthesize
+from lightir.data import CalibrationData, InputSpec, concrete_shape, input_specs, synthesize
 from lightir.errors import InputError, PassFailedError, UsageError
 from lightir.onnx_bridge import OrtModel, check_structure, weightless_proto
 from lightir.pass_base import Pass, PassContext
@@ -254,7 +254,13 @@ def optimize(
     if calibration is not None:
         calibration = calibration.bind(specs_in)
     batches = _verification_inputs(specs_in, calibration, samples, dims, seed)
-    input_shapes = {name: array.shape for name, array in batches[0].items()}
+    # Costs are per sample: a dynamic batch dim counts as 1.
+    input_shapes = {spec.name: concrete_shape(spec, 1, dict(dims or {})) for spec in specs_in}
+    if calibration is not None:
+        input_shapes = {
+            name: (1, *array.shape[1:]) if specs_in[0].dynamic_batch else array.shape
+            for name, array in batches[0].items()
+        }
 
     verify_seconds = 0.0
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Size and cost of a model: nodes, parameters, MACs, weight bytes.
 
-MACs are multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul, for the concrete input
-shapes given (the verification inputs by default), summed over the batch. Other ops count
+MACs are multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul for the concrete input
+shapes given; the pass manager gives one sample (a dynamic batch dim counts as 1). Other ops count
 zero: they are memory-bound and their cost is not what pruning or factorization changes.
 Parameters count the elements of floating-point and 8/4-bit initializers (weights); integer
 shape tensors are left out. Bytes count every initializer and tensor attribute.

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+import lightir
+from lightir import zoo
+from lightir.data import CalibrationData
+from lightir.testing import GraphBuilder, declines
+
+# Random-weight zoo models have no redundant channels, so pruning them changes outputs a lot;
+# these tests check structure and cost accounting. Accuracy is judged on the trained fixture.
+ANY_OUTPUT = {"prune": "cos:-1"}
+
+
+def independent_cost(path):
+    """Params and MACs of a saved model, recounted with onnx alone (not lightir's analysis)."""
+    proto = onnx.load(str(path))
+    for dim in proto.graph.input[0].type.tensor_type.shape.dim[:1]:
+        dim.Clear()
+        dim.dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    }
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    params = sum(w.size for w in weights.values() if w.dtype == np.float32)
+    macs = 0
+    for node in proto.graph.node:
+        if node.op_type == "Conv":
+            macs += math.prod(shapes[node.output[0]]) * math.prod(weights[node.input[1]].shape[1:])
+        elif node.op_type == "Gemm":
+            macs += math.prod(shapes[node.output[0]]) * shapes[node.input[0]][1]
+    return params, macs
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "vgg", "repvgg"])
+def test_ratio_gives_a_smaller_valid_model_with_honest_costs(name, tmp_path):
+    result = lightir.optimize(f"zoo:{name}", "prune{ratio=0.3}", tolerances=ANY_OUTPUT)
+    assert result.report.ok, result.report.failures
+    record = result.report.records[0]
+    assert record.status == "changed" and record.stats["channels_removed"] > 0
+    path = tmp_path / "pruned.onnx"
+    lightir.save(result.model, path)
+    params, macs = independent_cost(path)
+    assert (params, macs) == (record.cost.params, record.cost.macs)
+    before = result.report.original
+    assert params < before.params and macs < before.macs
+    original_path = tmp_path / "original.onnx"
+    lightir.save(zoo.build(name), original_path)
+    assert independent_cost(original_path) == (before.params, before.macs)
+
+
+def test_kept_channel_counts_are_rounded():
+    result = lightir.optimize("zoo:resnet", "prune{ratio=0.3,round=8}", tolerances=ANY_OUTPUT)
+    for node in result.model.graph:
+        if node.op_type == "Conv":
+            assert node.inputs[1].const_value.shape[0] % 8 == 0
+
+
+def test_target_macs_is_met():
+    original = zoo.build("resnet")
+    result = lightir.optimize(original, "prune{target-macs=0.6}", tolerances=ANY_OUTPUT)
+    record = result.report.records[0]
+    assert record.cost.macs <= 0.6 * result.report.original.macs * 1.02
+    assert record.cost.macs >= 0.45 * result.report.original.macs  # and not far below
+
+
+def test_frozen_channels_are_refused_and_explained():
+    b = GraphBuilder("custom", seed=3)
+    x = b.input("x", [1, 3, 6, 6])
+    y = b.relu(b.conv(b.relu(b.conv(x, 16, 3)), 16, 3))
+    z = b.op("MyOp", [y], domain="com.example", channels=16)
+    b.output(b.conv(z, 4, 1, pads=[0] * 4), "out")
+    model = b.build()
+    model.opset_imports["com.example"] = 1
+    # No schema to infer MyOp's output (nor what follows it): declare the types.
+    z.dtype, z.shape = ir.DataType.FLOAT, ir.Shape([1, 16, 6, 6])
+    out = model.graph.outputs[0]
+    out.dtype, out.shape = ir.DataType.FLOAT, ir.Shape([1, 4, 6, 6])
+    result = lightir.optimize(model, "prune{ratio=0.5,protect-first=false}", verify="structural")
+    shapes = [n.inputs[1].const_value.shape[0] for n in result.model.graph if n.op_type == "Conv"]
+    assert shapes == [8, 16, 4]  # the conv feeding MyOp keeps all its channels
+    assert any("MyOp" in d for d in declines(result))
+
+
+def test_bn_gamma_removes_the_channels_with_small_gamma():
+    b = GraphBuilder("slim", seed=4)
+    x = b.input("x", [1, 3, 8, 8])
+    y = b.batch_norm(b.conv(x, 16, 3))
+    gamma = y.producer().inputs[1]
+    values = np.ones(16, np.float32)
+    values[[1, 5, 9, 13]] = 1e-3
+    gamma.const_value = lightir.onnx_bridge.ir.tensor(values, name=gamma.name)
+    # A 1x1 consumer: the removed channels' constant relu(beta) folds into its bias exactly.
+    b.output(b.conv(b.relu(b.conv(b.relu(y), 16, 1, pads=[0] * 4)), 4, 1, pads=[0] * 4), "out")
+    model = b.build()
+    # protect-last keeps the second group (it feeds the last conv): only the BN group is pruned
+    options = "prune{ratio=0.25,criterion=bn-gamma,round=4,protect-first=false}"
+    result = lightir.optimize(model, options, tolerances={"prune": "cos:0.99"})
+    assert result.report.ok, result.report.failures  # near-zero channels: output barely moves
+    first = result.model.graph[0].inputs[1].const_value.numpy()
+    original = model.graph[0].inputs[1].const_value.numpy()
+    kept = [c for c in range(16) if c not in (1, 5, 9, 13)]
+    np.testing.assert_array_equal(first, original[kept])
+
+
+def test_reconstruct_needs_calibration():
+    result = lightir.optimize("zoo:vgg", "prune{reconstruct=true}")
+    assert "needs calibration data" in result.report.failures[0]
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    images, labels = zoo.digits_test_split()
+    # Calibrate on the first 200 test images, measure accuracy on the other 250.
+    return CalibrationData({"input": images[:200]}), images[200:], labels[200:]
+
+
+def test_reconstruction_beats_plain_pruning_on_the_trained_fixture(digits_split):
+    calib, images, labels = digits_split
+    model = zoo.build("digits")
+    plain = lightir.optimize(model, "prune{ratio=0.5}", tolerances=ANY_OUTPUT)
+    refit = lightir.optimize(
+        model, "prune{ratio=0.5,reconstruct=true}", calib=calib, tolerances=ANY_OUTPUT
+    )
+    assert plain.report.records[0].cost.macs == refit.report.records[0].cost.macs
+    plain_acc = zoo.accuracy(plain.model, images, labels)
+    refit_acc = zoo.accuracy(refit.model, images, labels)
+    assert refit_acc > plain_acc + 0.05
+    assert refit_acc >= zoo.accuracy(model, images, labels) - 0.02
+
+
+@pytest.mark.parametrize("criterion", ["activation", "entropy", "l2"])
+def test_data_criteria_run_on_the_fixture(criterion, digits_split):
+    calib, images, labels = digits_split
+    result = lightir.optimize(
+        zoo.build("digits"),
+        f"prune{{ratio=0.3,criterion={criterion}}}",
+        calib=calib,
+        tolerances=ANY_OUTPUT,
+    )
+    assert result.report.ok and result.report.records[0].stats["channels_removed"] > 0
+    assert zoo.accuracy(result.model, images, labels) > 0.8
