@@ -6,6 +6,7 @@ from lightir.passes import (  # noqa: F401  (registration)
     merge_branches,
     merge_linear,
     prune,
+    sparsify,
 )
 from lightir.registry import register_pipeline
 
