@@ -96,13 +96,16 @@ def _weight_rows(node: ir.Node, index: int) -> np.ndarray:
 class Pruner:
     """Decide and apply the removal of channels for one model."""
 
-    def __init__(self, model: ir.Model, options: Options, context: PassContext) -> None:
+    def __init__(
+        self, model: ir.Model, options: Options, context: PassContext, analyse_only: bool = False
+    ) -> None:
         self.model, self.options, self.context = model, options, context
         common_passes.ShapeInferencePass()(model)
         self.analysis = ChannelGraph(model)
         self.groups, frozen = self.analysis.groups()
-        for group, reason in frozen:
-            context.decline(f"channels of {', '.join(group.producer_nodes)}", reason)
+        if not analyse_only:
+            for group, reason in frozen:
+                context.decline(f"channels of {', '.join(group.producer_nodes)}", reason)
         self.batches = None
         if context.calibration is not None:
             self.batches = list(context.calibration.batches(batch_size=16, limit=64))
@@ -208,18 +211,10 @@ class Pruner:
             removal[i] = sorted(int(j) for j in order[: size - keep])
         return removal
 
-    def _macs_per_channel(self, group: ChannelGroup, macs_by_node: dict[str, int]) -> float:
-        component = group.components[0]
-        total = 0.0
-        for node, _ in component.producers:
-            total += macs_by_node.get(node.name, 0) / max(1, node.outputs[0].shape[1])
-        for node, _ in component.consumers:
-            total += macs_by_node.get(node.name, 0) / max(1, node.inputs[0].shape[1])
-        return total
-
     def _plan_macs(
         self, candidates: list[int], scores: dict[int, np.ndarray]
     ) -> dict[int, list[int]]:
+        """Greedy removal in ``round``-sized steps until the MAC target is met."""
         from lightir.analysis.cost import node_macs
         from lightir.onnx_bridge import infer_shapes, weightless_proto
 
@@ -239,26 +234,99 @@ class Pruner:
         removed = {i: 0 for i in candidates}
         orders = {i: np.argsort(scores[i], kind="stable") for i in candidates}
         normalized = {i: scores[i] / (scores[i].mean() or 1.0) for i in candidates}
-        per_channel = {i: self._macs_per_channel(self.groups[i], macs_by_node) for i in candidates}
+        # Channels each group's component contributes to each value (a Flatten gets a block).
+        per_value: dict[str, dict[int, int]] = defaultdict(dict)
+        for i in candidates:
+            for name, _ in self.groups[i].components[0].channels:
+                per_value[name][i] = per_value[name].get(i, 0) + 1
+
+        def kept_fraction(value: ir.Value, state: dict[int, int]) -> float:
+            counts = per_value.get(value.name)
+            if not counts:
+                return 1.0
+            full = value.shape[1]
+            return (full - sum(state[i] * n for i, n in counts.items())) / full
+
+        def estimate(state: dict[int, int]) -> float:
+            """MACs after removing ``state[i]`` channels of each group.
+
+            Exact: MACs scale with kept output channels and, for dense layers, kept inputs.
+            """
+            result = 0.0
+            for node in self.model.graph:
+                macs = macs_by_node.get(node.name, 0)
+                if not macs:
+                    continue
+                factor = kept_fraction(node.outputs[0], state)
+                depthwise = node.op_type == "Conv" and node.attributes.get_int("group", 1) > 1
+                if not depthwise:
+                    factor *= kept_fraction(node.inputs[0], state)
+                result += macs * factor
+            return result
+
+        curves = {i: self._sensitivity(i, orders[i]) for i in candidates} if self.batches else None
         current = total
         while current > target:
-            best, best_cost = None, math.inf
+            best, best_cost, best_macs = None, math.inf, current
             for i in candidates:
                 size = self.groups[i].size
                 if size - removed[i] - step < step:
                     continue
-                taken = orders[i][removed[i] : removed[i] + step]
-                saved = per_channel[i] * step
-                cost = float(normalized[i][taken].sum()) / max(saved, 1.0)
+                trial = dict(removed)
+                trial[i] += step
+                after = estimate(trial)
+                saved = current - after
+                if curves is not None:
+                    # Measured output error of pruning this group alone, interpolated.
+                    fractions, errors = curves[i]
+                    now = np.interp(removed[i] / size, fractions, errors)
+                    then = np.interp((removed[i] + step) / size, fractions, errors)
+                    cost = float(then - now) / max(saved, 1.0)
+                else:
+                    taken = orders[i][removed[i] : removed[i] + step]
+                    cost = float(normalized[i][taken].sum()) / max(saved, 1.0)
                 if cost < best_cost:
-                    best, best_cost = i, cost
+                    best, best_cost, best_macs = i, cost, after
             if best is None:
                 self.context.decline("target-macs", f"cannot reach {self.options.target_macs:g}")
                 break
             removed[best] += step
-            # Consumers shrink too: count both sides once by re-estimating from the total.
-            current -= per_channel[best] * step
+            current = best_macs
         return {i: sorted(int(j) for j in orders[i][: removed[i]]) for i in candidates}
+
+    SENSITIVITY_FRACTIONS = (0.25, 0.5, 0.75)
+
+    def _sensitivity(self, index: int, order: np.ndarray) -> tuple[list[float], list[float]]:
+        """Relative output error when only group ``index`` loses its least important channels.
+
+        Measured on the calibration batches at a few fractions of the group; returns the
+        curve as (fractions, errors) starting at (0, 0).
+        """
+        from lightir.onnx_bridge import OrtModel
+
+        group = self.groups[index]
+        reference = OrtModel(self.model).run_all(self.batches)
+        fractions, errors = [0.0], [0.0]
+        for fraction in self.SENSITIVITY_FRACTIONS:
+            count = int(group.size * fraction)
+            if count == 0:
+                continue
+            trial = self.model.clone()
+            pruner = Pruner(trial, self.options, PassContext(), analyse_only=True)
+            position = next(
+                k for k, g in enumerate(pruner.groups) if g.producer_nodes == group.producer_nodes
+            )
+            pruner.apply({position: sorted(int(j) for j in order[:count])})
+            outputs = OrtModel(trial).run_all(self.batches)
+            error = max(
+                float(np.linalg.norm(o[name] - r[name]) / (np.linalg.norm(r[name]) or 1.0))
+                for o, r in zip(outputs, reference)
+                for name in r
+            )
+            fractions.append(count / group.size)
+            errors.append(error)
+        logger.debug("sensitivity of %s: %s", group.producer_nodes, list(zip(fractions, errors)))
+        return fractions, errors
 
     # ------------------------------------------------------------------ apply
     def apply(self, removal: dict[int, list[int]]) -> dict[str, int]:
