@@ -12,6 +12,7 @@ resnet50   ResNet-50-sized (bottlenecks [3, 4, 6, 3], 224x224, 25.6 M params): b
 acnet      ACNet train-time blocks: 3x3, 1x3 and 3x1 conv+BN branches, summed
 dbb        Diverse Branch Blocks: 3x3, 1x1, 1x1->AvgPool and 1x1->3x3 branches
 mobileone  MobileOne blocks: k over-parameterized dw/1x1 branches with scale and skip BN
+concatnet  Inception-style concat blocks and a DenseNet-style block (pruning across Concat)
 repghost   RepGhost bottlenecks: depthwise conv + BN-identity added in feature space
 digits     a real trained CNN (committed fixture): 4 conv/BN/ReLU blocks and two FC layers
            trained on scikit-learn's 8x8 digits by ``tools/train_digits.py``; its test
@@ -345,6 +346,25 @@ def accuracy(model: ir.Model, images: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
 
 
+def concatnet(seed: int = 0, size: int = 32, classes: int = 10) -> ir.Model:
+    """Concat-based network for pruning across Concat.
+
+    Inception-style blocks (1x1 and 3x3 branches concatenated) and a DenseNet-style block (a
+    layer's input concatenated with its output).
+    """
+    b = GraphBuilder("concatnet", seed=seed)
+    x = _stem(b, 24, size)
+    for width in (16, 24):
+        point = b.relu(b.batch_norm(b.conv(x, width, 1, pads=[0] * 4)))
+        spatial = b.relu(b.batch_norm(b.conv(x, width, 3)))
+        x = b.op("Concat", [point, spatial], {"axis": 1}, channels=2 * width)
+        x = b.max_pool(x)
+    grown = b.relu(b.batch_norm(b.conv(x, 16, 3)))
+    x = b.op("Concat", [x, grown], {"axis": 1}, channels=b.channels[x] + 16)
+    x = b.relu(b.batch_norm(b.conv(x, 64, 1, pads=[0] * 4)))
+    return _head(b, x, classes)
+
+
 BUILDERS: dict[str, Callable[..., ir.Model]] = {
     "resnet": resnet,
     "mobilenetv2": mobilenetv2,
@@ -356,6 +376,7 @@ BUILDERS: dict[str, Callable[..., ir.Model]] = {
     "dbb": dbb,
     "mobileone": mobileone,
     "repghost": repghost,
+    "concatnet": concatnet,
 }
 REPARAM = ["repvgg", "acnet", "dbb", "mobileone", "repghost"]
 SMALL = ["resnet", "mobilenetv2", "vgg", "repvgg"]

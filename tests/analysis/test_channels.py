@@ -117,7 +117,7 @@ def test_unknown_ops_freeze_their_channels():
     assert ("conv_0",) in groups  # the channels between the two convs stay prunable
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "repvgg"])
+@pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "repvgg", "concatnet"])
 def test_zoo_pruning_equals_masking(name):
     check_prune_equals_masking(zoo.build(name), ratio=0.3)
 

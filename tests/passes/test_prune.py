@@ -39,7 +39,7 @@ def independent_cost(path):
     return params, macs
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "vgg", "repvgg"])
+@pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "vgg", "repvgg", "concatnet"])
 def test_ratio_gives_a_smaller_valid_model_with_honest_costs(name, tmp_path):
     result = lightir.optimize(f"zoo:{name}", "prune{ratio=0.3}", tolerances=ANY_OUTPUT)
     assert result.report.ok, result.report.failures
