@@ -160,6 +160,12 @@ class CalibrationData:
         result.specs = specs  # type: ignore[attr-defined]
         return result
 
+    def tail(self, start: int) -> CalibrationData:
+        """The samples from row ``start`` on (same specs)."""
+        result = CalibrationData({k: v[start:] for k, v in self.arrays.items()}, self.source)
+        result.specs = getattr(self, "specs", None)  # type: ignore[attr-defined]
+        return result
+
     @property
     def rows(self) -> int:
         """Number of samples (rows of axis 0)."""

@@ -284,6 +284,16 @@ def optimize(
     )
     previous_outputs = original_outputs
     context_calibration = calibration
+    verified_rows = sum(next(iter(b.values())).shape[0] for b in batches)
+    if calibration is not None and calibration.rows >= 2 * verified_rows:
+        # Passes fit on the other samples, so verification judges them on data they did not see.
+        context_calibration = calibration.tail(verified_rows)
+    elif calibration is not None:
+        logger.warning(
+            "--calib %s has %d samples: passes and verification share them",
+            calibration.source,
+            calibration.rows,
+        )
 
     schedule = _Schedule(items)
     for index, pass_ in enumerate(schedule, start=1):
