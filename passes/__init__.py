@@ -3,6 +3,7 @@
 from lightir.passes import (  # noqa: F401  (registration)
     cleanup,
     fold_bn,
+    int8,
     merge_branches,
     merge_linear,
     prune,

@@ -1,0 +1,279 @@
+"""Static int8 quantization to QDQ ONNX that onnxruntime runs with its integer kernels.
+
+Steps:
+
+1. BatchNormalization is folded into the convolutions (fold-bn's rules).
+2. Activations that feed or leave a quantizable op (Conv, Gemm, MatMul with a constant
+   weight, Add, MaxPool, AveragePool, GlobalAveragePool, Concat) are calibrated on the
+   calibration data (or synthesized inputs) with streamed histograms
+   (:mod:`lightir.calibration`: ``minmax``, ``percentile``, ``entropy``, ``mse``).
+3. Each such activation gets a QuantizeLinear -> DequantizeLinear pair with per-tensor uint8
+   parameters. On this kind of x86 machine (AVX2, no VNNI), uint8 activations with int8
+   weights (U8S8) ran 1.4-3.4x faster than int8 activations (S8S8) in onnxruntime
+   (tools/bench_int8.py). A Relu or Clip(0, 6) right after a quantized op is absorbed into
+   the output's range (zero point 0), as onnxruntime's own QDQ fusion expects.
+4. Weights become int8 initializers, symmetric and per output channel, with a
+   DequantizeLinear; no float copy is kept. ``reduce-range=true`` (the default) uses 7-bit
+   weights: AVX2's u8 x s8 multiply-add saturates int16 pairs, and 7 bits cannot saturate.
+   Biases become int32 with scale ``s_x * s_w``.
+
+Q/DQ pairs go only around ops onnxruntime fuses into integer kernels. A tensor whose
+consumers all run in float keeps its float path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from lightir.calibration import Calibrator
+from lightir.data import input_specs, synthesize
+from lightir.onnx_bridge import capture
+from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.passes.fold_bn import RULES as FOLD_BN_RULES
+from lightir.registry import register_pass
+from lightir.rewrite import apply_rules, unique_name
+
+logger = logging.getLogger(__name__)
+
+WEIGHTED = {"Conv", "Gemm", "MatMul"}
+ACTIVATION_OPS = {"Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat"}
+ABSORBED = {"Relu", "Clip"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Options of int8."""
+
+    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "percentile"
+    reduce_range: bool = True
+    batches: int = 8
+
+    def __post_init__(self) -> None:
+        if self.batches < 1:
+            raise ValueError(f"batches must be >= 1, got {self.batches}")
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    return value.const_value.numpy()
+
+
+def _weight_axis(node: ir.Node) -> int | None:
+    """The output-channel axis of the node's weight, or None when it cannot be quantized."""
+    weight = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None or weight.dtype != np.float32:
+        return None
+    if any(user is not node for user, _ in node.inputs[1].uses()):
+        return None
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        if node.attributes.get_int("transA", 0) or node.attributes.get_float("alpha", 1.0) != 1:
+            return None
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    if node.op_type == "MatMul" and weight.ndim == 2:
+        return 1
+    return None
+
+
+class Quantizer:
+    """Plans and writes the QDQ form of one model."""
+
+    def __init__(self, model: ir.Model, options: Options, context: PassContext) -> None:
+        self.model, self.options, self.context = model, options, context
+        self.graph = model.graph
+
+    def quantized_nodes(self) -> list[ir.Node]:
+        nodes = []
+        for node in self.graph:
+            if node.op_type in WEIGHTED and _weight_axis(node) is not None:
+                nodes.append(node)
+            elif node.op_type in ACTIVATION_OPS and node.outputs[0].dtype == ir.DataType.FLOAT:
+                nodes.append(node)
+            elif node.op_type in WEIGHTED:
+                self.context.decline(node, "weight is not a constant float tensor of its own")
+        return nodes
+
+    def absorbed_activation(self, node: ir.Node) -> ir.Node | None:
+        """A Relu / Clip(0, 6) that alone consumes ``node``'s output and can be absorbed."""
+        out = node.outputs[0]
+        uses = list(out.uses())
+        if len(uses) != 1 or out.is_graph_output():
+            return None
+        user = uses[0][0]
+        if user.outputs[0].is_graph_output():
+            return None
+        if user.op_type == "Relu":
+            return user
+        if user.op_type == "Clip":
+            low = _const(user.inputs[1]) if len(user.inputs) > 1 else None
+            if low is not None and float(np.asarray(low).ravel()[0]) == 0.0:
+                return user
+        return None
+
+    def activations(self, nodes: list[ir.Node]) -> list[ir.Value]:
+        """The float tensors that get a Q/DQ pair (inputs and outputs of quantized nodes)."""
+        chosen: dict[str, ir.Value] = {}
+        for node in nodes:
+            inputs = node.inputs[:1] if node.op_type in WEIGHTED else node.inputs
+            for value in inputs:
+                if value is not None and _const(value) is None:
+                    chosen[value.name] = value
+            absorbed = self.absorbed_activation(node)
+            out = absorbed.outputs[0] if absorbed is not None else node.outputs[0]
+            chosen[out.name] = out
+        return [v for v in chosen.values() if v.dtype == ir.DataType.FLOAT]
+
+    def calibrate(self, values: list[ir.Value]) -> dict[str, tuple[float, float]]:
+        calibration = self.context.calibration
+        if calibration is not None:
+            batches = list(calibration.batches(batch_size=8, limit=8 * self.options.batches))
+        else:
+            specs = input_specs(self.model)
+            batches = [synthesize(specs, samples=2, seed=100 + i)[0] for i in range(4)]
+        calibrator = Calibrator(v.name for v in values)
+        for batch in batches:  # one batch at a time: memory does not grow with the data
+            calibrator.update(capture(self.model, [v.name for v in values], [batch]))
+        return calibrator.ranges(self.options.calibration)
+
+    def run(self) -> dict:
+        apply_rules(self.model, FOLD_BN_RULES)
+        common_passes.RemoveUnusedNodesPass()(self.model)
+        common_passes.ShapeInferencePass()(self.model)
+        nodes = self.quantized_nodes()
+        values = self.activations(nodes)
+        if not values:
+            return {"quantized_ops": 0}
+        ranges = self.calibrate(values)
+        params = {name: self._activation_params(*ranges[name]) for name in ranges}
+        for node in nodes:
+            absorbed = self.absorbed_activation(node)
+            if absorbed is not None:
+                # The output Q (zero point 0 at 0) does the clamp: the Relu / Clip goes.
+                out, relu_out = node.outputs[0], absorbed.outputs[0]
+                relu_out.replace_all_uses_with(out)
+                self.graph.remove(absorbed, safe=True)
+                out.name = relu_out.name
+        for node in nodes:
+            if node.op_type in WEIGHTED:
+                self._quantize_weight(node, params[node.inputs[0].name][0])
+        by_name = {v.name: v for v in self.graph.inputs}
+        by_name.update({o.name: o for n in self.graph for o in n.outputs})
+        for name, (scale, zero_point) in params.items():
+            if name in by_name:
+                self._insert_qdq(by_name[name], scale, zero_point)
+        common_passes.RemoveUnusedNodesPass()(self.model)
+        return {
+            "quantized_ops": len(nodes),
+            "qdq_pairs": len(values),
+            "int8_weights": sum(1 for n in nodes if n.op_type in WEIGHTED),
+        }
+
+    @staticmethod
+    def _activation_params(low: float, high: float) -> tuple[float, int]:
+        scale = (high - low) / 255.0 or 1.0
+        zero_point = int(np.clip(round(-low / scale), 0, 255))
+        return float(scale), zero_point
+
+    def _new_initializer(self, base: str, array: np.ndarray) -> ir.Value:
+        name = unique_name(self.graph, base)
+        value = ir.val(name, const_value=ir.tensor(array, name=name))
+        self.graph.register_initializer(value)
+        return value
+
+    def _quantize_weight(self, node: ir.Node, input_scale: float) -> None:
+        axis = _weight_axis(node)
+        weight = _const(node.inputs[1]).astype(np.float64)
+        levels = 63 if self.options.reduce_range else 127
+        moved = np.moveaxis(weight, axis, 0)
+        peak = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+        scale = np.where(peak > 0, peak / levels, 1.0)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        quantized = np.clip(np.round(weight / scale.reshape(shape)), -levels, levels).astype(
+            np.int8
+        )
+        base = node.inputs[1].name
+        q_value = self._new_initializer(f"{base}_int8", quantized)
+        s_value = self._new_initializer(f"{base}_scale", scale.astype(np.float32))
+        z_value = self._new_initializer(f"{base}_zero_point", np.zeros_like(scale, np.int8))
+        dq = ir.node(
+            "DequantizeLinear",
+            [q_value, s_value, z_value],
+            {"axis": axis},
+            name=unique_name(self.graph, f"{node.name}_weight_dq"),
+        )
+        dq.outputs[0].name = unique_name(self.graph, f"{base}_dequantized")
+        dq.outputs[0].dtype, dq.outputs[0].shape = ir.DataType.FLOAT, ir.Shape(weight.shape)
+        self.graph.insert_before(node, dq)
+        node.replace_input_with(1, dq.outputs[0])
+        if (
+            len(node.inputs) > 2
+            and node.inputs[2] is not None
+            and _const(node.inputs[2]) is not None
+        ):
+            bias = _const(node.inputs[2]).astype(np.float64)
+            if bias.size == scale.size:
+                bias_scale = (input_scale * scale).astype(np.float32)
+                q_bias = np.round(bias.reshape(-1) / bias_scale).astype(np.int32)
+                bname = node.inputs[2].name
+                dq_bias = ir.node(
+                    "DequantizeLinear",
+                    [
+                        self._new_initializer(f"{bname}_int32", q_bias),
+                        self._new_initializer(f"{bname}_scale", bias_scale),
+                        self._new_initializer(f"{bname}_zero_point", np.zeros_like(q_bias)),
+                    ],
+                    {"axis": 0},
+                    name=unique_name(self.graph, f"{node.name}_bias_dq"),
+                )
+                dq_bias.outputs[0].name = unique_name(self.graph, f"{bname}_dequantized")
+                dq_bias.outputs[0].dtype = ir.DataType.FLOAT
+                dq_bias.outputs[0].shape = ir.Shape([q_bias.size])
+                self.graph.insert_before(node, dq_bias)
+                node.replace_input_with(2, dq_bias.outputs[0])
+
+    def _insert_qdq(self, value: ir.Value, scale: float, zero_point: int) -> None:
+        users = list(value.uses())  # before the Q node becomes one
+        s_value = self._new_initializer(f"{value.name}_scale", np.array(scale, np.float32))
+        z_value = self._new_initializer(f"{value.name}_zero_point", np.array(zero_point, np.uint8))
+        quant = ir.node(
+            "QuantizeLinear",
+            [value, s_value, z_value],
+            name=unique_name(self.graph, f"{value.name}_q"),
+        )
+        quant.outputs[0].name = unique_name(self.graph, f"{value.name}_quantized")
+        quant.outputs[0].dtype, quant.outputs[0].shape = ir.DataType.UINT8, value.shape
+        dequant = ir.node(
+            "DequantizeLinear",
+            [quant.outputs[0], s_value, z_value],
+            name=unique_name(self.graph, f"{value.name}_dq"),
+        )
+        dequant.outputs[0].name = unique_name(self.graph, f"{value.name}_dequantized")
+        dequant.outputs[0].dtype, dequant.outputs[0].shape = ir.DataType.FLOAT, value.shape
+        producer = value.producer()
+        if producer is None:
+            self.graph.insert_before(self.graph[0], [quant, dequant])
+        else:
+            self.graph.insert_after(producer, [quant, dequant])
+        for user, index in users:
+            user.replace_input_with(index, dequant.outputs[0])
+
+
+@register_pass("int8", contract=Contract.lossy(min_cosine=0.98))
+class Int8(Pass):
+    """Static int8 quantization to QDQ (U8S8, per-channel weights) for integer kernels."""
+
+    Options = Options
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Fold BN, calibrate, and write the QDQ model."""
+        stats = Quantizer(model, self.options, context).run()
+        return PassResult(model, modified=stats.get("quantized_ops", 0) > 0, stats=stats)
