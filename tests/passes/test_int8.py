@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import lightir
+from lightir import zoo
+from lightir.data import CalibrationData
+from lightir.testing import GraphBuilder, op_types
+
+
+def quantize(model, pipeline="int8", calib=None):
+    result = lightir.optimize(model, pipeline, calib=calib)
+    assert result.report.ok, result.report.failures
+    return result
+
+
+def test_conv_relu_becomes_qdq_with_int8_weights_and_int32_bias():
+    b = GraphBuilder("conv_relu", seed=0)
+    x = b.input("x", ["batch", 3, 8, 8])
+    b.output(b.conv(b.relu(b.conv(x, 8, 3, bias=True)), 4, 1, pads=[0] * 4, bias=True), "y")
+    model = b.build()
+    out = quantize(model).model
+    counts = Counter(op_types(out))
+    assert counts["Relu"] == 0  # absorbed into the output quantization (zero point 0)
+    assert counts["Conv"] == 2 and counts["QuantizeLinear"] == 3
+    weights = [v.const_value for v in out.graph.initializers.values()]
+    assert sum(1 for t in weights if t.dtype == lightir.onnx_bridge.ir.DataType.INT8) == 4
+    assert any(t.dtype == lightir.onnx_bridge.ir.DataType.INT32 for t in weights)
+    assert not any(  # no float copy of the conv weights is kept
+        t.dtype == lightir.onnx_bridge.ir.DataType.FLOAT and len(t.shape) == 4 for t in weights
+    )
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "entropy"])
+def test_trained_fixture_keeps_its_accuracy(method):
+    images, labels = zoo.digits_test_split()
+    calib = CalibrationData({"input": images[:200]})
+    model = zoo.build("digits")
+    out = quantize(model, f"int8{{calibration={method}}}", calib=calib).model
+    assert (
+        zoo.accuracy(out, images[200:], labels[200:])
+        >= zoo.accuracy(model, images[200:], labels[200:]) - 0.01
+    )
+
+
+def test_shared_or_dynamic_weights_stay_float():
+    b = GraphBuilder("shared", seed=1)
+    x = b.input("x", [1, 4, 6, 6])
+    w = b.initializer(b.conv_weight(4, 4, (3, 3)))
+    y = b.conv(b.conv(x, 4, 3, weight=w), 4, 3, weight=w)
+    b.output(y, "y")
+    result = lightir.optimize(b.build(), "int8")
+    assert result.report.ok
+    kinds = {t.const_value.dtype for t in result.model.graph.initializers.values()}
+    assert lightir.onnx_bridge.ir.DataType.INT8 not in kinds
+    assert any(
+        "weight is not a constant float tensor of its own" in d
+        for r in result.report.records
+        for d in r.declines
+    )
+
+
+def test_calibration_memory_is_flat():
+    from lightir.calibration import TensorHistogram
+
+    hist = TensorHistogram()
+    rng = np.random.default_rng(0)
+    sizes = []
+    for step in range(50):
+        hist.update(rng.standard_normal(4096) * (1 + step))  # growing range
+        sizes.append(hist.counts.nbytes)
+    assert len(set(sizes)) == 1
+    assert hist.threshold("minmax") >= 49 * 3

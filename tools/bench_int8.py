@@ -1,0 +1,146 @@
+"""lightir int8 against onnxruntime's quantize_static, side by side, on the same calibration data.
+
+For each model: the fp32 model (BatchNormalization folded), onnxruntime's quantize_static
+(QDQ, per-channel, U8S8, MinMax, and the S8S8 variant), and lightir ``int8``. Reported:
+
+* accuracy on held-out data (the digits fixture) or, for zoo models with random weights,
+  top-1 agreement and cosine similarity with fp32 on 64 held-out synthesized inputs;
+* model bytes;
+* onnxruntime latency relative to fp32 (ORT_ENABLE_ALL, 1 thread, spinning off, batch 1,
+  median of interleaved blocks in a shuffled order).
+
+    python tools/bench_int8.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+
+import lightir
+from lightir import zoo
+from lightir.data import CalibrationData, input_specs, synthesize
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, batches):
+        self.batches = iter(batches)
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def session(path: str, threads: int = 1):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def latencies(paths: dict[str, str], feeds, repeats: int) -> dict[str, float]:
+    sessions = {k: session(v) for k, v in paths.items()}
+    for sess in sessions.values():
+        sess.run(None, feeds)
+    start = time.perf_counter()
+    sessions["fp32"].run(None, feeds)
+    iterations = max(2, int(0.05 / (time.perf_counter() - start)))
+    samples = {k: [] for k in sessions}
+    order, rng = list(sessions), random.Random(0)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for key in order:
+            t0 = time.perf_counter()
+            for _ in range(iterations):
+                sessions[key].run(None, feeds)
+            samples[key].append((time.perf_counter() - t0) / iterations)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def evaluate(path: str, images, labels, reference) -> str:
+    sess = session(path)
+    name = sess.get_inputs()[0].name
+    logits = np.concatenate(
+        [sess.run(None, {name: images[i : i + 16]})[0] for i in range(0, len(images), 16)]
+    )
+    if labels is not None:
+        return f"acc {float((logits.argmax(1) == labels).mean()):.3f}"
+    top1 = float((logits.argmax(1) == reference.argmax(1)).mean())
+    cos = float(np.sum(logits * reference) / (np.linalg.norm(logits) * np.linalg.norm(reference)))
+    return f"top1 {top1:.3f} cos {cos:.5f}"
+
+
+def run_model(name: str, repeats: int, work: Path) -> None:
+    fp32 = lightir.optimize(f"zoo:{name}", "fold-bn,cleanup").model
+    fp32_path = str(work / f"{name}_fp32.onnx")
+    lightir.save(fp32, fp32_path)
+    specs = input_specs(fp32)
+    if name == "digits":
+        images, labels = zoo.digits_test_split()
+        calib_images, eval_images, eval_labels = images[:200], images[200:], labels[200:]
+    else:
+        calib_images = np.concatenate([synthesize(specs, 16, seed=s)[0]["input"] for s in (1,)])
+        eval_images = synthesize(specs, 64, seed=7)[0]["input"]
+        eval_labels = None
+    input_name = specs[0].name
+    batches = [{input_name: calib_images[i : i + 8]} for i in range(0, len(calib_images), 8)]
+    paths = {"fp32": fp32_path}
+    for tag, activation in (("ort-u8s8", QuantType.QUInt8), ("ort-s8s8", QuantType.QInt8)):
+        paths[tag] = str(work / f"{name}_{tag}.onnx")
+        quantize_static(
+            fp32_path,
+            paths[tag],
+            Reader(list(batches)),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=activation,
+            weight_type=QuantType.QInt8,
+        )
+    result = lightir.optimize(
+        fp32,
+        "int8",
+        calib=CalibrationData({input_name: calib_images}),
+        tolerances={"int8": "cos:-1"},
+    )
+    paths["lightir"] = str(work / f"{name}_lightir.onnx")
+    lightir.save(result.model, paths["lightir"])
+    reference = session(fp32_path).run(None, {input_name: eval_images})[0]
+    feeds = {input_name: eval_images[:1]}
+    times = latencies(paths, feeds, repeats)
+    for key, path in paths.items():
+        print(
+            f"{name:<12} {key:<10} {evaluate(path, eval_images, eval_labels, reference):<24} "
+            f"{Path(path).stat().st_size / 1024:>8.0f} kB  "
+            f"latency {times[key] / times['fp32']:.3f}",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="*", default=["digits", "resnet", "mobilenetv2", "vgg", "resnet50"]
+    )
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    print(f"onnxruntime {ort.__version__}; latency relative to fp32, 1 thread, batch 1")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            run_model(name, args.repeats, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
