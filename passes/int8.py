@@ -46,13 +46,14 @@ logger = logging.getLogger(__name__)
 WEIGHTED = {"Conv", "Gemm", "MatMul"}
 ACTIVATION_OPS = {"Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat"}
 ABSORBED = {"Relu", "Clip"}
+SAME_SCALE = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
 
 
 @dataclass(frozen=True)
 class Options:
     """Options of int8."""
 
-    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "percentile"
+    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
     reduce_range: bool = False
     batches: int = 8
 
@@ -155,6 +156,13 @@ class Quantizer:
             return {"quantized_ops": 0}
         ranges = self.calibrate(values)
         params = {name: self._activation_params(*ranges[name]) for name in ranges}
+        # Ops that only move values keep their input's parameters: onnxruntime then runs them
+        # on int8 data without requantizing (MaxPool, Flatten, Reshape, ...).
+        for node in self.graph:
+            if node.op_type in SAME_SCALE and node.inputs[0] is not None:
+                source, target = node.inputs[0].name, node.outputs[0].name
+                if source in params and target in params:
+                    params[target] = params[source]
         for node in nodes:
             absorbed = self.absorbed_activation(node)
             if absorbed is not None:

@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument(
         "--models", nargs="*", default=["digits", "resnet", "mobilenetv2", "vgg", "resnet50"]
     )
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=31)
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}; latency relative to fp32, 1 thread, batch 1")
     with tempfile.TemporaryDirectory() as tmp:
