@@ -2,6 +2,7 @@
 
 from lightir.passes import (  # noqa: F401  (registration)
     cleanup,
+    equalize,
     fold_bn,
     int8,
     merge_branches,
