@@ -31,6 +31,7 @@ from lightir import io as lightir_io
 from lightir.analysis.cost import ModelCost, model_cost
 from lightir.data import CalibrationData, InputSpec, concrete_shape, input_specs, synthesize
 from lightir.errors import InputError, PassFailedError, UsageError
+from lightir.ir_util import clone_model
 from lightir.onnx_bridge import OrtModel, check_structure, weightless_proto
 from lightir.pass_base import Pass, PassContext
 from lightir.pipeline import (
@@ -175,9 +176,7 @@ def resolve_model(model_or_path: ir.Model | str | Path) -> tuple[ir.Model, str]:
     """Accept a model, a path, or ``zoo:NAME``; return the model and its display name."""
     if isinstance(model_or_path, ir.Model):
         # Work on a structural copy (weights shared): the caller's model is never modified.
-        copy = model_or_path.clone()
-        copy.meta.update(model_or_path.meta)
-        return copy, model_or_path.graph.name or "<model>"
+        return clone_model(model_or_path), model_or_path.graph.name or "<model>"
     text = str(model_or_path)
     if text.startswith("zoo:"):
         from lightir import zoo
@@ -299,8 +298,7 @@ def optimize(
     for index, pass_ in enumerate(schedule, start=1):
         for instrument in instruments:
             instrument.before_pass(index, pass_, model)
-        snapshot = model.clone()
-        snapshot.meta.update(model.meta)
+        snapshot = clone_model(model)
         context = PassContext(context_calibration)
         record = PassRecord(
             index=index,

@@ -95,6 +95,17 @@ def unique_name(graph: ir.Graph, base: str) -> str:
     return f"{base}_{index}"
 
 
+def unique_node_name(graph: ir.Graph, base: str) -> str:
+    """A node name not yet used in ``graph`` (onnxruntime refuses duplicates)."""
+    taken = {node.name for node in graph}
+    if base not in taken:
+        return base
+    index = 1
+    while f"{base}_{index}" in taken:
+        index += 1
+    return f"{base}_{index}"
+
+
 def new_initializer(op, root: ir.Node, suffix: str, array, dtype: ir.DataType | None):
     """A new initializer named after ``root`` holding ``array`` cast to ``dtype``.
 

@@ -197,6 +197,12 @@ def check_ir_invariants(model: ir.Model) -> None:
         outer = everywhere if graph is not model.graph else set()
         defined: set[ir.Value] = set(graph.inputs) | set(graph.initializers.values())
         names: dict[str, ir.Value] = {}
+        node_names: set[str] = set()
+        for node in graph:
+            if node.name:
+                if node.name in node_names:
+                    raise StructureError(f"two nodes are named '{node.name}' in '{graph.name}'")
+                node_names.add(node.name)
         for value in defined:
             _claim_name(names, value, graph)
         for node in graph:

@@ -4,6 +4,7 @@ from lightir.passes import (  # noqa: F401  (registration)
     cleanup,
     equalize,
     fold_bn,
+    fp16,
     int8,
     merge_branches,
     merge_linear,

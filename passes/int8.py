@@ -39,7 +39,7 @@ from lightir.onnx_bridge import capture
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.passes.fold_bn import RULES as FOLD_BN_RULES
 from lightir.registry import register_pass
-from lightir.rewrite import apply_rules, unique_name
+from lightir.rewrite import apply_rules, unique_name, unique_node_name
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class Quantizer:
             "DequantizeLinear",
             [q_value, s_value, z_value],
             {"axis": axis},
-            name=unique_name(self.graph, f"{node.name}_weight_dq"),
+            name=unique_node_name(self.graph, f"{node.name}_weight_dq"),
         )
         dq.outputs[0].name = unique_name(self.graph, f"{base}_dequantized")
         dq.outputs[0].dtype, dq.outputs[0].shape = ir.DataType.FLOAT, ir.Shape(weight.shape)
@@ -242,7 +242,7 @@ class Quantizer:
                         self._new_initializer(f"{bname}_zero_point", np.zeros_like(q_bias)),
                     ],
                     {"axis": 0},
-                    name=unique_name(self.graph, f"{node.name}_bias_dq"),
+                    name=unique_node_name(self.graph, f"{node.name}_bias_dq"),
                 )
                 dq_bias.outputs[0].name = unique_name(self.graph, f"{bname}_dequantized")
                 dq_bias.outputs[0].dtype = ir.DataType.FLOAT
@@ -257,14 +257,14 @@ class Quantizer:
         quant = ir.node(
             "QuantizeLinear",
             [value, s_value, z_value],
-            name=unique_name(self.graph, f"{value.name}_q"),
+            name=unique_node_name(self.graph, f"{value.name}_q"),
         )
         quant.outputs[0].name = unique_name(self.graph, f"{value.name}_quantized")
         quant.outputs[0].dtype, quant.outputs[0].shape = ir.DataType.UINT8, value.shape
         dequant = ir.node(
             "DequantizeLinear",
             [quant.outputs[0], s_value, z_value],
-            name=unique_name(self.graph, f"{value.name}_dq"),
+            name=unique_node_name(self.graph, f"{value.name}_dq"),
         )
         dequant.outputs[0].name = unique_name(self.graph, f"{value.name}_dequantized")
         dequant.outputs[0].dtype, dequant.outputs[0].shape = ir.DataType.FLOAT, value.shape

@@ -53,6 +53,7 @@ import onnx_ir.passes.common as common_passes
 from lightir.analysis.channels import ChannelGraph, ChannelGroup, Component
 from lightir.data import input_specs
 from lightir.errors import UsageError
+from lightir.ir_util import clone_model
 from lightir.onnx_bridge import capture
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.reconstruct import refit_layers
@@ -311,7 +312,7 @@ class Pruner:
             count = int(group.size * fraction)
             if count == 0:
                 continue
-            trial = self.model.clone()
+            trial = clone_model(self.model)
             pruner = Pruner(trial, self.options, PassContext(), analyse_only=True)
             position = next(
                 k for k, g in enumerate(pruner.groups) if g.producer_nodes == group.producer_nodes
@@ -524,7 +525,7 @@ class Prune(Pass):
             raise UsageError(
                 "prune{reconstruct=true} needs calibration data: pass --calib FILE.npz"
             )
-        original = model.clone() if options.reconstruct else None
+        original = clone_model(model) if options.reconstruct else None
         pruner = Pruner(model, options, context)
         removal = pruner.plan()
         stats = pruner.apply(removal)

@@ -156,3 +156,16 @@ def test_calibration_file_with_wrong_shape_is_refused(tmp_path):
     np.savez(tmp_path / "calib.npz", input=np.zeros((4, 3, 16, 16), np.float32))
     with pytest.raises(lightir.InputError, match="axis 2 is 16, the model expects 32"):
         lightir.optimize("zoo:resnet", "fold-bn", calib=tmp_path / "calib.npz")
+
+
+def test_passes_never_touch_the_callers_model_types_or_shapes():
+    """ir.Model.clone shares type objects; lightir's copies must not (fp16 retypes values)."""
+    model = zoo.build("digits")
+    before = [(v.name, v.dtype, v.shape) for n in model.graph for v in n.outputs]
+    outputs = [(v.name, v.dtype, v.shape) for v in model.graph.outputs]
+    result = lightir.optimize(
+        model, "fold-bn,fp16,prune{ratio=0.3}", tolerances={"prune": "cos:-1"}
+    )
+    assert result.report.ok, result.report.failures
+    assert [(v.name, v.dtype, v.shape) for n in model.graph for v in n.outputs] == before
+    assert [(v.name, v.dtype, v.shape) for v in model.graph.outputs] == outputs

@@ -13,6 +13,7 @@ import pytest
 
 from lightir import zoo
 from lightir.analysis.channels import ChannelGraph
+from lightir.ir_util import clone_model
 from lightir.pass_base import PassContext
 from lightir.passes.prune import Options, Pruner
 from lightir.testing import GraphBuilder, assert_outputs_close
@@ -124,12 +125,12 @@ def test_zoo_pruning_equals_masking(name):
 
 def check_prune_equals_masking(model, **options):
     options.setdefault("compensate", False)
-    pruned = model.clone()
+    pruned = clone_model(model)
     pruner = Pruner(pruned, Options(**options), PassContext())
     removal = pruner.plan()
     removed = [pruner.groups[i].components[j] for i, js in removal.items() for j in js]
     assert removed, "nothing was pruned"
-    masked = model.clone()
+    masked = clone_model(model)
     by_name = {n.name: n for n in masked.graph}
     for component in removed:
         for node, index in component.consumers:
