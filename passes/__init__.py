@@ -5,10 +5,13 @@ from lightir.passes import (  # noqa: F401  (registration)
     equalize,
     fold_bn,
     fp16,
+    int4_weights,
     int8,
+    int8_weights,
     merge_branches,
     merge_linear,
     prune,
+    share_weights,
     sparsify,
 )
 from lightir.registry import register_pipeline
