@@ -1,6 +1,7 @@
 """Built-in passes; importing this package registers them (``lightir.passes``)."""
 
 from lightir.passes import (  # noqa: F401  (registration)
+    bias_correct,
     cleanup,
     equalize,
     fold_bn,

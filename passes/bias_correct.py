@@ -1,0 +1,115 @@
+"""Bias correction for weight quantization (Nagel et al. 2019).
+
+Rounding a layer's weights to ``bits`` bits (symmetric, per output channel, exactly as
+``int8`` and ``int8-weights`` do) shifts the expected output of channel c by
+``sum_{i,k} dW[c, i, k] * E[x_i]``, where ``dW`` is the rounding error and ``E[x_i]`` the mean of
+input channel i. This pass subtracts that shift from the bias ahead of quantization, so the
+quantized model's outputs are centred where the float model's were.
+
+``E[x]`` comes from the calibration data when given: the mean of the layer's input over samples
+and positions. Without data it comes from the BatchNormalization (and Relu) feeding the layer:
+``beta``, or ``E[relu(gamma z + beta)]`` for ``z ~ N(0, 1)``. That needs the BN still in the
+graph, so run this pass before ``fold-bn``; otherwise layers without data are declined.
+Border positions of padded convolutions see fewer inputs; the correction uses the interior
+value there too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from math import erf, pi, sqrt
+
+import numpy as np
+import onnx_ir as ir
+
+from lightir.onnx_bridge import capture
+from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.registry import register_pass
+from lightir.weight_codes import symmetric_codes, weight_axis
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Options of bias-correct."""
+
+    bits: int = 8
+
+
+def _bn_means(value: ir.Value) -> np.ndarray | None:
+    producer = value.producer()
+    relu = False
+    if producer is not None and producer.op_type == "Relu":
+        relu, producer = True, producer.inputs[0].producer()
+    if producer is None or producer.op_type != "BatchNormalization":
+        return None
+    params = [v.const_value for v in producer.inputs[1:3]]
+    if any(p is None for p in params):
+        return None
+    gamma, beta = (p.numpy().astype(np.float64) for p in params)
+    if not relu:
+        return beta
+    sigma = np.maximum(np.abs(gamma), 1e-12)
+    t = beta / sigma
+    cdf = 0.5 * (1 + np.vectorize(erf)(t / sqrt(2)))
+    pdf = np.exp(-t * t / 2) / sqrt(2 * pi)
+    return beta * cdf + sigma * pdf
+
+
+@register_pass("bias-correct", contract=Contract.lossy(min_cosine=0.999))
+class BiasCorrect(Pass):
+    """Pre-correct biases for the mean error that weight quantization will introduce."""
+
+    Options = Options
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Correct every Conv / Gemm / MatMul with a bias and known input means."""
+        layers = [
+            n
+            for n in model.graph
+            if weight_axis(n) is not None
+            and n.op_type in ("Conv", "Gemm")
+            and len(n.inputs) > 2
+            and n.inputs[2] is not None
+            and n.inputs[1].const_value is not None
+            and n.inputs[2].const_value is not None
+        ]
+        means: dict[str, np.ndarray] = {}
+        if context.calibration is not None and layers:
+            batches = list(context.calibration.batches(batch_size=16, limit=64))
+            names = sorted({n.inputs[0].name for n in layers})
+            for name, array in capture(model, names, batches).items():
+                axes = (0, *range(2, array.ndim))
+                means[name] = array.astype(np.float64).mean(axis=axes)
+        corrected = 0
+        levels = 2 ** (self.options.bits - 1) - 1
+        for node in layers:
+            mean = means.get(node.inputs[0].name)
+            if mean is None:
+                mean = _bn_means(node.inputs[0])
+            if mean is None:
+                context.decline(node, "no calibration data and no BatchNormalization statistics")
+                continue
+            weight = node.inputs[1].const_value.numpy().astype(np.float64)
+            axis = weight_axis(node)
+            codes, scale = symmetric_codes(weight, axis, levels)
+            shape = [1] * weight.ndim
+            shape[axis] = -1
+            error = codes * scale.reshape(shape) - weight
+            if node.op_type == "Conv":
+                per_input = error.sum(axis=tuple(range(2, error.ndim)))  # (C_out, C_in)
+                shift = per_input @ mean
+            elif axis == 0:  # Gemm with transB: (F_out, F_in)
+                shift = error @ mean
+            else:
+                shift = mean @ error
+            bias_value = node.inputs[2]
+            bias = bias_value.const_value.numpy()
+            if bias.size != shift.size:
+                continue
+            new = (bias.astype(np.float64) - shift.reshape(bias.shape)).astype(bias.dtype)
+            bias_value.const_value = ir.tensor(new, name=bias_value.name)
+            corrected += 1
+        return PassResult(model, modified=corrected > 0, stats={"corrected": corrected})

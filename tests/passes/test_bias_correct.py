@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import numpy as np
+
+import lightir
+from lightir.data import CalibrationData
+from lightir.testing import GraphBuilder, declines, run
+
+
+def pointwise(seed=0):
+    b = GraphBuilder("pointwise", seed=seed)
+    x = b.input("x", ["batch", 16, 6, 6])
+    b.output(b.conv(x, 8, 1, pads=[0] * 4, bias=True), "y")
+    return b.build()
+
+
+def mean_error(reference, candidate, feeds):
+    ref, got = run(reference, feeds)[0]["y"], run(candidate, feeds)[0]["y"]
+    return np.abs((got - ref).mean(axis=(0, 2, 3))).max()
+
+
+def test_bias_correction_cancels_the_mean_weight_rounding_error():
+    model = pointwise()
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((32, 16, 6, 6)) + rng.uniform(0.5, 3, (1, 16, 1, 1))).astype(
+        np.float32
+    )
+    calib = CalibrationData({"x": data})
+    feeds = [{"x": data[2:]}]  # the rows bias-correct fit on (the verifier keeps the first 2)
+    plain = lightir.optimize(model, "int8-weights{min-size=1}").model
+    corrected = lightir.optimize(model, "bias-correct,int8-weights{min-size=1}", calib=calib).model
+    assert mean_error(model, corrected, feeds) < mean_error(model, plain, feeds) / 20
+
+
+def test_bias_correction_without_data_uses_bn_statistics_or_declines():
+    b = GraphBuilder("bn", seed=1)
+    x = b.input("x", [1, 4, 6, 6])
+    y = b.relu(b.batch_norm(b.conv(x, 16, 3)))
+    b.output(b.conv(y, 8, 1, pads=[0] * 4, bias=True), "y")
+    result = lightir.optimize(b.build(), "bias-correct")
+    assert result.report.ok and result.report.records[0].stats["corrected"] == 1
+    declined = lightir.optimize(pointwise(), "bias-correct")
+    assert declined.report.records[0].status == "unchanged"
+    assert any("no calibration data" in d for d in declines(declined))
