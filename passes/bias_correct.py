@@ -99,8 +99,11 @@ class BiasCorrect(Pass):
             shape[axis] = -1
             error = codes * scale.reshape(shape) - weight
             if node.op_type == "Conv":
-                per_input = error.sum(axis=tuple(range(2, error.ndim)))  # (C_out, C_in)
-                shift = per_input @ mean
+                per_input = error.sum(axis=tuple(range(2, error.ndim)))  # (C_out, C_in/g)
+                groups = node.attributes.get_int("group", 1)
+                grouped = mean.reshape(groups, -1)  # input means of each group
+                group_of = np.arange(per_input.shape[0]) // (per_input.shape[0] // groups)
+                shift = (per_input * grouped[group_of]).sum(axis=1)
             elif axis == 0:  # Gemm with transB: (F_out, F_in)
                 shift = error @ mean
             else:

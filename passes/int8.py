@@ -19,6 +19,12 @@ Steps:
    (resnet cosine 0.99988 vs 0.99961), so 8 bits are the default. Biases become int32 with
    scale ``s_x * s_w``.
 
+Before quantizing, ``bias-correct`` runs (``bias-correct=true``, the default). It pre-corrects
+each bias for the mean error of the weight rounding. Measured cosine against fp32:
+mobilenetv2 0.999855 -> 0.999976, resnet 0.999888 -> 0.999955, vgg 0.999753 -> 0.999799.
+``equalize=true`` runs cross-layer equalization first; it did not help on these models, so it
+is off by default.
+
 Q/DQ pairs go only around ops onnxruntime fuses into integer kernels. A tensor whose
 consumers all run in float keeps its float path.
 """
@@ -37,6 +43,8 @@ from lightir.calibration import Calibrator
 from lightir.data import input_specs, synthesize
 from lightir.onnx_bridge import capture
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.passes.bias_correct import BiasCorrect
+from lightir.passes.equalize import Equalize
 from lightir.passes.fold_bn import RULES as FOLD_BN_RULES
 from lightir.registry import register_pass
 from lightir.rewrite import apply_rules, unique_name, unique_node_name
@@ -55,6 +63,8 @@ class Options:
 
     calibration: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
     reduce_range: bool = False
+    bias_correct: bool = True
+    equalize: bool = False
     batches: int = 8
 
     def __post_init__(self) -> None:
@@ -149,6 +159,11 @@ class Quantizer:
     def run(self) -> dict:
         apply_rules(self.model, FOLD_BN_RULES)
         common_passes.RemoveUnusedNodesPass()(self.model)
+        if self.options.equalize:
+            Equalize().run(self.model, self.context)
+        if self.options.bias_correct:
+            bits = 7 if self.options.reduce_range else 8
+            BiasCorrect(BiasCorrect.Options(bits=bits)).run(self.model, self.context)
         common_passes.ShapeInferencePass()(self.model)
         nodes = self.quantized_nodes()
         values = self.activations(nodes)

@@ -42,3 +42,13 @@ def test_bias_correction_without_data_uses_bn_statistics_or_declines():
     declined = lightir.optimize(pointwise(), "bias-correct")
     assert declined.report.records[0].status == "unchanged"
     assert any("no calibration data" in d for d in declines(declined))
+
+
+def test_bias_correction_handles_depthwise_convs():
+    b = GraphBuilder("dw", seed=2)
+    x = b.input("x", ["batch", 8, 6, 6])
+    b.output(b.conv(x, 8, 3, groups=8, bias=True), "y")
+    model = b.build()
+    data = np.random.default_rng(1).uniform(0, 4, (16, 8, 6, 6)).astype(np.float32)
+    result = lightir.optimize(model, "bias-correct", calib=CalibrationData({"x": data}))
+    assert result.report.ok and result.report.records[0].stats["corrected"] == 1
