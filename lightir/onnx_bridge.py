@@ -176,23 +176,32 @@ class OrtModel:
         return [self.run(batch) for batch in batches]
 
 
+class Probe:
+    """Runs a structural copy of a model (weights shared) with extra values as outputs."""
+
+    def __init__(self, model: ir.Model, names: Sequence[str]) -> None:
+        copy = model.clone()
+        by_name = {v.name: v for n in copy.graph for v in n.outputs}
+        present = {v.name for v in copy.graph.outputs}
+        for name in names:
+            if name not in present and name in by_name:  # graph inputs come from the batches
+                copy.graph.outputs.append(by_name[name])
+        self.names = list(names)
+        self.session = OrtModel(copy)
+
+    def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The probed values on one batch."""
+        outputs = self.session.run(batch)
+        return {name: outputs[name] if name in outputs else batch[name] for name in self.names}
+
+
 def capture(
     model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    """Values ``names`` of ``model`` on ``batches`` (concatenated along axis 0).
-
-    Runs a structural copy of the model (weights shared) with those values as extra outputs.
-    """
-    copy = model.clone()
-    by_name = {v.name: v for n in copy.graph for v in n.outputs}
-    present = {v.name for v in copy.graph.outputs}
-    for name in names:
-        if name not in present and name in by_name:  # graph inputs come from the batches
-            copy.graph.outputs.append(by_name[name])
-    session = OrtModel(copy)
+    """Values ``names`` of ``model`` on ``batches`` (concatenated along axis 0)."""
+    probe = Probe(model, names)
     results: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for batch in batches:
-        outputs = session.run(batch)
-        for name in names:
-            results[name].append(outputs[name] if name in outputs else batch[name])
+        for name, array in probe.run(batch).items():
+            results[name].append(array)
     return {name: np.concatenate(parts, axis=0) for name, parts in results.items()}

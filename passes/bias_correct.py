@@ -23,7 +23,7 @@ from math import erf, pi, sqrt
 import numpy as np
 import onnx_ir as ir
 
-from lightir.onnx_bridge import capture
+from lightir.onnx_bridge import Probe
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 from lightir.weight_codes import symmetric_codes, weight_axis
@@ -36,6 +36,7 @@ class Options:
     """Options of bias-correct."""
 
     bits: int = 8
+    samples: int = 256
 
 
 def _bn_means(value: ir.Value) -> np.ndarray | None:
@@ -78,11 +79,17 @@ class BiasCorrect(Pass):
         ]
         means: dict[str, np.ndarray] = {}
         if context.calibration is not None and layers:
-            batches = list(context.calibration.batches(batch_size=16, limit=64))
+            # Running sums, batch by batch: memory does not grow with the calibration data.
             names = sorted({n.inputs[0].name for n in layers})
-            for name, array in capture(model, names, batches).items():
-                axes = (0, *range(2, array.ndim))
-                means[name] = array.astype(np.float64).mean(axis=axes)
+            probe = Probe(model, names)
+            sums: dict[str, np.ndarray] = {}
+            counts: dict[str, int] = {}
+            for batch in context.calibration.batches(batch_size=8, limit=self.options.samples):
+                for name, array in probe.run(batch).items():
+                    axes = (0, *range(2, array.ndim))
+                    sums[name] = sums.get(name, 0.0) + array.astype(np.float64).sum(axis=axes)
+                    counts[name] = counts.get(name, 0) + array.size // array.shape[1]
+            means = {name: sums[name] / counts[name] for name in sums}
         corrected = 0
         levels = 2 ** (self.options.bits - 1) - 1
         for node in layers:

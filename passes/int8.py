@@ -41,7 +41,7 @@ import onnx_ir.passes.common as common_passes
 
 from lightir.calibration import Calibrator
 from lightir.data import input_specs, synthesize
-from lightir.onnx_bridge import capture
+from lightir.onnx_bridge import Probe
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.passes.bias_correct import BiasCorrect
 from lightir.passes.equalize import Equalize
@@ -152,8 +152,9 @@ class Quantizer:
             specs = input_specs(self.model)
             batches = [synthesize(specs, samples=2, seed=100 + i)[0] for i in range(4)]
         calibrator = Calibrator(v.name for v in values)
+        probe = Probe(self.model, [v.name for v in values])
         for batch in batches:  # one batch at a time: memory does not grow with the data
-            calibrator.update(capture(self.model, [v.name for v in values], [batch]))
+            calibrator.update(probe.run(batch))
         return calibrator.ranges(self.options.calibration)
 
     def run(self) -> dict:

@@ -129,13 +129,71 @@ def run_model(name: str, repeats: int, work: Path) -> None:
         )
 
 
+def memory_worker(batches: int) -> None:
+    """Peak memory of int8 calibration on ``batches`` batches of 8 (data loaded first)."""
+    import json
+    import resource
+
+    from lightir.data import CalibrationData
+
+    model = lightir.optimize("zoo:resnet", "fold-bn").model
+    data = synthesize(input_specs(model), 8 * batches, seed=3)[0]
+    calib = CalibrationData(data)
+    lightir.optimize(model, "int8{batches=1}", calib=CalibrationData({"input": data["input"][:10]}))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    lightir.optimize(model, f"int8{{batches={batches}}}", calib=calib, samples=2)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "batches": batches,
+                "extra_peak_kb": peak - baseline,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    )
+
+
+def memory_report() -> None:
+    import json
+    import subprocess
+    import sys
+
+    print("calibration memory: peak RSS growth during int8 on zoo:resnet, batches of 8 inputs")
+    for batches in (8, 80):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-worker", str(batches)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"  {batches:>3} batches ({8 * batches:>4} samples): "
+            f"+{row['extra_peak_kb'] / 1024:.1f} MB peak over the warm process, "
+            f"{row['seconds']:.1f} s",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models", nargs="*", default=["digits", "resnet", "mobilenetv2", "vgg", "resnet50"]
     )
     parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument(
+        "--memory", action="store_true", help="calibration memory at 8 and 80 batches"
+    )
+    parser.add_argument("--memory-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_worker:
+        memory_worker(args.memory_worker)
+        return
+    if args.memory:
+        memory_report()
+        return
     print(f"onnxruntime {ort.__version__}; latency relative to fp32, 1 thread, batch 1")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
