@@ -131,11 +131,8 @@ def weight_axis(node: ir.Node) -> int | None:
     return None
 
 
-def quantize_weights(model: ir.Model, context, *, bits: int, min_size: int) -> dict:
-    """Weight-only quantization of every eligible weight; returns size statistics."""
-    levels = 2 ** (bits - 1) - 1
-    dtype = ir.DataType.INT8 if bits == 8 else ir.DataType.INT4
-    dense = stored = layers = 0
+def eligible_weights(model: ir.Model, context, min_size: int):
+    """Yield ``(node, weight array, channel axis)`` for float weights a pass may re-encode."""
     for node in list(model.graph):
         axis = weight_axis(node)
         if axis is None or len(node.inputs) < 2:
@@ -149,10 +146,19 @@ def quantize_weights(model: ir.Model, context, *, bits: int, min_size: int) -> d
         if any(user is not node for user, _ in value.uses()):
             context.decline(node, f"weight '{value.name}' is shared")
             continue
-        codes, scale = symmetric_codes(tensor.numpy(), axis, levels)
+        yield node, tensor.numpy(), axis
+
+
+def quantize_weights(model: ir.Model, context, *, bits: int, min_size: int) -> dict:
+    """Weight-only quantization of every eligible weight; returns size statistics."""
+    levels = 2 ** (bits - 1) - 1
+    dtype = ir.DataType.INT8 if bits == 8 else ir.DataType.INT4
+    dense = stored = layers = 0
+    for node, weight, axis in eligible_weights(model, context, min_size):
+        codes, scale = symmetric_codes(weight, axis, levels)
         dequantized_weight(node, 1, codes, scale, axis, dtype)
         layers += 1
-        dense += tensor.nbytes
+        dense += weight.nbytes
         stored += math.ceil(codes.size * bits / 8) + scale.size * 4
     return {
         "layers": layers,

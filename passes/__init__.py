@@ -2,6 +2,7 @@
 
 from lightir.passes import (  # noqa: F401  (registration)
     bias_correct,
+    binary,
     cleanup,
     equalize,
     fold_bn,
@@ -14,6 +15,7 @@ from lightir.passes import (  # noqa: F401  (registration)
     prune,
     share_weights,
     sparsify,
+    ternary,
 )
 from lightir.registry import register_pipeline
 

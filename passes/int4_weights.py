@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx_ir.passes.common as common_passes
+
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 from lightir.weight_codes import quantize_weights
@@ -34,4 +36,5 @@ class Int4Weights(Pass):
             context.decline("model", f"opset {opset} < 21 has no INT4 DequantizeLinear")
             return PassResult(model, modified=False)
         stats = quantize_weights(model, context, bits=4, min_size=self.options.min_size)
+        common_passes.RemoveUnusedNodesPass()(model)  # the float weights that were replaced
         return PassResult(model, modified=stats["layers"] > 0, stats=stats)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx_ir.passes.common as common_passes
+
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 from lightir.weight_codes import quantize_weights
@@ -31,4 +33,5 @@ class Int8Weights(Pass):
     def run(self, model, context: PassContext) -> PassResult:
         """Quantize every eligible weight to 8 bits."""
         stats = quantize_weights(model, context, bits=8, min_size=self.options.min_size)
+        common_passes.RemoveUnusedNodesPass()(model)  # the float weights that were replaced
         return PassResult(model, modified=stats["layers"] > 0, stats=stats)

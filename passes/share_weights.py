@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
@@ -117,4 +118,5 @@ class ShareWeights(Pass):
             "compression_entropy_coded": round(dense / coded, 2),
         }
         logger.info("share-weights: %s", stats)
+        common_passes.RemoveUnusedNodesPass()(model)  # the float weights that were replaced
         return PassResult(model, modified=True, stats=stats)

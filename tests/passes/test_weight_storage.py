@@ -90,3 +90,31 @@ def test_shared_weight_is_declined():
     result = lightir.optimize(b.build(), "share-weights")
     assert result.report.records[0].status == "unchanged"
     assert any("is shared" in d for d in declines(result))
+
+
+def test_replaced_float_weights_leave_the_file():
+    model = small_net()
+    for pipeline in ("int8-weights", "share-weights", "ternary", "binary"):
+        result = lightir.optimize(model, pipeline, tolerances={pipeline: "cos:-1"})
+        floats = [
+            v.name
+            for v in result.model.graph.initializers.values()
+            if v.const_value.dtype == lightir.onnx_bridge.ir.DataType.FLOAT
+            and v.const_value.size >= 256
+        ]
+        assert floats == [], (pipeline, floats)
+
+
+def test_ternary_and_binary_codes():
+    model = small_net()
+    for pipeline, allowed in (("ternary", {-1, 0, 1}), ("binary", {-1, 1})):
+        result = lightir.optimize(model, pipeline, tolerances={pipeline: "cos:-1"})
+        dq = [n for n in result.model.graph if n.op_type == "DequantizeLinear"]
+        assert len(dq) == 2
+        for node in dq:
+            assert set(np.unique(node.inputs[0].const_value.numpy()).tolist()) <= allowed
+
+
+def test_binary_without_retraining_breaks_its_budget_on_the_fixture():
+    result = lightir.optimize("zoo:digits", "fold-bn,binary")
+    assert not result.report.ok and "binary" in result.report.failures[0]
