@@ -25,6 +25,13 @@ mobilenetv2 0.999855 -> 0.999976, resnet 0.999888 -> 0.999955, vgg 0.999753 -> 0
 ``equalize=true`` runs cross-layer equalization first; it did not help on these models, so it
 is off by default.
 
+``keep-fp32=NODE+NODE`` keeps the named layers in float32. ``keep-fp32=auto`` measures each
+weighted layer's sensitivity and keeps the most sensitive layers float32, one at a time, until
+the output cosine against fp32 reaches ``auto-cosine``. At most a quarter of the layers are
+kept; the sensitivity is the output cosine loss when that layer alone is quantized. The stats
+list the layers that run in int8 (``int8_ops``) and those kept float (``float_ops``). The
+reasons are in ``--explain``.
+
 Q/DQ pairs go only around ops onnxruntime fuses into integer kernels. A tensor whose
 consumers all run in float keeps its float path.
 """
@@ -43,7 +50,7 @@ from lightir.calibration import Calibrator
 from lightir.data import input_specs, synthesize
 from lightir.onnx_bridge import Probe
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
-from lightir.passes.bias_correct import BiasCorrect
+from lightir.passes.bias_correct import correct_biases, correctable_layers, input_means
 from lightir.passes.equalize import Equalize
 from lightir.passes.fold_bn import RULES as FOLD_BN_RULES
 from lightir.registry import register_pass
@@ -65,6 +72,8 @@ class Options:
     reduce_range: bool = False
     bias_correct: bool = True
     equalize: bool = False
+    keep_fp32: str = ""
+    auto_cosine: float = 0.9999
     batches: int = 8
 
     def __post_init__(self) -> None:
@@ -157,28 +166,40 @@ class Quantizer:
             calibrator.update(probe.run(batch))
         return calibrator.ranges(self.options.calibration)
 
-    def run(self) -> dict:
+    def prepare(self) -> list[ir.Node]:
+        """Fold BN, equalize and bias-correct as configured, then calibrate (``self.params``)."""
         apply_rules(self.model, FOLD_BN_RULES)
         common_passes.RemoveUnusedNodesPass()(self.model)
         if self.options.equalize:
             Equalize().run(self.model, self.context)
-        if self.options.bias_correct:
-            bits = 7 if self.options.reduce_range else 8
-            BiasCorrect(BiasCorrect.Options(bits=bits)).run(self.model, self.context)
         common_passes.ShapeInferencePass()(self.model)
         nodes = self.quantized_nodes()
         values = self.activations(nodes)
-        if not values:
-            return {"quantized_ops": 0}
-        ranges = self.calibrate(values)
-        params = {name: self._activation_params(*ranges[name]) for name in ranges}
+        # Bias correction applies to the layers actually quantized, so it happens in write();
+        # the input means are measured once here.
+        self.means = (
+            input_means(self.model, correctable_layers(self.model), self.context.calibration, 256)
+            if self.options.bias_correct
+            else {}
+        )
+        ranges = self.calibrate(values) if values else {}
+        self.params = {name: self._activation_params(*ranges[name]) for name in ranges}
         # Ops that only move values keep their input's parameters: onnxruntime then runs them
         # on int8 data without requantizing (MaxPool, Flatten, Reshape, ...).
         for node in self.graph:
             if node.op_type in SAME_SCALE and node.inputs[0] is not None:
                 source, target = node.inputs[0].name, node.outputs[0].name
-                if source in params and target in params:
-                    params[target] = params[source]
+                if source in self.params and target in self.params:
+                    self.params[target] = self.params[source]
+        return nodes
+
+    def write(self, names: set[str], params: dict[str, tuple[float, int]]) -> dict:
+        """Rewrite the nodes named ``names`` of this quantizer's model to QDQ."""
+        nodes = [n for n in self.graph if n.name in names]
+        wanted = {v.name for v in self.activations(nodes)}
+        if self.options.bias_correct:
+            bits = 7 if self.options.reduce_range else 8
+            correct_biases(correctable_layers(self.model, names), self.means, bits, self.context)
         for node in nodes:
             absorbed = self.absorbed_activation(node)
             if absorbed is not None:
@@ -192,15 +213,77 @@ class Quantizer:
                 self._quantize_weight(node, params[node.inputs[0].name][0])
         by_name = {v.name: v for v in self.graph.inputs}
         by_name.update({o.name: o for n in self.graph for o in n.outputs})
-        for name, (scale, zero_point) in params.items():
-            if name in by_name:
-                self._insert_qdq(by_name[name], scale, zero_point)
+        for name in wanted:
+            if name in by_name and name in params:
+                self._insert_qdq(by_name[name], *params[name])
         common_passes.RemoveUnusedNodesPass()(self.model)
         return {
-            "quantized_ops": len(nodes),
-            "qdq_pairs": len(values),
+            "int8_ops": sorted(n.name for n in nodes),
+            "qdq_pairs": len(wanted),
             "int8_weights": sum(1 for n in nodes if n.op_type in WEIGHTED),
         }
+
+    def run(self) -> dict:
+        nodes = self.prepare()
+        if not nodes:
+            return {"int8_ops": []}
+        keep = {k for k in self.options.keep_fp32.split("+") if k and k != "auto"}
+        unknown = keep - {n.name for n in nodes}
+        for name in sorted(unknown):
+            self.context.decline(name, "keep-fp32 names no quantizable node")
+        if "auto" in self.options.keep_fp32.split("+"):
+            keep |= self._auto_keep([n.name for n in nodes if n.name not in keep])
+        stats = self.write({n.name for n in nodes} - keep, self.params)
+        stats["float_ops"] = sorted(keep)
+        for name in sorted(keep):
+            self.context.decline(name, "kept float32 (keep-fp32)")
+        return stats
+
+    def _auto_keep(self, names: list[str]) -> set[str]:
+        """Layers to keep in float32 so the output cosine reaches ``auto-cosine``.
+
+        Sensitivity of each weighted layer is the output cosine loss when it alone is
+        quantized; the most sensitive are kept float32 one at a time, up to a quarter of them.
+        """
+        from lightir.ir_util import clone_model
+        from lightir.onnx_bridge import OrtModel
+
+        calibration = self.context.calibration
+        if calibration is not None:
+            batches = list(calibration.batches(batch_size=8, limit=16))
+        else:
+            batches = [synthesize(input_specs(self.model), samples=8, seed=7)[0]]
+        reference = OrtModel(self.model).run_all(batches)
+
+        def cosine(quantized: set[str]) -> float:
+            trial = clone_model(self.model)
+            quantizer = Quantizer(trial, self.options, PassContext())
+            quantizer.means = self.means
+            quantizer.write(quantized, self.params)
+            outputs = OrtModel(trial).run_all(batches)
+            worst = 1.0
+            for out, ref in zip(outputs, reference):
+                for name in ref:
+                    a, b = out[name].ravel().astype(np.float64), ref[name].ravel()
+                    denom = np.linalg.norm(a) * np.linalg.norm(b)
+                    worst = min(worst, float(a @ b / denom) if denom else 1.0)
+            return worst
+
+        target = self.options.auto_cosine
+        if cosine(set(names)) >= target:
+            return set()
+        weighted = [
+            n
+            for n in names
+            if next(node for node in self.graph if node.name == n).op_type in WEIGHTED
+        ]
+        loss = {n: 1.0 - cosine({n}) for n in weighted}
+        keep: set[str] = set()
+        for name in sorted(loss, key=loss.get, reverse=True)[: max(1, len(weighted) // 4)]:
+            keep.add(name)
+            if cosine(set(names) - keep) >= target:
+                break
+        return keep
 
     @staticmethod
     def _activation_params(low: float, high: float) -> tuple[float, int]:
@@ -310,4 +393,4 @@ class Int8(Pass):
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Fold BN, calibrate, and write the QDQ model."""
         stats = Quantizer(model, self.options, context).run()
-        return PassResult(model, modified=stats.get("quantized_ops", 0) > 0, stats=stats)
+        return PassResult(model, modified=bool(stats.get("int8_ops")), stats=stats)

@@ -74,3 +74,18 @@ def test_calibration_memory_is_flat():
         sizes.append(hist.counts.nbytes)
     assert len(set(sizes)) == 1
     assert hist.threshold("minmax") >= 49 * 3
+
+
+def test_keep_fp32_names_and_auto():
+    model = lightir.optimize("zoo:vgg", "fold-bn").model
+    first = next(n.name for n in model.graph if n.op_type == "Conv")
+    kept = lightir.optimize(model, f"int8{{keep-fp32={first}}}")
+    stats = kept.report.records[0].stats
+    assert stats["float_ops"] == [first] and first not in stats["int8_ops"]
+    conv = next(n for n in kept.model.graph if n.name == first)
+    assert conv.inputs[1].const_value is not None  # still a float weight, no DequantizeLinear
+    unknown = lightir.optimize(model, "int8{keep-fp32=no_such_node}")
+    assert any("names no quantizable node" in d for r in unknown.report.records for d in r.declines)
+    auto = lightir.optimize(model, "int8{keep-fp32=auto,auto-cosine=0.999999}")
+    assert auto.report.ok
+    assert 1 <= len(auto.report.records[0].stats["float_ops"]) <= 2  # at most a quarter of 8
