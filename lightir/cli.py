@@ -21,6 +21,7 @@ from lightir.instruments import DumpDir, PrintIRAfter
 from lightir.io import save
 from lightir.manager import VERIFY_MODES, optimize
 from lightir.pass_base import option_fields
+from lightir.pipeline import format_value
 from lightir.report import render_explain, render_table, render_timing
 
 logger = logging.getLogger("lightir")
@@ -124,8 +125,11 @@ def list_passes() -> str:
     for name, cls in registry.all_passes().items():
         lines.append(f"  {name:<18} {cls.contract.describe():<28} {cls.summary}")
         for f in option_fields(cls.Options):
-            default = f.default if f.default is not dataclasses.MISSING else "(required)"
-            lines.append(f"  {'':<18}   {f.name}={default}")
+            if f.default is dataclasses.MISSING:
+                default = "(required)"
+            else:
+                default = format_value(f.default)
+            lines.append(f"  {'':<18}   {f.name.replace('_', '-')}={default}")
     lines.append("pipelines:")
     for name, named in registry.all_pipelines().items():
         lines.append(f"  {name:<18} = {named.text:<26} {named.summary}")

@@ -38,13 +38,12 @@ class PassSpec:
     def __str__(self) -> str:
         if not self.options:
             return self.name
-        body = ",".join(
-            f"{k.replace('_', '-')}={_format_value(v)}" for k, v in self.options.items()
-        )
+        body = ",".join(f"{k.replace('_', '-')}={format_value(v)}" for k, v in self.options.items())
         return f"{self.name}{{{body}}}"
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A value as pipeline text (``true``/``false`` for booleans)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
