@@ -4,6 +4,7 @@ from lightir.passes import (  # noqa: F401  (registration)
     bias_correct,
     binary,
     cleanup,
+    cp,
     equalize,
     fold_bn,
     fp16,
@@ -15,7 +16,10 @@ from lightir.passes import (  # noqa: F401  (registration)
     prune,
     share_weights,
     sparsify,
+    spatial_svd,
+    svd,
     ternary,
+    tucker,
 )
 from lightir.registry import register_pipeline
 

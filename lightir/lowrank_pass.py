@@ -1,0 +1,401 @@
+"""The machinery shared by the low-rank passes (svd, spatial-svd, tucker, cp).
+
+Eligibility, rank policies, rewriting a layer into its chain, the whole-model MAC budget,
+and the data-driven refit.
+
+Rank policies (options of every low-rank pass; exactly one is used, in this order):
+
+* ``rank=N``: that rank (capped by the layer's full rank);
+* ``ratio=R``: the largest rank whose factorized layer has at most R of the layer's params;
+* ``energy=E``: the smallest rank keeping E of the squared singular values (per mode for
+  Tucker; ``1 - error^2`` for CP);
+* ``tol=T`` (needs ``--calib``): the smallest rank whose layer output, on the calibration
+  inputs of that layer, has relative error at most T;
+* ``target-macs=R``: ranks for all layers so that the model's MACs are at most R of the
+  original, taken greedily by least added weight error per MAC saved.
+
+Ranks are rounded to multiples of ``round`` (8), and a layer is never factorized when its
+chain would not be cheaper in both MACs and params; ``--explain`` says why. With ``refit=true``
+and ``--calib``, the last layer of every chain is refit by least squares. Its inputs are the
+factorized model's, its target the original model's output of that layer, so errors do not
+accumulate from layer to layer (the asymmetric reconstruction of Zhang et al.; the ReLU after
+the layer is not part of the fit).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from lightir.errors import UsageError
+from lightir.ir_util import clone_model
+from lightir.lowrank import ConvStep, Factorization, Unstable, chain_macs, chain_params
+from lightir.onnx_bridge import capture
+from lightir.pass_base import PassContext, PassResult
+from lightir.reconstruct import conv_patches, refit_layers
+from lightir.rewrite import unique_name, unique_node_name
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LowRankOptions:
+    """Rank policy and refit options (see module docstring)."""
+
+    rank: int = 0
+    ratio: float = 0.0
+    energy: float = 0.0
+    tol: float = 0.0
+    target_macs: float = 0.0
+    round: int = 8
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio < 1 or not 0 <= self.energy <= 1 or not 0 <= self.target_macs <= 1:
+            raise ValueError("ratio, energy and target-macs are fractions in [0, 1]")
+        if self.round < 1:
+            raise ValueError(f"round must be >= 1, got {self.round}")
+
+
+@dataclass
+class Layer:
+    """A layer a low-rank method can factorize."""
+
+    node: ir.Node
+    weight: np.ndarray  # as a conv weight (C_out, C_in, kh, kw); dense layers as 1x1
+    bias: np.ndarray | None
+    geometry: dict  # strides, pads, dilations
+    height: int
+    width: int
+    dense: bool  # Gemm / MatMul (rewritten with MatMul, not Conv)
+
+    @property
+    def macs(self) -> int:
+        """MACs of the layer on its input size."""
+        return chain_macs([self.as_step()], self.height, self.width)
+
+    @property
+    def params(self) -> int:
+        """Weights and bias of the layer."""
+        return self.weight.size + (0 if self.bias is None else self.bias.size)
+
+    def as_step(self) -> ConvStep:
+        """The layer as a single conv step."""
+        return ConvStep(
+            self.weight,
+            1,
+            self.geometry["strides"],
+            self.geometry["pads"],
+            self.geometry["dilations"],
+            self.bias,
+        )
+
+
+def conv_layer(node: ir.Node) -> Layer | None:
+    """A group-1 Conv with a constant weight of its own and a known input size."""
+    if node.op_type != "Conv" or node.attributes.get_int("group", 1) != 1:
+        return None
+    value = node.inputs[1]
+    if value.const_value is None or value.is_graph_input():
+        return None
+    if any(user is not node for user, _ in value.uses()) or value.const_value.shape.rank() != 4:
+        return None
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        if node.inputs[2].const_value is None:
+            return None
+        bias = node.inputs[2].const_value.numpy()
+    shape = node.inputs[0].shape
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in list(shape)[2:]):
+        return None
+    geometry = {
+        "strides": tuple(node.attributes.get_ints("strides", [1, 1])),
+        "pads": tuple(node.attributes.get_ints("pads", [0, 0, 0, 0])),
+        "dilations": tuple(node.attributes.get_ints("dilations", [1, 1])),
+    }
+    if node.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    return Layer(node, value.const_value.numpy(), bias, geometry, shape[2], shape[3], False)
+
+
+def dense_layer(node: ir.Node) -> Layer | None:
+    """Gemm (transA=0) or 2-D-weight MatMul as a 1x1 'conv' (C_out, C_in, 1, 1)."""
+    if node.op_type not in ("Gemm", "MatMul") or len(node.inputs) < 2:
+        return None
+    value = node.inputs[1]
+    if value.const_value is None or value.is_graph_input() or len(value.const_value.shape) != 2:
+        return None
+    if any(user is not node for user, _ in value.uses()):
+        return None
+    w = value.const_value.numpy().astype(np.float64)
+    bias = None
+    if node.op_type == "Gemm":
+        if node.attributes.get_int("transA", 0):
+            return None
+        matrix = w if node.attributes.get_int("transB", 0) else w.T
+        matrix = matrix * node.attributes.get_float("alpha", 1.0)
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = node.inputs[2].const_value
+            if c is None or c.size != matrix.shape[0]:
+                return None
+            bias = c.numpy().reshape(-1) * node.attributes.get_float("beta", 1.0)
+    else:
+        x = node.inputs[0]
+        if x.shape is None or len(x.shape) != 2:
+            return None
+        matrix = w.T
+    geometry = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1)}
+    return Layer(node, matrix[:, :, None, None], bias, geometry, 1, 1, True)
+
+
+class LowRankMethod:
+    """What a low-rank pass defines: eligibility, full rank, and the chain for a rank."""
+
+    name = ""
+
+    def layer(self, node: ir.Node) -> Layer | None:
+        """The layer this method can factorize at ``node``, or None."""
+        raise NotImplementedError
+
+    def full_rank(self, layer: Layer) -> int:
+        """The rank at which the factorization is exact."""
+        raise NotImplementedError
+
+    def factorize(self, layer: Layer, rank: int) -> Factorization:
+        """The chain for ``rank`` (``extra["dense"]``: the approximated weight)."""
+        raise NotImplementedError
+
+    def energy_rank(self, layer: Layer, energy: float) -> int:
+        """Smallest rank keeping ``energy``; by default from the factorization errors."""
+        full = self.full_rank(layer)
+        for rank in range(1, full + 1):
+            if self.factorize(layer, rank).error ** 2 <= 1 - energy:
+                return rank
+        return full
+
+
+def run_lowrank(
+    method: LowRankMethod, model: ir.Model, options: LowRankOptions, context: PassContext
+) -> PassResult:
+    """Choose ranks, rewrite the layers, refit when asked; report per-layer figures."""
+    if (options.tol or options.refit) and context.calibration is None:
+        raise UsageError(f"{method.name}{{tol/refit}} needs calibration data: pass --calib")
+    common_passes.ShapeInferencePass()(model)
+    original = clone_model(model) if options.refit else None
+    layers = [layer for node in list(model.graph) if (layer := method.layer(node)) is not None]
+    batches = (
+        list(context.calibration.batches(batch_size=16, limit=64))
+        if context.calibration is not None
+        else None
+    )
+    if options.target_macs:
+        chosen = _budget(method, model, layers, options, context)
+    else:
+        chosen = {}
+        for layer in layers:
+            factorization = _choose(method, layer, options, context, model, batches)
+            if factorization is not None:
+                chosen[layer.node.name] = (layer, factorization)
+    report = {}
+    for name, (layer, factorization) in chosen.items():
+        _rewrite(layer, factorization, model)
+        report[name] = {
+            "rank": factorization.rank,
+            "weight_error": round(factorization.error, 5),
+            "macs_ratio": round(
+                chain_macs(factorization.steps, layer.height, layer.width) / layer.macs, 4
+            ),
+            "params_ratio": round(chain_params(factorization.steps) / layer.params, 4),
+        }
+    if chosen:
+        common_passes.RemoveUnusedNodesPass()(model)
+        common_passes.ShapeInferencePass()(model)
+    stats = {"factorized": len(chosen), "layers": report}
+    if options.refit and chosen:
+        stats["refit_layers"] = refit_layers(original, model, list(chosen), batches)
+    return PassResult(model, modified=bool(chosen), stats=stats)
+
+
+def _grid(method: LowRankMethod, layer: Layer, step: int) -> list[int]:
+    full = method.full_rank(layer)
+    grid = list(range(step, full, step)) if full > step else list(range(1, full))
+    return [r for r in grid if r >= 1]
+
+
+def _cheaper(layer: Layer, factorization: Factorization) -> bool:
+    return (
+        chain_macs(factorization.steps, layer.height, layer.width) < layer.macs
+        and chain_params(factorization.steps) < layer.params
+    )
+
+
+def _choose(method, layer, options, context, model, batches) -> Factorization | None:
+    node = layer.node
+    grid = _grid(method, layer, options.round)
+    try:
+        if options.rank:
+            rank = min(options.rank, method.full_rank(layer))
+            candidates = [rank]
+        elif options.ratio:
+            candidates = [
+                r
+                for r in reversed(grid)
+                if chain_params(method.factorize(layer, r).steps) <= options.ratio * layer.params
+            ][:1]
+        elif options.tol:
+            candidates = [_tol_rank(method, layer, grid, options.tol, model, batches)]
+        else:
+            energy = options.energy or 0.9
+            rank = method.energy_rank(layer, energy)
+            rounded = [r for r in grid if r >= rank]
+            candidates = [rounded[0] if rounded else rank]
+        candidates = [c for c in candidates if c]
+        if not candidates:
+            context.decline(node, "no rank meets the policy")
+            return None
+        factorization = method.factorize(layer, candidates[0])
+    except Unstable as reason:
+        context.decline(node, f"{method.name}: {reason}")
+        return None
+    if not _cheaper(layer, factorization):
+        context.decline(
+            node,
+            f"rank {factorization.rank} is not cheaper "
+            f"({chain_macs(factorization.steps, layer.height, layer.width)} vs {layer.macs} MACs, "
+            f"{chain_params(factorization.steps)} vs {layer.params} params)",
+        )
+        return None
+    return factorization
+
+
+def _tol_rank(method, layer, grid, tol, model, batches) -> int | None:
+    x = capture(model, [layer.node.inputs[0].name], batches)[layer.node.inputs[0].name]
+    if layer.dense:
+        patches = x.reshape(x.shape[0], -1)
+    else:
+        patches, _ = conv_patches(x, layer.node)
+    reference = patches @ layer.weight.reshape(layer.weight.shape[0], -1).T
+    scale = np.linalg.norm(reference) or 1.0
+    for rank in grid:
+        approx = method.factorize(layer, rank).extra["dense"]
+        error = np.linalg.norm(patches @ approx.reshape(approx.shape[0], -1).T - reference)
+        if error / scale <= tol:
+            return rank
+    return None
+
+
+def _budget(method, model, layers, options, context) -> dict:
+    """Greedy whole-model allocation: least weight error added per MAC saved."""
+    from lightir.analysis.cost import model_cost
+    from lightir.data import concrete_shape, input_specs
+
+    specs = input_specs(model)
+    total = model_cost(model, {s.name: concrete_shape(s, 1, {}) for s in specs}).macs
+    target = options.target_macs * total
+    curves = {}
+    for layer in layers:
+        points = []
+        for rank in reversed(_grid(method, layer, options.round)):
+            try:
+                factorization = method.factorize(layer, rank)
+            except Unstable as reason:
+                context.decline(layer.node, f"{method.name}: {reason}")
+                break
+            if _cheaper(layer, factorization):
+                points.append(factorization)
+        if points:
+            curves[layer.node.name] = (layer, points)
+    state = {name: -1 for name in curves}  # index into points; -1 = not factorized
+    current = total
+    while current > target:
+        best, best_cost = None, np.inf
+        for name, (layer, points) in curves.items():
+            index = state[name]
+            if index + 1 >= len(points):
+                continue
+            before_macs = (
+                layer.macs
+                if index < 0
+                else chain_macs(points[index].steps, layer.height, layer.width)
+            )
+            before_error = 0.0 if index < 0 else points[index].error
+            nxt = points[index + 1]
+            saved = before_macs - chain_macs(nxt.steps, layer.height, layer.width)
+            if saved <= 0:
+                continue
+            cost = (nxt.error**2 - before_error**2) / saved
+            if cost < best_cost:
+                best, best_cost = name, cost
+        if best is None:
+            context.decline("target-macs", f"cannot reach {options.target_macs:g}")
+            break
+        layer, points = curves[best]
+        index = state[best]
+        before = (
+            layer.macs if index < 0 else chain_macs(points[index].steps, layer.height, layer.width)
+        )
+        state[best] = index + 1
+        current -= before - chain_macs(points[index + 1].steps, layer.height, layer.width)
+    return {name: (curves[name][0], curves[name][1][i]) for name, i in state.items() if i >= 0}
+
+
+def _rewrite(layer: Layer, factorization: Factorization, model: ir.Model) -> None:
+    """Replace the layer's node by its chain; the last node keeps its name and output."""
+    node, graph = layer.node, layer.node.graph
+    dtype = node.inputs[1].const_value.numpy().dtype
+    value = node.inputs[0]
+    new_nodes = []
+    for index, step in enumerate(factorization.steps):
+        last = index == len(factorization.steps) - 1
+        base = f"{node.name}_{method_tag(factorization)}{index}"
+        w_name = unique_name(graph, f"{base}_weight")
+        if layer.dense:
+            matrix = step.weight[:, :, 0, 0].T.astype(dtype)  # (in, out)
+            inputs = [value, _initializer(graph, w_name, matrix)]
+            if last and layer.bias is not None:
+                inputs.append(_initializer(graph, f"{base}_bias", layer.bias.astype(dtype)))
+                new = ir.node("Gemm", inputs, name=unique_node_name(graph, base))
+            else:
+                new = ir.node("MatMul", inputs, name=unique_node_name(graph, base))
+        else:
+            inputs = [value, _initializer(graph, w_name, step.weight.astype(dtype))]
+            if step.bias is not None:
+                inputs.append(_initializer(graph, f"{base}_bias", step.bias.astype(dtype)))
+            new = ir.node(
+                "Conv",
+                inputs,
+                {
+                    "kernel_shape": list(step.weight.shape[2:]),
+                    "strides": list(step.strides),
+                    "pads": list(step.pads),
+                    "dilations": list(step.dilations),
+                    "group": step.group,
+                },
+                name=unique_node_name(graph, base),
+            )
+        new.outputs[0].name = unique_name(graph, f"{base}_out")
+        new_nodes.append(new)
+        value = new.outputs[0]
+    graph.insert_before(node, new_nodes)
+    old_out, old_name = node.outputs[0], node.outputs[0].name
+    old_out.replace_all_uses_with(value, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    # The last node takes the original's name and output name (refit and reports use them).
+    new_nodes[-1].name = node.name
+    value.name = old_name
+
+
+def method_tag(factorization: Factorization) -> str:
+    """Short tag of the method in generated names."""
+    return factorization.extra.get("tag", "f")
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    name = unique_name(graph, name)
+    value = ir.val(name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+    graph.register_initializer(value)
+    return value

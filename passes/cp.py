@@ -1,0 +1,78 @@
+"""CP decomposition (Lebedev et al. 2015): 1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1.
+
+``W[o, i, y, x] ~ sum_r A[o, r] B[i, r] C[y, r] D[x, r]`` by alternating least squares. The
+first 1x1 conv has weight ``B^T``, the depthwise convs carry ``C`` (vertical stride and pads)
+and ``D`` (horizontal), and the last 1x1 conv has weight ``A`` and the bias.
+
+CP-ALS can diverge or stall (degenerate components). Every sweep is checked, and a layer
+whose error goes non-finite or grows is declined with the reason rather than kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from lightir.lowrank import ConvStep, Factorization, cp_factors
+from lightir.lowrank_pass import LowRankMethod, LowRankOptions, conv_layer, run_lowrank
+from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.registry import register_pass
+
+
+@dataclass(frozen=True)
+class CpOptions(LowRankOptions):
+    """Rank policy plus ALS sweeps."""
+
+    sweeps: int = 100
+
+
+class CpMethod(LowRankMethod):
+    """CP into four convolutions."""
+
+    name = "cp"
+
+    def __init__(self, sweeps: int) -> None:
+        self.sweeps = sweeps
+        self.cache: dict = {}
+
+    def layer(self, node: ir.Node):
+        layer = conv_layer(node)
+        if (
+            layer is None
+            or min(layer.weight.shape[2:]) < 2
+            or layer.geometry["dilations"] != (1, 1)
+        ):
+            return None
+        return layer
+
+    def full_rank(self, layer) -> int:
+        cout, cin, kh, kw = layer.weight.shape
+        return min(cout * cin, cin * kh * kw, cout * kh * kw)
+
+    def factorize(self, layer, rank: int) -> Factorization:
+        key = (id(layer.node), rank)
+        if key not in self.cache:
+            self.cache[key] = cp_factors(layer.weight, rank, self.sweeps)
+        (a, b, c, d), error = self.cache[key]
+        (sh, sw), (top, left, bottom, right) = layer.geometry["strides"], layer.geometry["pads"]
+        steps = [
+            ConvStep(b.T[:, :, None, None], 1),
+            ConvStep(c.T[:, None, :, None], rank, (sh, 1), (top, 0, bottom, 0)),
+            ConvStep(d.T[:, None, None, :], rank, (1, sw), (0, left, 0, right)),
+            ConvStep(a[:, :, None, None], 1, bias=layer.bias),
+        ]
+        dense = np.einsum("or,ir,yr,xr->oiyx", a, b, c, d)
+        return Factorization(steps, error, rank, extra={"dense": dense, "tag": "cp"})
+
+
+@register_pass("cp", contract=Contract.lossy(min_cosine=0.9))
+class Cp(Pass):
+    """CP: 1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1, with a divergence guard."""
+
+    Options = CpOptions
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Factorize every eligible conv per the rank policy."""
+        return run_lowrank(CpMethod(self.options.sweeps), model, self.options, context)

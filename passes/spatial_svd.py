@@ -1,0 +1,61 @@
+"""Spatial SVD (Jaderberg et al. 2014, scheme 2): a kxk Conv becomes a kx1 Conv then a 1xk Conv.
+
+``W[o, i, y, x] ~ sum_r V[r, i, y] H[o, r, x]`` from the SVD of W reshaped to
+``(in * kh) x (out * kw)``. The kx1 conv keeps the vertical stride and pads, the 1xk conv the
+horizontal ones, so the output grid is unchanged. A separable kernel is recovered exactly at
+its rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from lightir.lowrank import ConvStep, Factorization, energy_rank, spatial_factors
+from lightir.lowrank_pass import LowRankMethod, LowRankOptions, conv_layer, run_lowrank
+from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.registry import register_pass
+
+
+class SpatialMethod(LowRankMethod):
+    """kxk -> kx1 + 1xk."""
+
+    name = "spatial-svd"
+
+    def layer(self, node: ir.Node):
+        layer = conv_layer(node)
+        if (
+            layer is None
+            or min(layer.weight.shape[2:]) < 2
+            or layer.geometry["dilations"] != (1, 1)
+        ):
+            return None
+        return layer
+
+    def full_rank(self, layer) -> int:
+        cout, cin, kh, kw = layer.weight.shape
+        return min(cin * kh, cout * kw)
+
+    def energy_rank(self, layer, energy: float) -> int:
+        cout, cin, kh, kw = layer.weight.shape
+        matrix = layer.weight.transpose(1, 2, 0, 3).reshape(cin * kh, cout * kw)
+        return energy_rank(np.linalg.svd(matrix, compute_uv=False), energy)
+
+    def factorize(self, layer, rank: int) -> Factorization:
+        vertical, horizontal, error = spatial_factors(layer.weight, rank)
+        (sh, sw), (top, left, bottom, right) = layer.geometry["strides"], layer.geometry["pads"]
+        first = ConvStep(vertical, 1, (sh, 1), (top, 0, bottom, 0), (1, 1), None)
+        second = ConvStep(horizontal, 1, (1, sw), (0, left, 0, right), (1, 1), layer.bias)
+        dense = np.einsum("riy,orx->oiyx", vertical[..., 0], horizontal[:, :, 0, :])
+        return Factorization([first, second], error, rank, extra={"dense": dense, "tag": "ssvd"})
+
+
+@register_pass("spatial-svd", contract=Contract.lossy(min_cosine=0.9))
+class SpatialSvd(Pass):
+    """Spatial SVD: kxk Conv -> kx1 Conv (rank channels) -> 1xk Conv."""
+
+    Options = LowRankOptions
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Factorize every eligible conv per the rank policy."""
+        return run_lowrank(SpatialMethod(), model, self.options, context)

@@ -1,0 +1,63 @@
+"""Truncated SVD of Gemm / MatMul weights and 1x1 convolutions: one layer becomes two.
+
+``W (out x in) ~ U_r S_r V_r^T``: a first layer ``in -> r`` (``sqrt(S_r) V_r^T``) and a second
+``r -> out`` (``U_r sqrt(S_r)``) carrying the bias. Cheaper when ``r (in + out) < in * out``.
+Rank policies, rounding, the MAC budget and the refit are described in
+:mod:`lightir.lowrank_pass`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from lightir.lowrank import ConvStep, Factorization, energy_rank, svd_factors
+from lightir.lowrank_pass import LowRankMethod, LowRankOptions, conv_layer, dense_layer, run_lowrank
+from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.registry import register_pass
+
+
+class SvdMethod(LowRankMethod):
+    """Two-layer SVD factorization."""
+
+    name = "svd"
+
+    def layer(self, node: ir.Node):
+        layer = dense_layer(node)
+        if layer is None:
+            layer = conv_layer(node)
+            if layer is None or layer.weight.shape[2:] != (1, 1):
+                return None
+        return layer
+
+    def full_rank(self, layer) -> int:
+        return min(layer.weight.shape[:2])
+
+    def energy_rank(self, layer, energy: float) -> int:
+        singular = np.linalg.svd(layer.weight[:, :, 0, 0], compute_uv=False)
+        return energy_rank(singular, energy)
+
+    def factorize(self, layer, rank: int) -> Factorization:
+        left, right, error = svd_factors(layer.weight[:, :, 0, 0], rank)
+        first = ConvStep(
+            right[:, :, None, None],
+            1,
+            layer.geometry["strides"],
+            layer.geometry["pads"],
+            (1, 1),
+            None,
+        )
+        second = ConvStep(left[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), layer.bias)
+        dense = (left @ right)[:, :, None, None]
+        return Factorization([first, second], error, rank, extra={"dense": dense, "tag": "svd"})
+
+
+@register_pass("svd", contract=Contract.lossy(min_cosine=0.9))
+class Svd(Pass):
+    """Truncated SVD of Gemm / MatMul / 1x1 Conv weights into two thinner layers."""
+
+    Options = LowRankOptions
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Factorize every eligible layer per the rank policy."""
+        return run_lowrank(SvdMethod(), model, self.options, context)

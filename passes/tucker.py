@@ -1,0 +1,85 @@
+"""Tucker-2 (Kim et al. 2016): 1x1 reduce -> kxk core -> 1x1 expand.
+
+The channel modes of ``W (out, in, kh, kw)`` are factorized, ``W ~ core x0 U_out x1 U_in``,
+starting from the HOSVD (leading singular vectors of each unfolding), then ``sweeps`` HOOI
+iterations refine them. The reduce conv has weight ``U_in^T``, the core conv keeps the
+original stride and pads, and the expand conv has weight ``U_out`` and the bias. ``rank`` is
+used for both modes, scaled by each mode's size when ``in != out``. Energy is applied per mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from lightir.lowrank import ConvStep, Factorization, energy_rank, tucker2_factors
+from lightir.lowrank_pass import LowRankMethod, LowRankOptions, conv_layer, run_lowrank
+from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.registry import register_pass
+
+
+@dataclass(frozen=True)
+class TuckerOptions(LowRankOptions):
+    """Rank policy plus HOOI sweeps."""
+
+    sweeps: int = 2
+
+
+class TuckerMethod(LowRankMethod):
+    """Tucker-2 on the channel modes."""
+
+    name = "tucker"
+
+    def __init__(self, sweeps: int) -> None:
+        self.sweeps = sweeps
+
+    def layer(self, node: ir.Node):
+        layer = conv_layer(node)
+        if layer is None or layer.weight.shape[2:] == (1, 1):
+            return None
+        return layer
+
+    def full_rank(self, layer) -> int:
+        return max(layer.weight.shape[:2])
+
+    def _ranks(self, layer, rank: int) -> tuple[int, int]:
+        cout, cin = layer.weight.shape[:2]
+        full = max(cout, cin)
+        return max(1, min(cout, round(rank * cout / full))), max(
+            1, min(cin, round(rank * cin / full))
+        )
+
+    def energy_rank(self, layer, energy: float) -> int:
+        w = layer.weight
+        out_rank = energy_rank(np.linalg.svd(w.reshape(w.shape[0], -1), compute_uv=False), energy)
+        in_rank = energy_rank(
+            np.linalg.svd(np.moveaxis(w, 1, 0).reshape(w.shape[1], -1), compute_uv=False), energy
+        )
+        cout, cin = w.shape[:2]
+        full = max(cout, cin)
+        return max(round(out_rank * full / cout), round(in_rank * full / cin))
+
+    def factorize(self, layer, rank: int) -> Factorization:
+        rank_out, rank_in = self._ranks(layer, rank)
+        u_out, core, u_in, error = tucker2_factors(layer.weight, rank_out, rank_in, self.sweeps)
+        geometry = layer.geometry
+        reduce = ConvStep(u_in.T[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), None)
+        middle = ConvStep(core, 1, geometry["strides"], geometry["pads"], geometry["dilations"])
+        expand = ConvStep(u_out[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), layer.bias)
+        dense = np.einsum("sryx,os,ir->oiyx", core, u_out, u_in)
+        return Factorization(
+            [reduce, middle, expand], error, rank, extra={"dense": dense, "tag": "tucker"}
+        )
+
+
+@register_pass("tucker", contract=Contract.lossy(min_cosine=0.9))
+class Tucker(Pass):
+    """Tucker-2: 1x1 reduce -> kxk core -> 1x1 expand (HOSVD + HOOI)."""
+
+    Options = TuckerOptions
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Factorize every eligible conv per the rank policy."""
+        return run_lowrank(TuckerMethod(self.options.sweeps), model, self.options, context)
