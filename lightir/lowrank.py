@@ -82,7 +82,7 @@ def spatial_factors(weight: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarr
     vertical = (u[:, :rank] * root).T.reshape(rank, cin, kh, 1)
     horizontal = (root[:, None] * vt[:rank]).reshape(rank, cout, kw).transpose(1, 0, 2)
     horizontal = horizontal.reshape(cout, rank, 1, kw)
-    approx = np.einsum("riy,orx->oiyx", vertical[..., 0], horizontal[:, :, 0, :])
+    approx = np.einsum("riy,orx->oiyx", vertical[..., 0], horizontal[:, :, 0, :], optimize=True)
     return vertical, horizontal, relative_error(weight, approx)
 
 
@@ -90,20 +90,36 @@ def _unfold(tensor: np.ndarray, mode: int) -> np.ndarray:
     return np.moveaxis(tensor, mode, 0).reshape(tensor.shape[mode], -1)
 
 
-def tucker2_factors(
-    weight: np.ndarray, rank_out: int, rank_in: int, sweeps: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Tucker-2 on modes 0 and 1: ``W ~ core x0 U_out x1 U_in`` (HOSVD, then HOOI sweeps)."""
+def mode_bases(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left singular vectors of the output- and input-channel unfoldings (HOSVD bases)."""
     w = weight.astype(np.float64)
-    u_out = np.linalg.svd(_unfold(w, 0), full_matrices=False)[0][:, :rank_out]
-    u_in = np.linalg.svd(_unfold(w, 1), full_matrices=False)[0][:, :rank_in]
+    return (
+        np.linalg.svd(_unfold(w, 0), full_matrices=False)[0],
+        np.linalg.svd(_unfold(w, 1), full_matrices=False)[0],
+    )
+
+
+def tucker2_factors(
+    weight: np.ndarray,
+    rank_out: int,
+    rank_in: int,
+    sweeps: int = 0,
+    bases: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Tucker-2 on modes 0 and 1: ``W ~ core x0 U_out x1 U_in`` (HOSVD, then HOOI sweeps).
+
+    ``bases`` are :func:`mode_bases` of the weight, computed once and reused across ranks.
+    """
+    w = weight.astype(np.float64)
+    full_out, full_in = bases if bases is not None else mode_bases(w)
+    u_out, u_in = full_out[:, :rank_out], full_in[:, :rank_in]
     for _ in range(sweeps):
-        projected = np.einsum("oiyx,ir->oryx", w, u_in)
+        projected = np.einsum("oiyx,ir->oryx", w, u_in, optimize=True)
         u_out = np.linalg.svd(_unfold(projected, 0), full_matrices=False)[0][:, :rank_out]
-        projected = np.einsum("oiyx,os->siyx", w, u_out)
+        projected = np.einsum("oiyx,os->siyx", w, u_out, optimize=True)
         u_in = np.linalg.svd(_unfold(projected, 1), full_matrices=False)[0][:, :rank_in]
-    core = np.einsum("oiyx,os,ir->sryx", w, u_out, u_in)
-    approx = np.einsum("sryx,os,ir->oiyx", core, u_out, u_in)
+    core = np.einsum("oiyx,os,ir->sryx", w, u_out, u_in, optimize=True)
+    approx = np.einsum("sryx,os,ir->oiyx", core, u_out, u_in, optimize=True)
     return u_out, core, u_in, relative_error(w, approx)
 
 
@@ -116,6 +132,8 @@ def cp_factors(
     by more than 10% from its best, the usual signs of CP-ALS degeneracy.
     """
     w = weight.astype(np.float64)
+    if not np.isfinite(w).all():
+        raise Unstable("the weight has NaN or Inf values")
     rng = np.random.default_rng(seed)
     factors = []
     for mode in range(4):  # SVD start where the mode is large enough, random otherwise
@@ -136,11 +154,18 @@ def cp_factors(
             for f in others:
                 gram *= f.T @ f
             subs = ",".join(f"{letters[m]}r" for m in range(4) if m != mode)
-            mttkrp = np.einsum(f"oiyx,{subs}->{letters[mode]}r", w, *others)
+            mttkrp = np.einsum(f"oiyx,{subs}->{letters[mode]}r", w, *others, optimize=True)
             ridge = 1e-12 * float(np.trace(gram)) / rank
             factors[mode] = np.linalg.solve(gram + ridge * np.eye(rank), mttkrp.T).T
-        approx = np.einsum("or,ir,yr,xr->oiyx", *factors)
+        approx = np.einsum("or,ir,yr,xr->oiyx", *factors, optimize=True)
         error = float(np.linalg.norm(w - approx) / norm) if norm else 0.0
+        # Degenerate CP: components grow without bound while cancelling each other.
+        weights = np.prod([np.linalg.norm(f, axis=0) for f in factors], axis=0)
+        if norm and float(weights.max()) > 1e4 * norm:
+            raise Unstable(
+                f"CP-ALS components diverge (norm {float(weights.max()):.3g} for a weight of "
+                f"norm {norm:.3g}): the rank is degenerate for this kernel"
+            )
         if not np.isfinite(error) or (error > 1e-3 and error > best * 1.1):
             raise Unstable(f"CP-ALS diverged (error {error:.3g} after best {best:.3g})")
         if best - error < 1e-13 * max(best, 1e-30) and error < 1e-9:

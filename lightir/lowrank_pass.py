@@ -186,7 +186,15 @@ def run_lowrank(
         raise UsageError(f"{method.name}{{tol/refit}} needs calibration data: pass --calib")
     common_passes.ShapeInferencePass()(model)
     original = clone_model(model) if options.refit else None
-    layers = [layer for node in list(model.graph) if (layer := method.layer(node)) is not None]
+    layers = []
+    for node in list(model.graph):
+        layer = method.layer(node)
+        if layer is None:
+            continue
+        if not np.isfinite(layer.weight).all():  # LAPACK does not return on NaN / Inf
+            context.decline(node, "weight has NaN or Inf values")
+            continue
+        layers.append(layer)
     batches = (
         list(context.calibration.batches(batch_size=16, limit=64))
         if context.calibration is not None

@@ -63,7 +63,7 @@ class CpMethod(LowRankMethod):
             ConvStep(d.T[:, None, None, :], rank, (1, sw), (0, left, 0, right)),
             ConvStep(a[:, :, None, None], 1, bias=layer.bias),
         ]
-        dense = np.einsum("or,ir,yr,xr->oiyx", a, b, c, d)
+        dense = np.einsum("or,ir,yr,xr->oiyx", a, b, c, d, optimize=True)
         return Factorization(steps, error, rank, extra={"dense": dense, "tag": "cp"})
 
 

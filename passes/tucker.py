@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank import ConvStep, Factorization, energy_rank, tucker2_factors
+from lightir.lowrank import ConvStep, Factorization, energy_rank, mode_bases, tucker2_factors
 from lightir.lowrank_pass import LowRankMethod, LowRankOptions, conv_layer, run_lowrank
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
@@ -34,6 +34,7 @@ class TuckerMethod(LowRankMethod):
 
     def __init__(self, sweeps: int) -> None:
         self.sweeps = sweeps
+        self.bases: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def layer(self, node: ir.Node):
         layer = conv_layer(node)
@@ -63,12 +64,17 @@ class TuckerMethod(LowRankMethod):
 
     def factorize(self, layer, rank: int) -> Factorization:
         rank_out, rank_in = self._ranks(layer, rank)
-        u_out, core, u_in, error = tucker2_factors(layer.weight, rank_out, rank_in, self.sweeps)
+        key = id(layer.node)
+        if key not in self.bases:
+            self.bases[key] = mode_bases(layer.weight)
+        u_out, core, u_in, error = tucker2_factors(
+            layer.weight, rank_out, rank_in, self.sweeps, self.bases[key]
+        )
         geometry = layer.geometry
         reduce = ConvStep(u_in.T[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), None)
         middle = ConvStep(core, 1, geometry["strides"], geometry["pads"], geometry["dilations"])
         expand = ConvStep(u_out[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), layer.bias)
-        dense = np.einsum("sryx,os,ir->oiyx", core, u_out, u_in)
+        dense = np.einsum("sryx,os,ir->oiyx", core, u_out, u_in, optimize=True)
         return Factorization(
             [reduce, middle, expand], error, rank, extra={"dense": dense, "tag": "tucker"}
         )
