@@ -49,7 +49,9 @@ class CpMethod(LowRankMethod):
 
     def full_rank(self, layer) -> int:
         cout, cin, kh, kw = layer.weight.shape
-        return min(cout * cin, cin * kh * kw, cout * kh * kw)
+        # Beyond this rank the chain has more weights than the layer: never worth trying.
+        cheaper = (cout * cin * kh * kw) // (cout + cin + kh + kw)
+        return max(1, min(cout * cin, cin * kh * kw, cout * kh * kw, cheaper))
 
     def factorize(self, layer, rank: int) -> Factorization:
         key = (id(layer.node), rank)

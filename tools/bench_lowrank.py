@@ -1,0 +1,100 @@
+"""Low-rank factorization on the trained fixture: accuracy, MACs, params and latency per budget.
+
+For each pass (svd, spatial-svd, tucker, cp) and each whole-model MAC budget, the digits
+fixture (BN folded) is factorized with and without the least-squares refit. Calibration uses
+the first 200 test images (the verifier keeps 2 extra rows put in front), and accuracy is
+measured on the other 250. Latency is onnxruntime's (ORT_ENABLE_ALL, 1 thread, spinning off,
+batch 1), relative to the unfactorized model, median of interleaved blocks.
+
+    python tools/bench_lowrank.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+import lightir
+from lightir import zoo
+from lightir.data import CalibrationData, input_specs, synthesize
+from lightir.onnx_bridge import ir
+
+
+def session(model):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def latency_ratio(base, model, feeds, repeats=21) -> float:
+    sessions = {"base": session(base), "model": session(model)}
+    for sess in sessions.values():
+        sess.run(None, feeds)
+    samples = {k: [] for k in sessions}
+    order, rng = list(sessions), random.Random(0)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for key in order:
+            start = time.perf_counter()
+            for _ in range(200):
+                sessions[key].run(None, feeds)
+            samples[key].append(time.perf_counter() - start)
+    return statistics.median(samples["model"]) / statistics.median(samples["base"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", nargs="*", type=float, default=[0.7, 0.5, 0.3])
+    parser.add_argument("--methods", nargs="*", default=["svd", "spatial-svd", "tucker", "cp"])
+    args = parser.parse_args()
+    images, labels = zoo.digits_test_split()
+    base = lightir.optimize("zoo:digits", "fold-bn").model
+    specs = input_specs(base)
+    verify = synthesize(specs, 2, seed=99)[0]["input"]
+    calib = CalibrationData({"input": np.concatenate([verify, images[:200]])})
+    eval_images, eval_labels = images[200:], labels[200:]
+    feeds = {"input": eval_images[:1]}
+    print(
+        f"digits fixture (BN folded): accuracy {zoo.accuracy(base, eval_images, eval_labels):.3f}"
+        " on 250 held-out images"
+    )
+    print(
+        f"{'pass':<12} {'budget':>6} {'MACs':>6} {'params':>7} {'latency':>8} "
+        f"{'acc plain':>10} {'acc refit':>10}"
+    )
+    for method in args.methods:
+        for budget in args.budgets:
+            row = {}
+            for refit in (False, True):
+                options = f"target-macs={budget},round=4" + (",refit=true" if refit else "")
+                result = lightir.optimize(
+                    base,
+                    f"{method}{{{options}}}",
+                    calib=calib if refit else None,
+                    tolerances={method: "cos:-1"},
+                )
+                record = result.report.records[0]
+                row[refit] = (result, record)
+            result, record = row[False]
+            original = result.report.original
+            print(
+                f"{method:<12} {budget:>6} {record.cost.macs / original.macs:>6.3f} "
+                f"{record.cost.params / original.params:>7.3f} "
+                f"{latency_ratio(base, result.model, feeds):>8.3f} "
+                f"{zoo.accuracy(result.model, eval_images, eval_labels):>10.3f} "
+                f"{zoo.accuracy(row[True][0].model, eval_images, eval_labels):>10.3f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
