@@ -122,6 +122,14 @@ def conv_layer(node: ir.Node) -> Layer | None:
     return Layer(node, value.const_value.numpy(), bias, geometry, shape[2], shape[3], False)
 
 
+def spatial_conv_layer(node: ir.Node) -> Layer | None:
+    """A :func:`conv_layer` with a kernel of at least 2x2 and no dilation (spatial methods)."""
+    layer = conv_layer(node)
+    if layer is None or min(layer.weight.shape[2:]) < 2 or layer.geometry["dilations"] != (1, 1):
+        return None
+    return layer
+
+
 def dense_layer(node: ir.Node) -> Layer | None:
     """Gemm (transA=0) or 2-D-weight MatMul as a 1x1 'conv' (C_out, C_in, 1, 1)."""
     if node.op_type not in ("Gemm", "MatMul") or len(node.inputs) < 2:

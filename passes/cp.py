@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from lightir.lowrank import ConvStep, Factorization, cp_factors
-from lightir.lowrank_pass import LowRankMethod, LowRankOptions, conv_layer, run_lowrank
+from lightir.lowrank_pass import LowRankMethod, LowRankOptions, run_lowrank, spatial_conv_layer
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 
@@ -38,14 +38,7 @@ class CpMethod(LowRankMethod):
         self.cache: dict = {}
 
     def layer(self, node: ir.Node):
-        layer = conv_layer(node)
-        if (
-            layer is None
-            or min(layer.weight.shape[2:]) < 2
-            or layer.geometry["dilations"] != (1, 1)
-        ):
-            return None
-        return layer
+        return spatial_conv_layer(node)
 
     def full_rank(self, layer) -> int:
         cout, cin, kh, kw = layer.weight.shape
