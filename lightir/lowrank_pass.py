@@ -177,6 +177,10 @@ class LowRankMethod:
         """The chain for ``rank`` (``extra["dense"]``: the approximated weight)."""
         raise NotImplementedError
 
+    def budget_ranks(self, grid: list[int]) -> list[int]:
+        """Ranks the whole-model budget tries (all of the grid by default)."""
+        return grid
+
     def energy_rank(self, layer: Layer, energy: float) -> int:
         """Smallest rank keeping ``energy``; by default from the factorization errors."""
         full = self.full_rank(layer)
@@ -315,7 +319,7 @@ def _budget(method, model, layers, options, context) -> dict:
     curves = {}
     for layer in layers:
         points = []
-        for rank in reversed(_grid(method, layer, options.round)):
+        for rank in reversed(method.budget_ranks(_grid(method, layer, options.round))):
             try:
                 factorization = method.factorize(layer, rank)
             except Unstable as reason:

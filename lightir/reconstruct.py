@@ -58,10 +58,15 @@ def ridge_solve(a: np.ndarray, y: np.ndarray, with_bias: bool = True) -> np.ndar
     a = a.astype(np.float64)
     if with_bias:
         a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
+    # Columns are scaled to unit RMS first, so the ridge weighs every input alike whatever
+    # its magnitude (CP factors, for one, come out with arbitrary per-channel scales).
+    scale = np.sqrt(np.mean(a**2, axis=0))
+    scale[scale == 0] = 1.0
+    a = a / scale
     gram = a.T @ a
     lam = RIDGE * float(np.mean(np.diag(gram))) if gram.size else 0.0
     gram[np.diag_indices_from(gram)] += lam
-    return np.linalg.solve(gram, a.T @ y.astype(np.float64))
+    return np.linalg.solve(gram, a.T @ y.astype(np.float64)) / scale[:, None]
 
 
 def _refit_conv(node: ir.Node, x: np.ndarray, y: np.ndarray) -> None:

@@ -46,6 +46,13 @@ class CpMethod(LowRankMethod):
         cheaper = (cout * cin * kh * kw) // (cout + cin + kh + kw)
         return max(1, min(cout * cin, cin * kh * kw, cout * kh * kw, cheaper))
 
+    def budget_ranks(self, grid: list[int]) -> list[int]:
+        """At most 8 ranks, spread over the grid: each costs a full ALS run."""
+        if len(grid) <= 8:
+            return grid
+        picks = np.unique(np.round(np.geomspace(1, len(grid), 8)).astype(int) - 1)
+        return [grid[i] for i in picks]
+
     def factorize(self, layer, rank: int) -> Factorization:
         key = (id(layer.node), rank)
         if key not in self.cache:
