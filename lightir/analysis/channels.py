@@ -35,40 +35,28 @@ import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
+from lightir.branches import NONLINEAR_OPS
+
 logger = logging.getLogger(__name__)
 
-ELEMENTWISE = {
-    "BatchNormalization",
-    "Relu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "PRelu",
-    "Tanh",
-    "Elu",
-    "Selu",
-    "Gelu",
-    "Mish",
-    "Softplus",
-    "Swish",
-    "Identity",
-    "Dropout",
-    "Cast",
-    "MaxPool",
+# Channel-preserving ops: every activation lightir knows, plus the ones listed here.
+ELEMENTWISE = NONLINEAR_OPS | {
+    "Abs",
     "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Dropout",
+    "Exp",
     "GlobalAveragePool",
     "GlobalMaxPool",
-    "Resize",
-    "Upsample",
-    "LRN",
+    "Identity",
     "InstanceNormalization",
+    "LRN",
     "Neg",
-    "Abs",
-    "Sqrt",
-    "Exp",
     "Reciprocal",
+    "Resize",
+    "Sqrt",
+    "Upsample",
 }
 BINARY = {"Add", "Sub", "Mul", "Div"}
 
