@@ -9,6 +9,17 @@ order:
     min_W ||X' W + b - Y||^2 + lam ||W||^2     (ridge; lam = 1e-4 * mean diag(X'^T X'))
 
 For a Conv, X' holds im2col patches at up to ``MAX_ROWS`` sampled output positions.
+
+When the layer's only consumer is a ReLU (or a Clip with constant bounds), ``through_act``
+fits what the network actually sees, ``act(X' W + b) ~ act(Y)``, as Zhang et al. (2016) do
+for their asymmetric reconstruction. Outputs the activation clamps do not need to be matched,
+only kept on the clamped side. Alternating minimisation with a slack target Z:
+
+    Z = Y where lo < Y < hi;  min(X'W + b, lo) where Y <= lo;  max(X'W + b, hi) where Y >= hi
+    W = argmin ||X' W + b - Z||^2 + lam ||W||^2
+
+Each step lowers ``||X'W + b - Z||^2``, which equals the activation loss on clamped outputs and
+bounds it above elsewhere. Each iteration is one solve with the same Gram matrix.
 """
 
 from __future__ import annotations
@@ -53,9 +64,22 @@ def conv_patches(
     return patches.reshape(len(flat), -1), (n, i, j)
 
 
-def ridge_solve(a: np.ndarray, y: np.ndarray, with_bias: bool = True) -> np.ndarray:
-    """Solve ``[a, 1] @ w ~ y`` with ridge regularization (float64)."""
+ACT_ITERATIONS = 10
+
+
+def ridge_solve(
+    a: np.ndarray,
+    y: np.ndarray,
+    with_bias: bool = True,
+    bounds: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Solve ``[a, 1] @ w ~ y`` with ridge regularization (float64).
+
+    With ``bounds`` (lo, hi), fit ``clip([a, 1] @ w, lo, hi) ~ clip(y, lo, hi)`` instead
+    (see the module docstring).
+    """
     a = a.astype(np.float64)
+    y = y.astype(np.float64)
     if with_bias:
         a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
     # Columns are scaled to unit RMS first, so the ridge weighs every input alike whatever
@@ -66,15 +90,47 @@ def ridge_solve(a: np.ndarray, y: np.ndarray, with_bias: bool = True) -> np.ndar
     gram = a.T @ a
     lam = RIDGE * float(np.mean(np.diag(gram))) if gram.size else 0.0
     gram[np.diag_indices_from(gram)] += lam
-    return np.linalg.solve(gram, a.T @ y.astype(np.float64)) / scale[:, None]
+    w = np.linalg.solve(gram, a.T @ y)
+    if bounds is not None:
+        lo, hi = bounds
+        below, above = y <= lo, y >= hi
+        for _ in range(ACT_ITERATIONS):
+            prediction = a @ w
+            target = np.where(below, np.minimum(prediction, lo), y)
+            target = np.where(above, np.maximum(prediction, hi), target)
+            w = np.linalg.solve(gram, a.T @ target)
+    return w / scale[:, None]
 
 
-def _refit_conv(node: ir.Node, x: np.ndarray, y: np.ndarray) -> None:
+def clamp_after(node: ir.Node) -> tuple[float, float] | None:
+    """(lo, hi) of the ReLU / Clip that is the only consumer of ``node``'s output, or None."""
+    out = node.outputs[0]
+    uses = list(out.uses())
+    if out.is_graph_output() or len(uses) != 1:
+        return None
+    user = uses[0][0]
+    if user.op_type == "Relu":
+        return 0.0, np.inf
+    if user.op_type != "Clip":
+        return None
+    bounds = []
+    for index, default in ((1, -np.inf), (2, np.inf)):
+        if len(user.inputs) <= index or user.inputs[index] is None:
+            bounds.append(default)
+            continue
+        const = user.inputs[index].const_value
+        if const is None or const.size != 1:
+            return None
+        bounds.append(float(const.numpy().reshape(())))
+    return bounds[0], bounds[1]
+
+
+def _refit_conv(node: ir.Node, x: np.ndarray, y: np.ndarray, bounds) -> None:
     if node.attributes.get_int("group", 1) != 1:
         return
     patches, (n, i, j) = conv_patches(x, node)
     target = y[n, :, i, j]  # (P, C_out)
-    solution = ridge_solve(patches, target)
+    solution = ridge_solve(patches, target, bounds=bounds)
     weight_value = node.inputs[1]
     shape = weight_value.const_value.shape.numpy()
     dtype = weight_value.const_value.numpy().dtype
@@ -84,9 +140,11 @@ def _refit_conv(node: ir.Node, x: np.ndarray, y: np.ndarray) -> None:
     _set_bias(node, solution[-1].astype(dtype))
 
 
-def _refit_dense(node: ir.Node, x: np.ndarray, y: np.ndarray) -> None:
+def _refit_dense(node: ir.Node, x: np.ndarray, y: np.ndarray, bounds) -> None:
     has_bias = node.op_type == "Gemm"
-    solution = ridge_solve(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1), has_bias)
+    solution = ridge_solve(
+        x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1), has_bias, bounds=bounds
+    )
     matrix = solution[:-1] if has_bias else solution  # (F_in, F_out)
     weight_value = node.inputs[1]
     dtype = weight_value.const_value.numpy().dtype
@@ -123,30 +181,33 @@ def refit_layers(
     node_names: Sequence[str],
     batches: Sequence[Mapping[str, np.ndarray]],
     kept_outputs: Mapping[str, np.ndarray] | None = None,
-) -> int:
+    through_act: bool = False,
+) -> dict[str, str]:
     """Refit the named Conv / Gemm / MatMul layers of ``current`` to ``original``'s outputs.
 
     Both models must name those nodes and their output values alike. ``kept_outputs`` maps a
-    layer whose own outputs were pruned to the original output channels it still has.
-    Returns how many layers were refit.
+    layer whose own outputs were pruned to the original output channels it still has. With
+    ``through_act``, a layer followed only by a ReLU / Clip is fit through it.
+    Returns the refit layers, each with "linear" or the activation it was fit through.
     """
     by_name = {node.name: node for node in current.graph}
     originals = {node.name: node for node in original.graph}
     order = [n.name for n in current.graph if n.name in set(node_names)]
     targets = capture(original, [originals[n].outputs[0].name for n in order], batches)
-    count = 0
+    done = {}
     for name in order:
         node = by_name[name]
         x = capture(current, [node.inputs[0].name], batches)[node.inputs[0].name]
         y = targets[originals[name].outputs[0].name]
         if kept_outputs and name in kept_outputs:
             y = y[:, kept_outputs[name]]
+        bounds = clamp_after(node) if through_act else None
         if node.op_type == "Conv":
-            _refit_conv(node, x, y)
+            _refit_conv(node, x, y, bounds)
         elif node.op_type in ("Gemm", "MatMul"):
-            _refit_dense(node, x, y)
+            _refit_dense(node, x, y, bounds)
         else:
             continue
-        count += 1
-        logger.info("refit %s %s on %d samples", node.op_type, name, x.shape[0])
-    return count
+        done[name] = "linear" if bounds is None else f"through clip{bounds}"
+        logger.info("refit %s %s on %d samples (%s)", node.op_type, name, x.shape[0], done[name])
+    return done

@@ -530,8 +530,8 @@ class Prune(Pass):
         removal = pruner.plan()
         stats = pruner.apply(removal)
         if options.reconstruct and stats["channels_removed"]:
-            stats["refit_layers"] = refit_layers(
-                original, model, pruner.consumers, pruner.batches, pruner.kept_outputs
+            stats["refit_layers"] = len(
+                refit_layers(original, model, pruner.consumers, pruner.batches, pruner.kept_outputs)
             )
         stats["groups"] = len(pruner.groups)
         return PassResult(model, modified=stats["channels_removed"] > 0, stats=stats)

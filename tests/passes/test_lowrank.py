@@ -9,6 +9,7 @@ import lightir
 from lightir import zoo
 from lightir.data import CalibrationData
 from lightir.lowrank import Unstable, cp_factors, svd_factors, tucker2_factors
+from lightir.reconstruct import clamp_after, ridge_solve
 from lightir.testing import GraphBuilder, assert_outputs_close, declines, op_types
 
 RNG = np.random.default_rng(0)
@@ -89,6 +90,21 @@ def test_target_macs_half_on_resnet_within_two_percent(method):
     assert abs(ratio - 0.5) <= 0.02 * 0.5, ratio
 
 
+def test_ratio_of_macs_differs_from_ratio_of_params_on_strided_layers():
+    layers = {}
+    for of in ("params", "macs"):
+        result = lightir.optimize(
+            "zoo:resnet",
+            f"spatial-svd{{ratio=0.4,ratio-of={of}}}",
+            tolerances={"spatial-svd": "cos:-1"},
+        )
+        layers[of] = result.report.records[0].stats["layers"]
+        assert layers[of] and all(v[f"{of}_ratio"] <= 0.4 for v in layers[of].values())
+    # The strided layers: their first kx1 conv runs at full height, so MACs fall slower.
+    assert any(v["macs_ratio"] > 0.4 for v in layers["params"].values())
+    assert any(layers["macs"][k]["rank"] < v["rank"] for k, v in layers["params"].items())
+
+
 def test_svd_on_gemm_and_its_budget():
     model = lightir.optimize("zoo:vgg", "fold-bn").model
     result = lightir.optimize(model, "svd{ratio=0.5}", tolerances={"svd": "cos:-1"})
@@ -112,6 +128,51 @@ def test_refit_beats_plain_truncation_on_the_fixture():
         zoo.accuracy(refit.model, images[200:], labels[200:])
         > zoo.accuracy(plain.model, images[200:], labels[200:]) + 0.03
     )
+
+
+def _relu_loss(a, w, y):
+    prediction = np.concatenate([a, np.ones((len(a), 1))], axis=1) @ w
+    return np.linalg.norm(np.maximum(prediction, 0) - np.maximum(y, 0))
+
+
+def test_fit_through_relu_lowers_the_post_activation_error_on_held_out_rows():
+    x = RNG.normal(size=(4000, 24))
+    y = x @ RNG.normal(size=(24, 6)) + 0.5 * RNG.normal(size=6) - 1.0
+    train, test = slice(0, 2000), slice(2000, None)
+    few = x[:, :12]  # a layer that sees only half of what produced y: the fit is inexact
+    linear = ridge_solve(few[train], y[train])
+    through = ridge_solve(few[train], y[train], bounds=(0.0, np.inf))
+    for rows in (train, test):
+        assert _relu_loss(few[rows], through, y[rows]) < 0.97 * _relu_loss(
+            few[rows], linear, y[rows]
+        )
+    # Where nothing is clamped, the two fits agree.
+    lifted = y + 100.0
+    np.testing.assert_allclose(
+        ridge_solve(few, lifted, bounds=(0.0, np.inf)), ridge_solve(few, lifted), rtol=1e-9
+    )
+
+
+def test_refit_act_goes_through_a_relu_only_when_it_is_the_sole_consumer():
+    images, _ = zoo.digits_test_split()
+    calib = CalibrationData({"input": images[:64]})
+    model = lightir.optimize("zoo:digits", "fold-bn").model
+    options = "spatial-svd{rank=16,refit=true,refit-act=true}"
+    result = lightir.optimize(model, options, calib=calib, tolerances={"spatial-svd": "cos:-1"})
+    layers = result.report.records[0].stats["layers"]
+    assert layers and all(v["refit"] == "through clip(0.0, inf)" for v in layers.values())
+    assert all(0 < v["output_error"] < 1 for v in layers.values())
+    relu = next(n for n in result.model.graph if n.op_type == "Relu")
+    assert clamp_after(relu.inputs[0].producer()) == (0.0, np.inf)
+    # A second consumer of the conv output: the pre-activation values matter, no clamp.
+    b = GraphBuilder("two-consumers")
+    y = b.conv(b.input("x", [1, 3, 8, 8]), 4)
+    b.output(b.add(b.relu(y), y), "out")
+    assert clamp_after(y.producer()) is None
+    b = GraphBuilder("relu6")
+    y = b.conv(b.input("x", [1, 3, 8, 8]), 4)
+    b.output(b.relu6(y), "out")
+    assert clamp_after(y.producer()) == (0.0, 6.0)
 
 
 def test_tol_policy_needs_data_and_meets_the_layer_tolerance():
