@@ -48,6 +48,7 @@ from lightir.verify import (
     Tolerance,
     check_ir_invariants,
     compare_outputs,
+    rounding_noise,
     tolerance_for,
     violations,
 )
@@ -109,6 +110,7 @@ class Report:
     seconds: float = 0.0
     verify_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    rounding_noise: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -126,6 +128,7 @@ class Report:
             "failures": self.failures,
             "seconds": self.seconds,
             "verify_seconds": self.verify_seconds,
+            "rounding_noise": self.rounding_noise,
             "original": self.original.as_dict(),
             "final": self.final.as_dict() if self.final else None,
             "passes": [r.as_dict() for r in self.records],
@@ -273,6 +276,9 @@ def optimize(
                 f"{display_name}: onnxruntime cannot run the input model "
                 f"({_first_line(exc)}); fix the model or use --verify structural"
             ) from exc
+    noise = 0.0
+    if original_outputs is not None and any(p.contract.is_exact for p in passes):
+        noise = rounding_noise(model, batches, original_outputs, seed=seed, threads=threads)
     verify_seconds += time.perf_counter() - t0
     report = Report(
         model=display_name,
@@ -280,6 +286,7 @@ def optimize(
         verify=verify,
         inputs=_inputs_description(calibration, batches),
         original=model_cost(model, input_shapes),
+        rounding_noise=noise,
     )
     previous_outputs = original_outputs
     context_calibration = calibration
@@ -329,7 +336,7 @@ def optimize(
         t_verify = time.perf_counter()
         outputs = previous_outputs
         if failure is None and modified:
-            tolerance = tolerance_for(pass_.contract, model, tolerances.get(pass_.name))
+            tolerance = tolerance_for(pass_.contract, model, tolerances.get(pass_.name), noise)
             record.tolerance = tolerance.describe()
             failure, outputs = _check_pass(
                 model,
@@ -365,7 +372,7 @@ def optimize(
         final_outputs = OrtModel(model, threads=threads).run_all(batches)
         verify_seconds += time.perf_counter() - t_final
         report.drift = compare_outputs(original_outputs, final_outputs)
-        budget = _pipeline_budget(passes, model, tolerances)
+        budget = _pipeline_budget(passes, model, tolerances, noise)
         problems = violations(report.drift, budget)
         if problems:
             report.failures.append(f"final check failed: {'; '.join(problems)}")
@@ -405,12 +412,12 @@ def _last_cost(report: Report) -> ModelCost:
 
 
 def _pipeline_budget(
-    passes: Sequence[Pass], model: ir.Model, tolerances: Mapping[str, float]
+    passes: Sequence[Pass], model: ir.Model, tolerances: Mapping[str, float], noise: float = 0.0
 ) -> Tolerance:
     """Sum of per-pass relative bounds (the triangle inequality), min of cosine bounds."""
     rel, cosines = 0.0, []
     for pass_ in passes:
-        tol = tolerance_for(pass_.contract, model, tolerances.get(pass_.name))
+        tol = tolerance_for(pass_.contract, model, tolerances.get(pass_.name), noise)
         rel += tol.rel_error if tol.rel_error is not None else math.inf
         if tol.min_cosine is not None:
             cosines.append(tol.min_cosine)
