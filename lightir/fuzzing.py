@@ -481,7 +481,10 @@ def shrink(model: ir.Model, fails: Callable[[ir.Model], bool], max_rounds: int =
     current = clone_model(model)
     for _ in range(max_rounds):
         progress = False
+        size = _size(current)
         for candidate in _candidates(current):
+            if _size(candidate) >= size:
+                continue
             try:
                 ok = fails(candidate)
             except Exception:
@@ -492,6 +495,10 @@ def shrink(model: ir.Model, fails: Callable[[ir.Model], bool], max_rounds: int =
         if not progress:
             break
     return current
+
+
+def _size(model: ir.Model) -> tuple[int, int]:
+    return len(list(model.graph)) + len(model.graph.outputs), len(model.graph.initializers)
 
 
 def _candidates(model: ir.Model):
@@ -541,21 +548,12 @@ def _remove(model: ir.Model, node: ir.Node, mode: str) -> bool:
             replacement = ir.val(f"{out.name}_cut", out.dtype, ir.Shape(list(out.shape)))
             graph.inputs.append(replacement)
         if out.is_graph_output():
-            name, out.name = out.name, f"{out.name}_removed"
-            index = graph.outputs.index(out)
-            graph.outputs[index] = _identity(graph, replacement, name)
+            if replacement.is_graph_output() or replacement.is_graph_input():
+                return False
+            graph.outputs[graph.outputs.index(out)] = replacement
         out.replace_all_uses_with(replacement)
     graph.remove(node, safe=True)
     return True
-
-
-def _identity(graph: ir.Graph, value: ir.Value, name: str) -> ir.Value:
-    node = ir.node("Identity", [value], name=f"{name}_identity")
-    node.outputs[0].name = name
-    node.outputs[0].type = value.type
-    node.outputs[0].shape = value.shape
-    graph.append(node)
-    return node.outputs[0]
 
 
 def _tidy(model: ir.Model) -> bool:

@@ -76,7 +76,13 @@ def load(path: str | os.PathLike) -> ir.Model:
             f"{path}: the ONNX graph is malformed ({_first_line(exc)}); re-export the model"
         ) from exc
     del proto
-    _materialize(model)
+    try:
+        _materialize(model)
+    except ValueError as exc:  # numpy cannot reshape the bytes to the declared dims
+        raise InputError(
+            f"{path}: a tensor's declared shape does not match its data ({_first_line(exc)}); "
+            "re-export the model"
+        ) from exc
     base_dir = path.resolve().parent
     ir.external_data.set_base_dir(model.graph, str(base_dir))
     check_external_data(model, base_dir, path)
@@ -238,7 +244,11 @@ def _materialize(model: ir.Model) -> None:
         for value in graph.initializers.values():
             tensor = value.const_value
             if isinstance(tensor, ir.TensorProtoTensor):
-                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
+                try:
+                    array = tensor.numpy()
+                except ValueError as exc:
+                    raise ValueError(f"initializer '{value.name}': {_first_line(exc)}") from exc
+                value.const_value = ir.Tensor(array, dtype=tensor.dtype, name=value.name)
         for node in graph:
             for name, attr in list(node.attributes.items()):
                 if attr.type == ir.AttributeType.TENSOR and isinstance(

@@ -46,6 +46,7 @@ from lightir.verify import (
     OutputMetrics,
     StructureError,
     Tolerance,
+    check_input_model,
     check_ir_invariants,
     compare_outputs,
     rounding_noise,
@@ -425,6 +426,11 @@ def _pipeline_budget(
 
 
 def _check_structure(model: ir.Model, name: str, what: str) -> None:
+    if what == "the input model":
+        try:
+            check_input_model(model)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from exc
     try:
         check_ir_invariants(model)
         proto, _ = weightless_proto(model)

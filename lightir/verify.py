@@ -271,7 +271,8 @@ def check_ir_invariants(model: ir.Model) -> None:
                 if value not in defined and value not in outer:
                     raise StructureError(
                         f"node {node.op_type} '{node.name}' input {index} ('{value.name}') is "
-                        "used before it is defined or is not in the graph"
+                        "used before it is defined or is not in the graph (a cycle, nodes out "
+                        "of topological order, or a missing producer)"
                     )
                 if (node, index) not in set(value.uses()):
                     raise StructureError(
@@ -285,6 +286,56 @@ def check_ir_invariants(model: ir.Model) -> None:
         for out in graph.outputs:
             if out not in defined and out not in outer:
                 raise StructureError(f"graph output '{out.name}' is not produced in the graph")
+
+
+def check_input_model(model: ir.Model) -> None:
+    """Refuse what no pass can handle correctly: raise :class:`InputError` naming the culprit.
+
+    * an ``ai.onnx`` opset newer than the installed onnx knows;
+    * a tensor whose declared shape does not match its data;
+    * NaN anywhere in a float weight, or Inf in the weights of Conv / ConvTranspose / Gemm /
+      MatMul / BatchNormalization (Inf elsewhere, such as a Clip bound, is legitimate).
+    """
+    import onnx
+
+    from lightir.errors import InputError
+    from lightir.io import iter_tensors
+
+    newest = onnx.defs.onnx_opset_version()
+    for domain, version in model.opset_imports.items():
+        if domain in ("", "ai.onnx") and version > newest:
+            raise InputError(
+                f"the model uses opset {version} of ai.onnx, newer than the installed onnx "
+                f"{onnx.__version__} knows ({newest}); upgrade onnx and onnxruntime or "
+                f"re-export the model with opset <= {newest}"
+            )
+    weights = set()
+    for graph in model.graphs():
+        for node in graph:
+            if node.op_type in WEIGHTED_OPS:
+                weights.update(v for v in node.inputs[1:] if v is not None)
+    weight_names = {v.name for v in weights}
+    for owner, tensor in iter_tensors(model):
+        try:
+            array = tensor.numpy()
+        except Exception as exc:
+            raise InputError(
+                f"{owner} declares shape {list(tensor.shape)} but its data does not match "
+                f"({str(exc).splitlines()[0][:120]}); re-export the model"
+            ) from exc
+        if array.dtype.kind != "f" or array.size == 0:
+            continue
+        if np.isnan(array).any():
+            raise InputError(
+                f"{owner} holds {int(np.isnan(array).sum())} NaN value(s), so the model computes "
+                "NaN; fix the weights (a diverged training run or a bad conversion)"
+            )
+        name = owner.split("'")[1] if owner.startswith("initializer") else None
+        if name in weight_names and np.isinf(array).any():
+            raise InputError(
+                f"{owner} holds {int(np.isinf(array).sum())} Inf value(s) in layer weights; "
+                "fix the weights (a diverged training run or a bad conversion)"
+            )
 
 
 def _claim_name(names: dict[str, ir.Value], value: ir.Value, graph: ir.Graph) -> None:

@@ -1,0 +1,169 @@
+"""Mutation check of the verifier (issue 7, part 4): seeded wrong rewrites, each modelled on a
+bug reported against a real graph optimizer, must be caught by the per-pass check and rolled
+back. Each mutation is registered as an exact pass, as a buggy custom pass would be.
+
+A dropped BN epsilon changes the scale by about ``eps / (2 var)``, so how far it moves the
+outputs depends on the model. Measured: eps=1e-3 (Keras' default) and near-dead channels
+(running variance 1e-4) give errors far above the exact tolerance; eps=1e-5 with variances of
+0.5-2 gives 2.3e-5 against a tolerance of 6.5e-6 on the small net below, and 4.29e-5 against
+4.1e-5 on zoo:resnet, caught with a margin of 5% only. A smaller eps against larger
+variances would sink below float32 rounding: no output check can see it, and it does no harm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import lightir
+from lightir import zoo
+from lightir.builder import GraphBuilder
+from lightir.ir_util import clone_model
+from lightir.registry import register_pass, unregister
+from lightir.testing import random_inputs, run
+
+
+def _conv_bn_pairs(model):
+    for node in model.graph:
+        if node.op_type != "BatchNormalization":
+            continue
+        conv = node.inputs[0].producer()
+        if conv is not None and conv.op_type == "Conv":
+            yield conv, node
+
+
+def _fold(model, *, drop_epsilon=False, ignore_other_consumers=False) -> bool:
+    """BN folding with a seeded bug: epsilon dropped, or fused though the conv output is shared."""
+    changed = False
+    for conv, bn in list(_conv_bn_pairs(model)):
+        shared = len(conv.outputs[0].uses()) > 1
+        if shared and not ignore_other_consumers:
+            continue
+        if ignore_other_consumers and not shared:
+            continue
+        gamma, beta, mean, var = (v.const_value.numpy() for v in bn.inputs[1:5])
+        eps = 0.0 if drop_epsilon else bn.attributes.get_float("epsilon", 1e-5)
+        scale = gamma / np.sqrt(var + eps)
+        weight = conv.inputs[1].const_value.numpy() * scale[:, None, None, None]
+        bias = conv.inputs[2].const_value.numpy() if len(conv.inputs) > 2 else 0.0
+        conv.inputs[1].const_value = ir.tensor(weight.astype(np.float32))
+        b = ir.val(f"{conv.name}_bias", const_value=ir.tensor(((bias - mean) * scale + beta)))
+        model.graph.register_initializer(b)
+        conv.resize_inputs(3)
+        conv.replace_input_with(2, b)
+        bn.outputs[0].replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
+        model.graph.remove(bn, safe=True)
+        changed = True
+    return changed
+
+
+def mutation_drop_epsilon(model, context):
+    return _fold(model, drop_epsilon=True)
+
+
+def mutation_fuse_shared(model, context):
+    return _fold(model, ignore_other_consumers=True)
+
+
+def mutation_off_by_one_pad(model, context):
+    """A kxk conv whose pads lost one row at the top and gained it at the bottom."""
+    for node in model.graph:
+        pads = list(node.attributes.get_ints("pads", [0, 0, 0, 0]))
+        if node.op_type == "Conv" and pads[0] >= 1:
+            pads[0] -= 1
+            pads[2] += 1
+            node.attributes["pads"] = ir.AttrInt64s("pads", pads)
+            return True
+    return False
+
+
+def mutation_transposed_weight(model, context):
+    """A square conv weight stored (C_in, C_out) instead of (C_out, C_in)."""
+    for node in model.graph:
+        if node.op_type == "Conv" and node.attributes.get_int("group", 1) == 1:
+            weight = node.inputs[1].const_value.numpy()
+            if weight.shape[0] == weight.shape[1]:
+                transposed = np.ascontiguousarray(weight.transpose(1, 0, 2, 3))
+                node.inputs[1].const_value = ir.tensor(transposed)
+                return True
+    return False
+
+
+def mutation_gemm_beta_ignored(model, context):
+    """A Gemm rewrite that drops beta (the onnxoptimizer bug for beta != 1)."""
+    for node in model.graph:
+        if node.op_type == "Gemm" and node.attributes.get_float("beta", 1.0) != 1.0:
+            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+            return True
+    return False
+
+
+def conv_bn_net(epsilon: float, dead_channels: bool = False) -> ir.Model:
+    b = GraphBuilder(f"net_eps{epsilon}", seed=3)
+    x = b.input("x", ["batch", 3, 16, 16])
+    for cout in (8, 8, 16):
+        x = b.relu(b.batch_norm(b.conv(x, cout), epsilon=epsilon))
+    if dead_channels:  # a trained net's near-dead channels: running variance ~1e-4
+        var = next(v for n in b.graph if n.op_type == "BatchNormalization" for v in [n.inputs[4]])
+        array = var.const_value.numpy().copy()
+        array[::3] = 1e-4
+        var.const_value = ir.tensor(array)
+    b.output(b.gemm(b.flatten(b.global_avg_pool(x)), 10), "logits")
+    return b.build()
+
+
+def shared_conv_net() -> ir.Model:
+    """A conv output read by a BN and, directly, by a residual Add."""
+    b = GraphBuilder("shared", seed=4)
+    x = b.input("x", [1, 4, 8, 8])
+    y = b.conv(x, 4)
+    b.output(b.add(b.batch_norm(y), y), "out")
+    return b.build()
+
+
+def gemm_beta_net() -> ir.Model:
+    b = GraphBuilder("gemm_beta", seed=5)
+    x = b.input("x", ["batch", 6])
+    w = b.initializer(np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32))
+    c = b.initializer(np.random.default_rng(1).normal(size=4).astype(np.float32))
+    b.output(b.op("Gemm", [x, w, c], {"beta": 0.5}), "out")
+    return b.build()
+
+
+CASES = {
+    "bn-eps-dropped-keras-eps": (mutation_drop_epsilon, lambda: conv_bn_net(1e-3)),
+    "bn-eps-dropped-dead-channels": (mutation_drop_epsilon, lambda: conv_bn_net(1e-5, True)),
+    "bn-eps-dropped-pytorch-eps": (mutation_drop_epsilon, lambda: conv_bn_net(1e-5)),
+    "bn-eps-dropped-resnet": (mutation_drop_epsilon, lambda: zoo.build("resnet")),
+    "bn-fused-into-shared-conv": (mutation_fuse_shared, shared_conv_net),
+    "off-by-one-pad": (mutation_off_by_one_pad, lambda: zoo.build("resnet")),
+    "transposed-weight": (mutation_transposed_weight, lambda: zoo.build("resnet")),
+    "gemm-beta-ignored": (mutation_gemm_beta_ignored, gemm_beta_net),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_seeded_wrong_rewrite_is_caught_and_rolled_back(case):
+    mutation, build = CASES[case]
+    model = build()
+    # The mutation really changes the model (else this test could not fail).
+    probe = clone_model(model)
+    assert mutation(probe, None)
+    feeds = random_inputs(model, samples=2, seed=1)
+    original, mutated = run(model, feeds), run(probe, feeds)
+    assert any(not np.array_equal(original[0][k], mutated[0][k]) for k in original[0])
+
+    name = f"mutant-{case}"
+    register_pass(name, contract="exact", replace=True)(mutation)
+    try:
+        result = lightir.optimize(model, name)
+    finally:
+        unregister(name)
+    record = result.report.records[0]
+    assert record.status == "rolled-back", record
+    assert "broke its exact contract" in result.report.failures[0]
+    # The rolled-back model is the original, bit for bit.
+    before, after = run(model, feeds), run(result.model, feeds)
+    for name_ in before[0]:
+        np.testing.assert_array_equal(before[0][name_], after[0][name_])
