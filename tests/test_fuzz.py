@@ -67,6 +67,13 @@ def test_generator_is_deterministic_and_varied():
     assert 5 < dynamic < 35
 
 
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.onnx")), ids=lambda p: p.stem)
+def test_saved_reproducer(path):
+    """Every reproducer tools/fuzz.py saved and we kept: ``<pipeline>-<seed>.onnx``."""
+    pipeline = path.stem.rsplit("-", 1)[0]
+    assert check_pass(ir.load(path), pipeline).ok
+
+
 def test_fold_bn_reproducer_that_needed_the_rounding_noise_term():
     """Seed 9, shrunk: a model that amplifies float32 rounding (near-dead BN channels, then an
     average). fold-bn's result differs from the float32 original by more than the fan-in
