@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="import a module or .py file that registers passes (repeatable)",
     )
+    parser.add_argument(
+        "--target",
+        help="compile the optimized model with TVM for x86, arm, cuda (or a preset / JSON "
+        "dict; needs lightir[tvm]); -o then names the library, NAME.so, with NAME.json beside it",
+    )
     parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads for checks")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
@@ -165,6 +170,10 @@ def run(argv: list[str]) -> int:
         raise UsageError("no pipeline; give -p PASSES (see --list-passes)")
     if args.output:
         _check_output_path(args.output, args.model)
+    if args.target:
+        if not args.output or not args.output.endswith(".so"):
+            raise UsageError("--target needs -o NAME.so, the library to write")
+        _require_tvm()
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise UsageError(f"--report {args.report}: its directory does not exist")
     dims = dict(_key_value(d, "--dim", int) for d in args.dim)
@@ -197,13 +206,37 @@ def run(argv: list[str]) -> int:
         print(render_timing(report), file=sys.stderr)
     if args.explain:
         print(render_explain(report), file=sys.stderr)
-    if args.output:
+    if args.output and args.target and report.ok:
+        from lightir.lowering import compile_model
+
+        lowered = compile_model(
+            result.model, args.output, args.target, dims=dims, pipeline=report.pipeline
+        )
+        if not args.quiet:
+            check = (
+                f"matches onnxruntime: rel error {lowered.rel_error:.2e} <= {lowered.tolerance:.2g}"
+                if lowered.checked
+                else "; ".join(lowered.notes)
+            )
+            print(
+                f"compiled for {lowered.metadata['target_name']} in {lowered.seconds:.1f}s: "
+                f"{args.output}; {check}",
+                file=sys.stderr,
+            )
+    elif args.output and not args.target:
         save(result.model, args.output)
     if args.report:
         _write_json(args.report, report.as_dict())
     for failure in report.failures:
         print(f"{PROG}: {failure}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _require_tvm() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tvm") is None:
+        raise UsageError("--target needs Apache TVM: pip install 'lightir[tvm]'")
 
 
 def _write_json(path: str, payload: dict) -> None:

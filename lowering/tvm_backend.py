@@ -1,0 +1,325 @@
+"""ONNX -> Relax -> a library the TVM runtime loads alone, checked against onnxruntime.
+
+``compile_model`` imports the model with ``tvm.relax.frontend.onnx.from_onnx`` at fixed input
+shapes, builds it for the target and exports ``NAME.so`` with ``NAME.json`` beside it (input
+names, shapes and dtypes, output names, target, pipeline, versions). When the build runs on
+this machine, it then runs the library and onnxruntime on the same inputs and holds the
+difference to the exact tolerance of :mod:`lightir.verify`: a library that disagrees is
+deleted and reported, never left behind.
+
+ARM libraries are linked with ``aarch64-linux-gnu-g++`` when it is installed, else with the
+``ziglang`` wheel's clang (``zig c++ -target aarch64-linux-gnu``), so a pip install is enough
+to build them. They cannot run on this x86 machine; no numeric check is possible here.
+
+CPU builds use Relax's "zero" pipeline (legalize, fold constants, fuse) and no schedules:
+correct code, far slower than onnxruntime until tuned. CUDA builds use the default GPU
+pipeline, whose dlight rules bind every kernel to threads (:func:`unscheduled_kernels`
+checks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from lightir.data import concrete_shape, input_specs, synthesize
+from lightir.errors import InputError, LightirError, UsageError
+from lightir.lowering.targets import TargetSpec, resolve
+
+logger = logging.getLogger(__name__)
+
+CROSS_CXX = {"arm": "aarch64-linux-gnu-g++"}
+
+
+class LoweringError(LightirError):
+    """The compiled library does not compute what the ONNX model computes."""
+
+    exit_code = 1
+
+
+@dataclass
+class LoweringResult:
+    """What :func:`compile_model` built and measured."""
+
+    library: Path
+    metadata: dict
+    seconds: float
+    checked: bool = False
+    rel_error: float | None = None
+    tolerance: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def unsupported_ops(model: ir.Model) -> list[str]:
+    """Op types of ``model`` the TVM ONNX frontend cannot convert, all of them at once."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    known = onnx_frontend._get_convert_map()
+    missing = set()
+    for graph in model.graphs():
+        for node in graph:
+            if node.domain not in ("", "ai.onnx") or node.op_type not in known:
+                domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
+                missing.add(f"{domain}{node.op_type}")
+    return sorted(missing)
+
+
+def compile_model(
+    model: ir.Model,
+    output: str | os.PathLike,
+    target: str | TargetSpec = "x86",
+    *,
+    dims: dict[str, int] | None = None,
+    pipeline: str = "",
+    check: bool = True,
+    samples: int = 2,
+    seed: int = 0,
+) -> LoweringResult:
+    """Build ``model`` for ``target`` into ``output`` (a ``.so``) and check it when it can run.
+
+    Dynamic dims are fixed for the build: the batch to 1, others from ``dims``.
+    """
+    started = time.perf_counter()
+    spec = resolve(target) if isinstance(target, str) else target
+    output = Path(output)
+    if output.suffix != ".so":
+        raise UsageError(f"{output}: a compiled model is a shared library; name it NAME.so")
+    missing = unsupported_ops(model)
+    if missing:
+        raise InputError(
+            f"TVM's ONNX importer lacks {len(missing)} op(s) used by the model: "
+            f"{', '.join(missing)}; lower the float model or keep onnxruntime for it"
+        )
+    specs = input_specs(model)
+    shapes = {s.name: concrete_shape(s, 1, dict(dims or {})) for s in specs}
+    executable = _build(model, shapes, spec)
+    metadata = {
+        "inputs": [
+            {"name": s.name, "shape": list(shapes[s.name]), "dtype": str(np.dtype(s.dtype))}
+            for s in specs
+        ],
+        "outputs": [v.name for v in model.graph.outputs],
+        "target": spec.config,
+        "target_name": spec.name,
+        "device": "cuda" if spec.kind == "cuda" else "cpu",
+        "pipeline": pipeline,
+        "versions": _versions(),
+    }
+    result = LoweringResult(output, metadata, 0.0)
+    with tempfile.TemporaryDirectory(dir=output.resolve().parent, prefix=".lightir-") as tmp:
+        library = Path(tmp) / output.name
+        _export(executable, library, spec)
+        (Path(tmp) / "meta.json").write_text(json.dumps(metadata, indent=2))
+        if check and spec.runs_here:
+            _check(model, library, metadata, result, samples, seed, dims)
+        elif check:
+            result.notes.append(f"built for {spec.name}: not executed on this machine")
+        if spec.kind == "cuda":
+            result.notes.append(compile_cuda_source(executable, spec, Path(tmp)))
+        os.replace(library, output)
+        os.replace(Path(tmp) / "meta.json", metadata_path(output))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def metadata_path(library: str | os.PathLike) -> Path:
+    """``model.so`` -> ``model.json``."""
+    return Path(library).with_suffix(".json")
+
+
+def _build(model: ir.Model, shapes: dict, spec: TargetSpec):
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    proto = ir.to_proto(model)
+    try:
+        mod = from_onnx(proto, shape_dict={k: list(v) for k, v in shapes.items()})
+    except Exception as exc:
+        raise InputError(
+            f"TVM could not import the model ({_first_line(exc)}); run lightir's cleanup pass "
+            "first, or report the model"
+        ) from exc
+    target = spec.tvm_target()
+    with target:
+        if spec.kind == "cuda":
+            mod = relax.get_default_pipeline(target)(mod)
+            missing = unscheduled_kernels(mod)
+            if missing:
+                raise LoweringError(
+                    f"{len(missing)} GPU kernel(s) have no thread binding after dlight "
+                    f"({', '.join(missing[:5])}); report the model"
+                )
+        else:
+            mod = relax.get_pipeline("zero")(mod)
+        return tvm.compile(mod, target)
+
+
+def _export(executable, library: Path, spec: TargetSpec) -> None:
+    compiler = CROSS_CXX.get(spec.kind)
+    if compiler is None:
+        executable.export_library(str(library))
+        return
+    if shutil.which(compiler) is None:
+        compiler = _zig_cross_compiler(library.parent)
+    executable.export_library(str(library), cc=compiler)
+
+
+def _zig_cross_compiler(workdir: Path) -> str:
+    """A ``c++`` for aarch64 from the ``ziglang`` wheel, when no system cross compiler exists."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("ziglang") is None:
+        raise UsageError(
+            "building for arm needs aarch64-linux-gnu-g++ or the ziglang wheel: "
+            "pip install 'lightir[tvm]' (or apt install g++-aarch64-linux-gnu)"
+        )
+    wrapper = workdir / "aarch64-c++"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -m ziglang c++ -target aarch64-linux-gnu "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def _check(model, library, metadata, result, samples, seed, dims) -> None:
+    """Run the library and onnxruntime on the same inputs; exact tolerance or fail."""
+    from lightir.onnx_bridge import OrtModel
+    from lightir.verify import EXACT_SAFETY_FACTOR, compare_outputs, exact_tolerance
+    from lightir.verify import rounding_noise as noise_of
+
+    fixed = {i["name"]: tuple(i["shape"]) for i in metadata["inputs"]}
+    specs = [dataclasses.replace(s, shape=fixed[s.name]) for s in input_specs(model)]
+    batches = synthesize(specs, samples=samples, seed=seed, dims=dims or {})
+    expected = OrtModel(model).run_all(batches)
+    compiled = CompiledModel(library, metadata)
+    actual = [compiled.run(batch) for batch in batches]
+    metrics = compare_outputs(expected, actual)
+    noise = noise_of(model, batches, expected, seed=seed)
+    tolerance = max(exact_tolerance(model), EXACT_SAFETY_FACTOR * noise)
+    worst = max(m.rel_error for m in metrics)
+    result.checked, result.rel_error, result.tolerance = True, worst, tolerance
+    if not worst <= tolerance:
+        raise LoweringError(
+            f"the compiled model disagrees with onnxruntime: rel error {worst:.3g} > "
+            f"{tolerance:.2g} on output '{max(metrics, key=lambda m: m.rel_error).output}'; "
+            "nothing was written"
+        )
+
+
+class CompiledModel:
+    """A compiled library called like an onnxruntime session: ``run(feeds) -> {name: array}``."""
+
+    def __init__(self, library: str | os.PathLike, metadata: dict | None = None) -> None:
+        import tvm
+        from tvm import relax
+
+        library = Path(library)
+        if metadata is None:
+            meta_file = metadata_path(library)
+            if not meta_file.exists():
+                raise InputError(f"{library}: no {meta_file.name} beside it; rebuild the model")
+            metadata = json.loads(meta_file.read_text())
+        self.metadata = metadata
+        self.device = tvm.cuda() if metadata["device"] == "cuda" else tvm.cpu()
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
+        self.input_names = [i["name"] for i in metadata["inputs"]]
+        self.output_names = list(metadata["outputs"])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name for one set of inputs (shapes as built)."""
+        import tvm
+
+        for spec in self.metadata["inputs"]:
+            got = tuple(np.shape(feeds[spec["name"]]))
+            if got != tuple(spec["shape"]):
+                raise UsageError(
+                    f"input '{spec['name']}' has shape {got}; this library was built for "
+                    f"{tuple(spec['shape'])} (rebuild with --dim)"
+                )
+        args = [
+            tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), self.device)
+            for name in self.input_names
+        ]
+        out = self.vm["main"](*args)
+        values = [out] if hasattr(out, "numpy") else list(out)
+        return {name: value.numpy() for name, value in zip(self.output_names, values)}
+
+
+def load(path: str | os.PathLike) -> CompiledModel:
+    """Load a library built by :func:`compile_model` (its ``.json`` must be beside it)."""
+    return CompiledModel(path)
+
+
+def unscheduled_kernels(executable_or_mod) -> list[str]:
+    """GPU PrimFuncs with no thread binding (empty when dlight scheduled everything)."""
+    import tvm
+
+    names = []
+    for gvar, func in executable_or_mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        text = func.script()
+        if "threadIdx" not in text and "blockIdx" not in text:
+            names.append(gvar.name_hint)
+    return names
+
+
+def cuda_source(executable) -> str:
+    """The CUDA C source TVM stores in a CUDA build (compiled at load time on the GPU)."""
+
+    def walk(module):
+        yield module
+        for imported in module.imports:
+            yield from walk(imported)
+
+    return "".join(str(m.inspect_source()) for m in walk(executable.mod) if m.kind == "cuda")
+
+
+def compile_cuda_source(executable, spec: TargetSpec, workdir: Path) -> str:
+    """Compile the build's CUDA source with nvcc for the target's arch; a note of the result.
+
+    No GPU is needed: this proves the generated kernels are valid CUDA for that arch.
+    """
+    import subprocess
+
+    arch = str(spec.tvm_target().attrs.get("arch", "sm_80"))
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return "CUDA source not compiled here: nvcc is not on PATH"
+    source = workdir / "kernels.cu"
+    source.write_text(cuda_source(executable))
+    cubin = workdir / "kernels.cubin"
+    proc = subprocess.run(
+        [nvcc, f"-arch={arch}", "-cubin", "-w", "-o", str(cubin), str(source)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["?"])[0]
+        raise LoweringError(f"nvcc rejects the generated CUDA for {arch}: {first}")
+    return f"CUDA source compiled by nvcc for {arch} ({cubin.stat().st_size} bytes of cubin)"
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    import tvm
+
+    return {"lightir": version("lightir"), "tvm": tvm.__version__}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

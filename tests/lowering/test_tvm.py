@@ -1,0 +1,108 @@
+"""Lowering through TVM (issue 8): x86 compile-and-compare, ARM cross-compile, CUDA build.
+
+TVM is the optional extra ``lightir[tvm]``; CI installs it (the README's test command).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lightir
+from lightir import zoo
+from lightir.errors import InputError, UsageError
+from lightir.testing import from_text, random_inputs, run
+
+tvm = pytest.importorskip("tvm")
+
+from lightir.lowering import compile_model, load, resolve  # noqa: E402
+
+
+def elf_machine(path) -> int:
+    with open(path, "rb") as handle:
+        header = handle.read(20)
+    assert header[:4] == b"\x7fELF"
+    return struct.unpack("<H", header[18:20])[0]
+
+
+@pytest.mark.parametrize("name", ["digits", "repvgg"])
+def test_x86_library_matches_onnxruntime(tmp_path, name):
+    model = lightir.optimize(f"zoo:{name}", "reparam").model
+    library = tmp_path / f"{name}.so"
+    result = compile_model(model, library, "x86", pipeline="reparam")
+    assert result.checked and result.rel_error <= result.tolerance
+    meta = json.loads((tmp_path / f"{name}.json").read_text())
+    assert meta["pipeline"] == "reparam" and meta["target"]["kind"] == "llvm"
+    assert meta["inputs"][0]["shape"][0] == 1 and meta["versions"]["tvm"]
+    # The runner is called like an onnxruntime session, on inputs the check did not use.
+    compiled = load(library)
+    feeds = random_inputs(model, samples=1, seed=42)
+    shape = tuple(meta["inputs"][0]["shape"])
+    feeds = [{k: v[:1].reshape(shape) for k, v in f.items()} for f in feeds]
+    expected, actual = run(model, feeds)[0], compiled.run(feeds[0])
+    for key in expected:
+        np.testing.assert_allclose(actual[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_compiles_and_reports(tmp_path):
+    out = tmp_path / "resnet.so"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightir.cli", "zoo:resnet", "-p", "reparam",
+         "--target", "x86", "-o", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "compiled for x86" in proc.stderr and "matches onnxruntime" in proc.stderr
+    assert out.exists() and out.with_suffix(".json").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "lightir.cli", "zoo:resnet", "-p", "reparam",
+         "--target", "x86", "-o", str(tmp_path / "resnet.onnx")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "-o NAME.so" in bad.stderr
+
+
+def test_arm_cross_compile_gives_an_aarch64_library(tmp_path):
+    model = lightir.optimize("zoo:digits", "reparam").model
+    library = tmp_path / "digits_arm.so"
+    result = compile_model(model, library, "arm-a76")
+    assert not result.checked and "not executed" in result.notes[0]
+    assert elf_machine(library) == 183  # EM_AARCH64
+
+
+def test_cuda_build_schedules_every_kernel_and_nvcc_accepts_it(tmp_path):
+    model = lightir.optimize("zoo:digits", "reparam").model
+    library = tmp_path / "digits_cuda.so"
+    result = compile_model(model, library, "cuda-sm80")
+    assert library.exists() and json.loads(library.with_suffix(".json").read_text())["device"]
+    assert any("cubin" in n or "nvcc is not on PATH" in n for n in result.notes), result.notes
+
+
+def test_unsupported_ops_are_listed_at_once_and_nothing_is_written(tmp_path):
+    model = from_text(
+        """<ir_version: 8, opset_import: ["" : 17, "com.acme" : 1]>
+        g (float[1, 4] x) => (float[1, 4] y) {
+            a = com.acme.Foo(x)
+            b = com.acme.Bar(a)
+            y = Relu(b)
+        }"""
+    )
+    with pytest.raises(InputError, match=r"2 op\(s\).*com.acme.Bar, com.acme.Foo"):
+        compile_model(model, tmp_path / "m.so", "x86")
+    assert not list(tmp_path.iterdir())
+
+
+def test_targets_resolve_and_unknown_ones_are_refused():
+    assert resolve("arm").config["mtriple"] == "aarch64-linux-gnu"
+    assert resolve("cuda-sm90").kind == "cuda"
+    assert resolve('{"kind": "llvm", "mcpu": "znver3"}').kind == "x86"
+    with pytest.raises(UsageError, match="unknown target"):
+        resolve("riscv")
+    model = zoo.build("digits")
+    with pytest.raises(UsageError, match="NAME.so"):
+        compile_model(model, "/tmp/x.onnx", "x86")
