@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile the optimized model with TVM for x86, arm, cuda (or a preset / JSON "
         "dict; needs lightir[tvm]); -o then names the library, NAME.so, with NAME.json beside it",
     )
+    parser.add_argument(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="MetaSchedule trials for the kernels --tuning-db lacks (needs lightir[tune])",
+    )
+    parser.add_argument(
+        "--tuning-db", metavar="DIR", help="tuning database, reused across runs and models"
+    )
     parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads for checks")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
@@ -170,6 +180,8 @@ def run(argv: list[str]) -> int:
         raise UsageError("no pipeline; give -p PASSES (see --list-passes)")
     if args.output:
         _check_output_path(args.output, args.model)
+    if (args.tune or args.tuning_db) and not args.target:
+        raise UsageError("--tune and --tuning-db need --target")
     if args.target:
         if not args.output or not args.output.endswith(".so"):
             raise UsageError("--target needs -o NAME.so, the library to write")
@@ -210,7 +222,13 @@ def run(argv: list[str]) -> int:
         from lightir.lowering import compile_model
 
         lowered = compile_model(
-            result.model, args.output, args.target, dims=dims, pipeline=report.pipeline
+            result.model,
+            args.output,
+            args.target,
+            dims=dims,
+            pipeline=report.pipeline,
+            tune_trials=args.tune,
+            tuning_db=args.tuning_db,
         )
         if not args.quiet:
             check = (
@@ -218,9 +236,16 @@ def run(argv: list[str]) -> int:
                 if lowered.checked
                 else "; ".join(lowered.notes)
             )
+            tuning = lowered.metadata["tuning"]
+            tuned = (
+                f"; tuning: {tuning['tuned_now']} task(s) tuned now, "
+                f"{tuning['already_tuned']} of {tuning['tasks']} from the database"
+                if tuning
+                else ""
+            )
             print(
                 f"compiled for {lowered.metadata['target_name']} in {lowered.seconds:.1f}s: "
-                f"{args.output}; {check}",
+                f"{args.output}; {check}{tuned}",
                 file=sys.stderr,
             )
     elif args.output and not args.target:

@@ -33,6 +33,7 @@ import onnx_ir as ir
 
 from lightir.builder import GraphBuilder
 from lightir.data import input_specs, synthesize
+from lightir.errors import InputError
 from lightir.ir_util import clone_model
 from lightir.onnx_bridge import OrtModel
 from lightir.verify import compare_outputs, rounding_noise, violations
@@ -136,7 +137,9 @@ class _Generator:
         stride = self.ints(1, 2) if max(x.h, x.w) <= 8 else 1
         groups = x.c if rng.random() < 0.2 else 1
         cout = x.c if groups > 1 else self.ints(2, 4)
-        pad = int(rng.integers(0, k)) if k > 1 else 0
+        # Output size (h - 1) * stride + k - 2 * pad must stay positive on both axes.
+        limit = min(k - 1, (k + (min(x.h, x.w) - 1) * stride - 1) // 2)
+        pad = int(rng.integers(0, limit + 1)) if limit > 0 else 0
         weight = self.const(rng.normal(0, 1 / np.sqrt(x.c * k * k), (x.c, cout // groups, k, k)))
         inputs = [x.value, weight]
         if rng.random() < 0.5:
@@ -416,9 +419,11 @@ class Outcome:
     """What one pipeline did to one model, and the oracle's verdict.
 
     ``verdict``: "ok"; "bug" (a crash, a wrong exact result, an invalid result, a modified
-    input); or "fresh-over-budget" (a lossy result the verifier accepted that misses its
-    budget on the oracle's fresh inputs: the budget is a statistical claim about inputs
-    like the verification ones, so this is counted and shown, not called a bug).
+    input); "invalid-model" (lightir refused the generated model: a generator bug, counted
+    apart and failing the run all the same); or "fresh-over-budget" (a lossy result the
+    verifier accepted that misses its budget on the oracle's fresh inputs: the budget is a
+    statistical claim about inputs like the verification ones, so this is counted and shown,
+    not called a bug).
     """
 
     pipeline: str
@@ -444,6 +449,8 @@ def check_pass(model: ir.Model, pipeline: str, *, seed: int = 0) -> Outcome:
     before = model_digest(model)
     try:
         result = lightir.optimize(model, pipeline, seed=seed, threads=1)
+    except InputError as exc:  # the model itself is unusable: a generator problem, not a pass's
+        return Outcome(pipeline, "crashed", "invalid-model", str(exc))
     except Exception as exc:  # optimize itself must not raise on a valid model
         trace = traceback.format_exc(limit=-3)
         return Outcome(pipeline, "crashed", "bug", f"{type(exc).__name__}: {exc}\n{trace}")

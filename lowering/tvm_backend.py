@@ -84,10 +84,14 @@ def compile_model(
     check: bool = True,
     samples: int = 2,
     seed: int = 0,
+    tune_trials: int = 0,
+    tuning_db: str | os.PathLike | None = None,
 ) -> LoweringResult:
     """Build ``model`` for ``target`` into ``output`` (a ``.so``) and check it when it can run.
 
-    Dynamic dims are fixed for the build: the batch to 1, others from ``dims``.
+    Dynamic dims are fixed for the build: the batch to 1, others from ``dims``. With
+    ``tuning_db``, kernels come from that MetaSchedule database, after ``tune_trials`` trials
+    on the tasks it lacks (:mod:`lightir.lowering.tuning`).
     """
     started = time.perf_counter()
     spec = resolve(target) if isinstance(target, str) else target
@@ -102,7 +106,15 @@ def compile_model(
         )
     specs = input_specs(model)
     shapes = {s.name: concrete_shape(s, 1, dict(dims or {})) for s in specs}
-    executable = _build(model, shapes, spec)
+    if tune_trials and tuning_db is None:
+        raise UsageError("--tune needs --tuning-db DIR, where the records are kept")
+    if tuning_db is not None and spec.kind != "x86":
+        raise UsageError(
+            f"tuning measures kernels on the target: tune on a {spec.kind} machine "
+            "(this one can only tune x86)"
+        )
+    tuning = {}
+    executable = _build(model, shapes, spec, tuning_db, tune_trials, tuning)
     metadata = {
         "inputs": [
             {"name": s.name, "shape": list(shapes[s.name]), "dtype": str(np.dtype(s.dtype))}
@@ -114,6 +126,7 @@ def compile_model(
         "device": "cuda" if spec.kind == "cuda" else "cpu",
         "pipeline": pipeline,
         "versions": _versions(),
+        "tuning": tuning,
     }
     result = LoweringResult(output, metadata, 0.0)
     with tempfile.TemporaryDirectory(dir=output.resolve().parent, prefix=".lightir-") as tmp:
@@ -137,7 +150,7 @@ def metadata_path(library: str | os.PathLike) -> Path:
     return Path(library).with_suffix(".json")
 
 
-def _build(model: ir.Model, shapes: dict, spec: TargetSpec):
+def _build(model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, tuning: dict):
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -162,7 +175,23 @@ def _build(model: ir.Model, shapes: dict, spec: TargetSpec):
                 )
         else:
             mod = relax.get_pipeline("zero")(mod)
+    if tuning_db is None:
         return tvm.compile(mod, target)
+    from tvm.s_tir import meta_schedule as ms
+
+    from lightir.lowering.tuning import tune
+
+    started = time.perf_counter()
+    database, stats = tune(mod, target, str(tuning_db), trials)
+    tuning.update(
+        database=str(Path(tuning_db).resolve()),
+        tasks=stats.tasks,
+        already_tuned=stats.already_tuned,
+        tuned_now=len(stats.tuned_now),
+        trials=trials if stats.tuned_now else 0,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    return ms.relax_integration.compile_relax(database, mod, target, None)
 
 
 def _export(executable, library: Path, spec: TargetSpec) -> None:

@@ -116,6 +116,8 @@ def main() -> int:
                     rolled[entry["pipeline"]] += 1
                 if entry["verdict"] == "bug":
                     bugs.append((result["seed"], entry))
+                elif entry["verdict"] == "invalid-model":
+                    generator_errors.append((result["seed"], entry["problem"]))
                 elif entry["verdict"] != "ok":
                     notes.append((result["seed"], entry))
             if done % 50 == 0 or done == len(futures):
