@@ -106,3 +106,17 @@ def test_targets_resolve_and_unknown_ones_are_refused():
     model = zoo.build("digits")
     with pytest.raises(UsageError, match="NAME.so"):
         compile_model(model, "/tmp/x.onnx", "x86")
+
+
+@pytest.mark.slow
+def test_tuning_database_is_reused_without_new_tuning(tmp_path):
+    """Minutes of MetaSchedule: benchmark-only in CI terms, run by hand (-m slow)."""
+    pytest.importorskip("xgboost")
+    model = lightir.optimize("zoo:digits", "reparam").model
+    db = tmp_path / "db"
+    first = compile_model(model, tmp_path / "a.so", "x86", tune_trials=16, tuning_db=db)
+    tuning = first.metadata["tuning"]
+    assert first.checked and tuning["tuned_now"] == tuning["tasks"] > 0
+    second = compile_model(model, tmp_path / "b.so", "x86", tune_trials=16, tuning_db=db)
+    again = second.metadata["tuning"]
+    assert second.checked and again["tuned_now"] == 0 and again["already_tuned"] == tuning["tasks"]
