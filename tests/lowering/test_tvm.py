@@ -9,6 +9,7 @@ import json
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,28 @@ def test_x86_library_matches_onnxruntime(tmp_path, name):
     expected, actual = run(model, feeds)[0], compiled.run(feeds[0])
     for key in expected:
         np.testing.assert_allclose(actual[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["repvgg_torch_train", "repvgg_torch_train_dynamo"])
+def test_pytorch_exports_compile_and_match(tmp_path, fixture):
+    """RepVGG exported by both PyTorch exporters, reparameterized, then lowered."""
+    path = Path(__file__).parents[1] / "fixtures" / f"{fixture}.onnx"
+    model = lightir.optimize(path, "reparam").model
+    result = compile_model(model, tmp_path / "m.so", "x86")
+    assert result.checked and result.rel_error <= result.tolerance
+
+
+def test_int8_qdq_model_lowers_and_runs_as_float_fake_quant(tmp_path):
+    """TVM imports QDQ as dequantize + float32 conv: it matches onnxruntime's reference."""
+    import onnx_ir as ir
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = lightir.optimize("zoo:digits", "reparam,int8").model
+    result = compile_model(model, tmp_path / "q.so", "x86")
+    assert result.checked and result.rel_error <= result.tolerance
+    text = from_onnx(ir.to_proto(model), shape_dict={"input": [1, 1, 8, 8]}).script()
+    convs = [line for line in text.splitlines() if "conv2d(" in line]
+    assert convs and all('dtype="float32"' in line for line in convs)
 
 
 def test_cli_compiles_and_reports(tmp_path):
