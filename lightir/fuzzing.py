@@ -116,17 +116,18 @@ class _Generator:
         else:
             weight = self.const(self.b.conv_weight(cout, x.c // groups, (kh, kw)), "conv_w")
             self.conv_weights.append(weight)
-        inputs = [x.value, weight]
-        if rng.random() < 0.5:
-            inputs.append(self.const(rng.normal(0, 0.1, cout), "conv_b"))
-        attributes = {
-            "kernel_shape": [kh, kw],
-            "strides": [stride, stride],
-            "pads": list(pads),
-            "dilations": [dilation, dilation],
-            "group": groups,
-        }
-        out = self.b.op("Conv", inputs, attributes)
+        self.b.channels[x.value] = x.c
+        out = self.b.conv(
+            x.value,
+            cout,
+            (kh, kw),
+            stride=stride,
+            pads=pads,
+            groups=groups,
+            dilation=dilation,
+            bias=bool(rng.random() < 0.5),
+            weight=weight,
+        )
         h = (x.h + pads[0] + pads[2] - eh) // stride + 1
         w = (x.w + pads[1] + pads[3] - ew) // stride + 1
         return self.add(out, cout, h, w)

@@ -11,45 +11,16 @@ the same compile is repeated with the now-warm database: it must tune nothing.
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+from timing import interleaved_medians, ort_session
 
 import lightir
 from lightir.lowering import compile_model, load
-from lightir.onnx_bridge import ir
-
-
-def ort_session(model, threads):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
-        ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
-def latency_ratio(runners: dict, feeds, blocks=15, per_block=20) -> dict:
-    for run in runners.values():
-        run(feeds)
-    samples = {k: [] for k in runners}
-    order, rng = list(runners), random.Random(0)
-    for _ in range(blocks):
-        rng.shuffle(order)
-        for key in order:
-            start = time.perf_counter()
-            for _ in range(per_block):
-                runners[key](feeds)
-            samples[key].append((time.perf_counter() - start) / per_block)
-    base = statistics.median(samples["ort"])
-    return {k: statistics.median(v) / base for k, v in samples.items()}, base
 
 
 def main() -> None:
@@ -85,9 +56,14 @@ def main() -> None:
                     warm_s = time.perf_counter() - started
                     warm_tuned = str(warm.metadata["tuning"]["tuned_now"])
                 compiled = load(work / "m.so")
-                ratios, base = latency_ratio(
-                    {"ort": lambda f, s=session: s.run(None, f), "tvm": compiled.run}, feeds
+                medians = interleaved_medians(
+                    {"ort": lambda f, s=session: s.run(None, f), "tvm": compiled.run},
+                    feeds,
+                    blocks=15,
+                    per_block=20,
                 )
+                base = medians["ort"]
+                ratios = {key: value / base for key, value in medians.items()}
                 print(
                     f"{name:<10} {trials:>6} {tuning.get('tasks', '-'):>5} "
                     f"{tuning.get('seconds', 0.0):>7.1f} {build_s:>8.1f} {warm_s:>7.1f} "

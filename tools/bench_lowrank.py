@@ -13,43 +13,20 @@ batch 1), relative to the unfactorized model, median of interleaved blocks.
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
-import time
 
 import numpy as np
-import onnxruntime as ort
+from timing import interleaved_medians, ort_session
 
 import lightir
 from lightir import zoo
 from lightir.data import CalibrationData, input_specs, synthesize
-from lightir.onnx_bridge import ir
 
 
-def session(model):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
-        ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
-def latency_ratio(base, model, feeds, repeats=21) -> float:
-    sessions = {"base": session(base), "model": session(model)}
-    for sess in sessions.values():
-        sess.run(None, feeds)
-    samples = {k: [] for k in sessions}
-    order, rng = list(sessions), random.Random(0)
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for key in order:
-            start = time.perf_counter()
-            for _ in range(200):
-                sessions[key].run(None, feeds)
-            samples[key].append(time.perf_counter() - start)
-    return statistics.median(samples["model"]) / statistics.median(samples["base"])
+def latency_ratio(base, model, feeds) -> float:
+    sessions = {"base": ort_session(base), "model": ort_session(model)}
+    runners = {key: (lambda f, s=sess: s.run(None, f)) for key, sess in sessions.items()}
+    medians = interleaved_medians(runners, feeds, blocks=21, per_block=200)
+    return medians["model"] / medians["base"]
 
 
 def main() -> None:

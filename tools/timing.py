@@ -1,0 +1,42 @@
+"""Latency helpers shared by the benchmarks: onnxruntime sessions set up alike, and medians of
+interleaved, shuffled blocks (the machine is shared and noisy: compare side by side)."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import onnxruntime as ort
+
+from lightir.onnx_bridge import ir
+
+
+def ort_session(model, threads: int = 1) -> ort.InferenceSession:
+    """ORT_ENABLE_ALL, ``threads`` intra-op threads, spinning off (steadier on 2 cores)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def interleaved_medians(
+    runners: Mapping[str, Callable[[dict], object]], feeds: dict, blocks: int = 21, per_block=200
+) -> dict[str, float]:
+    """Median seconds per call of each runner, over ``blocks`` shuffled rounds."""
+    for run in runners.values():
+        run(feeds)
+    samples = {key: [] for key in runners}
+    order, rng = list(runners), random.Random(0)
+    for _ in range(blocks):
+        rng.shuffle(order)
+        for key in order:
+            start = time.perf_counter()
+            for _ in range(per_block):
+                runners[key](feeds)
+            samples[key].append((time.perf_counter() - start) / per_block)
+    return {key: statistics.median(values) for key, values in samples.items()}
