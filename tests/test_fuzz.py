@@ -67,6 +67,10 @@ def test_generator_is_deterministic_and_varied():
     assert 5 < dynamic < 35
 
 
+def test_reproducers_are_committed():
+    assert sorted(FIXTURES.glob("*.onnx")), f"no reproducers in {FIXTURES}"
+
+
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.onnx")), ids=lambda p: p.stem)
 def test_saved_reproducer(path):
     """Every reproducer tools/fuzz.py saved and we kept: ``<pipeline>-<seed>.onnx``."""
