@@ -17,48 +17,21 @@ rounded to multiples of 4 here (the fixture's layers have only 16-48 channels).
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
-import time
 
-import onnxruntime as ort
+from timing import interleaved_medians, ort_session
 
 import lightir
 from lightir import zoo
 from lightir.data import CalibrationData, input_specs, synthesize
-from lightir.onnx_bridge import ir
 
 ANY_OUTPUT = {"prune": "cos:-1"}
 
 
-def session(model: ir.Model, threads: int):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
-        ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
 def latency_ratio(original, pruned, feeds, threads, repeats, block_s=0.04) -> float:
-    sessions = {"orig": session(original, threads), "pruned": session(pruned, threads)}
-    for sess in sessions.values():
-        sess.run(None, feeds)
-    start = time.perf_counter()
-    for _ in range(5):
-        sessions["orig"].run(None, feeds)
-    iterations = max(3, int(block_s / ((time.perf_counter() - start) / 5)))
-    samples = {k: [] for k in sessions}
-    order, rng = list(sessions), random.Random(0)
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for key in order:
-            t0 = time.perf_counter()
-            for _ in range(iterations):
-                sessions[key].run(None, feeds)
-            samples[key].append((time.perf_counter() - t0) / iterations)
-    return statistics.median(samples["pruned"]) / statistics.median(samples["orig"])
+    sessions = {"orig": ort_session(original, threads), "pruned": ort_session(pruned, threads)}
+    runners = {key: (lambda f, s=sess: s.run(None, f)) for key, sess in sessions.items()}
+    medians = interleaved_medians(runners, feeds, repeats, per_block=None, block_s=block_s)
+    return medians["pruned"] / medians["orig"]
 
 
 def part_latency(models, ratios, rounds, threads, repeats) -> None:

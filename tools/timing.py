@@ -25,11 +25,24 @@ def ort_session(model, threads: int = 1) -> ort.InferenceSession:
 
 
 def interleaved_medians(
-    runners: Mapping[str, Callable[[dict], object]], feeds: dict, blocks: int = 21, per_block=200
+    runners: Mapping[str, Callable[[dict], object]],
+    feeds: dict,
+    blocks: int = 21,
+    per_block: int | None = 200,
+    block_s: float = 0.04,
 ) -> dict[str, float]:
-    """Median seconds per call of each runner, over ``blocks`` shuffled rounds."""
+    """Median seconds per call of each runner, over ``blocks`` shuffled rounds.
+
+    ``per_block=None`` sizes each block to about ``block_s`` seconds of the first runner.
+    """
     for run in runners.values():
         run(feeds)
+    if per_block is None:
+        first = next(iter(runners.values()))
+        start = time.perf_counter()
+        for _ in range(5):
+            first(feeds)
+        per_block = max(3, int(block_s / ((time.perf_counter() - start) / 5)))
     samples = {key: [] for key in runners}
     order, rng = list(runners), random.Random(0)
     for _ in range(blocks):
