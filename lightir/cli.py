@@ -186,6 +186,9 @@ def run(argv: list[str]) -> int:
         if not args.output or not args.output.endswith(".so"):
             raise UsageError("--target needs -o NAME.so, the library to write")
         _require_tvm()
+        from lightir.lowering import resolve
+
+        resolve(args.target)  # an unknown target fails now, not after the pipeline ran
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise UsageError(f"--report {args.report}: its directory does not exist")
     dims = dict(_key_value(d, "--dim", int) for d in args.dim)

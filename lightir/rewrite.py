@@ -87,17 +87,16 @@ def unique_name(graph: ir.Graph, base: str) -> str:
     taken.update(v.name for v in graph.inputs)
     for node in graph:
         taken.update(o.name for o in node.outputs)
-    if base not in taken:
-        return base
-    index = 1
-    while f"{base}_{index}" in taken:
-        index += 1
-    return f"{base}_{index}"
+    return _fresh(base, taken)
 
 
 def unique_node_name(graph: ir.Graph, base: str) -> str:
     """A node name not yet used in ``graph`` (onnxruntime refuses duplicates)."""
-    taken = {node.name for node in graph}
+    return _fresh(base, {node.name for node in graph})
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_N`` with the smallest N not in ``taken``."""
     if base not in taken:
         return base
     index = 1

@@ -225,8 +225,8 @@ def _zig_cross_compiler(workdir: Path) -> str:
 def _check(model, library, metadata, result, samples, seed, dims) -> None:
     """Run the library and onnxruntime on the same inputs; exact tolerance or fail."""
     from lightir.onnx_bridge import OrtModel
-    from lightir.verify import EXACT_SAFETY_FACTOR, compare_outputs, exact_tolerance
-    from lightir.verify import rounding_noise as noise_of
+    from lightir.pass_base import Contract
+    from lightir.verify import compare_outputs, rounding_noise, tolerance_for
 
     fixed = {i["name"]: tuple(i["shape"]) for i in metadata["inputs"]}
     specs = [dataclasses.replace(s, shape=fixed[s.name]) for s in input_specs(model)]
@@ -235,8 +235,8 @@ def _check(model, library, metadata, result, samples, seed, dims) -> None:
     compiled = CompiledModel(library, metadata)
     actual = [compiled.run(batch) for batch in batches]
     metrics = compare_outputs(expected, actual)
-    noise = noise_of(model, batches, expected, seed=seed)
-    tolerance = max(exact_tolerance(model), EXACT_SAFETY_FACTOR * noise)
+    noise = rounding_noise(model, batches, expected, seed=seed)
+    tolerance = tolerance_for(Contract.exact(), model, noise=noise).rel_error
     worst = max(m.rel_error for m in metrics)
     result.checked, result.rel_error, result.tolerance = True, worst, tolerance
     if not worst <= tolerance:

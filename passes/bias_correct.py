@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from math import erf, pi, sqrt
 
 import numpy as np
 import onnx_ir as ir
 
+from lightir.analysis.bn_stats import bn_output_means
 from lightir.onnx_bridge import Probe
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
@@ -37,26 +37,6 @@ class Options:
 
     bits: int = 8
     samples: int = 256
-
-
-def _bn_means(value: ir.Value) -> np.ndarray | None:
-    producer = value.producer()
-    relu = False
-    if producer is not None and producer.op_type == "Relu":
-        relu, producer = True, producer.inputs[0].producer()
-    if producer is None or producer.op_type != "BatchNormalization":
-        return None
-    params = [v.const_value for v in producer.inputs[1:3]]
-    if any(p is None for p in params):
-        return None
-    gamma, beta = (p.numpy().astype(np.float64) for p in params)
-    if not relu:
-        return beta
-    sigma = np.maximum(np.abs(gamma), 1e-12)
-    t = beta / sigma
-    cdf = 0.5 * (1 + np.vectorize(erf)(t / sqrt(2)))
-    pdf = np.exp(-t * t / 2) / sqrt(2 * pi)
-    return beta * cdf + sigma * pdf
 
 
 def correctable_layers(model: ir.Model, only: set[str] | None = None) -> list[ir.Node]:
@@ -100,7 +80,8 @@ def correct_biases(
     for node in layers:
         mean = means.get(node.inputs[0].name)
         if mean is None:
-            mean = _bn_means(node.inputs[0])
+            found = bn_output_means(node.inputs[0])
+            mean = None if found is None else found[1]
         if mean is None:
             context.decline(node, "no calibration data and no BatchNormalization statistics")
             continue

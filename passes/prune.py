@@ -50,6 +50,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from lightir.analysis.bn_stats import bn_output_means
 from lightir.analysis.channels import ChannelGraph, ChannelGroup, Component
 from lightir.data import input_specs
 from lightir.errors import UsageError
@@ -439,28 +440,13 @@ class Pruner:
 
     def _bn_mean(self, component: Component) -> float | None:
         """``E[act(gamma z + beta)]`` from the BN feeding the consumers, ``z ~ N(0, 1)``."""
-        from math import erf, exp, pi, sqrt
-
         for node, _ in component.consumers:
-            value = node.inputs[0]
-            producer = value.producer()
-            relu = False
-            if producer is not None and producer.op_type == "Relu":
-                relu, producer = True, producer.inputs[0].producer()
-            if producer is None or producer.op_type != "BatchNormalization":
+            found = bn_output_means(node.inputs[0])
+            if found is None:
                 return None
-            channel = next(
-                ch for name, ch in component.channels if name == producer.outputs[0].name
-            )
-            gamma = float(producer.inputs[1].const_value.numpy()[channel])
-            beta = float(producer.inputs[2].const_value.numpy()[channel])
-            if not relu:
-                return beta
-            sigma = abs(gamma) or 1e-12
-            t = beta / sigma
-            cdf = 0.5 * (1 + erf(t / sqrt(2)))
-            pdf = exp(-t * t / 2) / sqrt(2 * pi)
-            return beta * cdf + sigma * pdf
+            bn, means = found
+            channel = next(ch for name, ch in component.channels if name == bn.outputs[0].name)
+            return float(means[channel])
         return None
 
     def _fold_compensation(self, increments: dict[str, np.ndarray]) -> None:
