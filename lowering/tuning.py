@@ -77,6 +77,24 @@ def tune(fused_mod, target, database_dir: str, trials: int) -> tuple[object, Tun
     return database, stats
 
 
+def apply_database(mod, target, database) -> tuple[object, list[str]]:
+    """Fuse the imported ``mod`` and schedule every kernel ``database`` has a record for.
+
+    Returns the module and the names of the kernels that got a tuned schedule.
+    """
+    import tvm
+    from tvm import relax
+
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        mod = relax.get_pipeline("zero")(mod)
+    applied = [
+        gvar.name_hint
+        for gvar, func in mod.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc) and (func.attrs or {}).get("tirx.is_scheduled")
+    ]
+    return mod, sorted(applied)
+
+
 def _tuned(database, task, target) -> bool:
     mod = task.dispatched[0]
     if not database.has_workload(mod):
