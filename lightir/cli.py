@@ -235,7 +235,8 @@ def run(argv: list[str]) -> int:
         )
         if not args.quiet:
             check = (
-                f"matches onnxruntime: rel error {lowered.rel_error:.2e} <= {lowered.tolerance:.2g}"
+                f"matches onnxruntime (run on {lowered.checked_on}): rel error "
+                f"{lowered.rel_error:.2e} <= {lowered.tolerance:.2g}"
                 if lowered.checked
                 else "; ".join(lowered.notes)
             )

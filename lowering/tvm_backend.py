@@ -9,7 +9,8 @@ deleted and reported, never left behind.
 
 ARM libraries are linked with ``aarch64-linux-gnu-g++`` when it is installed, else with the
 ``ziglang`` wheel's clang (``zig c++ -target aarch64-linux-gnu``), so a pip install is enough
-to build them. They cannot run on this x86 machine; no numeric check is possible here.
+to build them. They are checked the same way under qemu-aarch64 when
+:mod:`lightir.lowering.emulation` is set up; when it is not, the result says so and why.
 
 CPU builds use Relax's "zero" pipeline (legalize, fold constants, fuse) and no schedules:
 correct code, far slower than onnxruntime until tuned. CUDA builds use the default GPU
@@ -57,6 +58,7 @@ class LoweringResult:
     checked: bool = False
     rel_error: float | None = None
     tolerance: float | None = None
+    checked_on: str = ""  # "x86 (this machine)" or "qemu-aarch64"
     notes: list[str] = field(default_factory=list)
 
 
@@ -133,10 +135,9 @@ def compile_model(
         library = Path(tmp) / output.name
         _export(executable, library, spec)
         (Path(tmp) / "meta.json").write_text(json.dumps(metadata, indent=2))
-        if check and spec.runs_here:
-            _check(model, library, metadata, result, samples, seed, dims)
-        elif check:
-            result.notes.append(f"built for {spec.name}: not executed on this machine")
+        run = _runner(library, metadata, spec, result) if check else None
+        if run is not None:
+            _check(model, run, metadata, result, samples, seed, dims)
         if spec.kind == "cuda":
             result.notes.append(compile_cuda_source(executable, spec, Path(tmp)))
         os.replace(library, output)
@@ -164,34 +165,39 @@ def _build(model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, t
             "first, or report the model"
         ) from exc
     target = spec.tvm_target()
-    with target:
-        if spec.kind == "cuda":
+    if spec.kind == "cuda":
+        with target:
             mod = relax.get_default_pipeline(target)(mod)
-            missing = unscheduled_kernels(mod)
-            if missing:
-                raise LoweringError(
-                    f"{len(missing)} GPU kernel(s) have no thread binding after dlight "
-                    f"({', '.join(missing[:5])}); report the model"
-                )
-        else:
-            mod = relax.get_pipeline("zero")(mod)
-    if tuning_db is None:
+        missing = unscheduled_kernels(mod)
+        if missing:
+            raise LoweringError(
+                f"{len(missing)} GPU kernel(s) have no thread binding after dlight "
+                f"({', '.join(missing[:5])}); report the model"
+            )
         return tvm.compile(mod, target)
-    from tvm.s_tir import meta_schedule as ms
-
-    from lightir.lowering.tuning import tune
+    if tuning_db is None:
+        with target:
+            return tvm.compile(relax.get_pipeline("zero")(mod), target)
+    from lightir.lowering.tuning import apply_database, tune
 
     started = time.perf_counter()
-    database, stats = tune(mod, target, str(tuning_db), trials)
+    with target:
+        fused = relax.get_pipeline("zero")(mod)
+    database, stats = tune(fused, target, str(tuning_db), trials)
+    # The "zero" pipeline fuses the imported module again, exactly as for the tasks, and
+    # replaces each fused function that has a record (fusing an already fused module yields
+    # other functions, which match no record).
+    mod, applied = apply_database(mod, target, database)
     tuning.update(
         database=str(Path(tuning_db).resolve()),
         tasks=stats.tasks,
         already_tuned=stats.already_tuned,
         tuned_now=len(stats.tuned_now),
         trials=trials if stats.tuned_now else 0,
+        applied=len(applied),
         seconds=round(time.perf_counter() - started, 1),
     )
-    return ms.relax_integration.compile_relax(database, mod, target, None)
+    return tvm.compile(mod, target)
 
 
 def _export(executable, library: Path, spec: TargetSpec) -> None:
@@ -222,7 +228,31 @@ def _zig_cross_compiler(workdir: Path) -> str:
     return str(wrapper)
 
 
-def _check(model, library, metadata, result, samples, seed, dims) -> None:
+def _runner(library: Path, metadata: dict, spec: TargetSpec, result: LoweringResult):
+    """A ``run(feeds) -> outputs`` for the library here or under emulation, else None + a note."""
+    if spec.runs_here:
+        result.checked_on = "this machine"
+        return CompiledModel(library, metadata).run
+    if spec.kind == "arm":
+        from lightir.lowering.emulation import find
+
+        emulator, why = find()
+        if emulator is not None:
+            result.checked_on = "qemu-aarch64"
+            names = [i["name"] for i in metadata["inputs"]]
+
+            def run(feeds):
+                outputs = emulator.run(library, [feeds[name] for name in names])
+                return dict(zip(metadata["outputs"], outputs))
+
+            return run
+        result.notes.append(f"built for {spec.name}: not executed ({why})")
+        return None
+    result.notes.append(f"built for {spec.name}: not executed on this machine")
+    return None
+
+
+def _check(model, run, metadata, result, samples, seed, dims) -> None:
     """Run the library and onnxruntime on the same inputs; exact tolerance or fail."""
     from lightir.onnx_bridge import OrtModel
     from lightir.pass_base import Contract
@@ -232,8 +262,7 @@ def _check(model, library, metadata, result, samples, seed, dims) -> None:
     specs = [dataclasses.replace(s, shape=fixed[s.name]) for s in input_specs(model)]
     batches = synthesize(specs, samples=samples, seed=seed, dims=dims or {})
     expected = OrtModel(model).run_all(batches)
-    compiled = CompiledModel(library, metadata)
-    actual = [compiled.run(batch) for batch in batches]
+    actual = [run(batch) for batch in batches]
     metrics = compare_outputs(expected, actual)
     noise = rounding_noise(model, batches, expected, seed=seed)
     tolerance = tolerance_for(Contract.exact(), model, noise=noise).rel_error

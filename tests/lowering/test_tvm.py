@@ -6,12 +6,14 @@ TVM is the optional extra ``lightir[tvm]``; CI installs it (the README's test co
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import lightir
@@ -50,9 +52,13 @@ def test_x86_library_matches_onnxruntime(tmp_path, name):
         np.testing.assert_allclose(actual[key], expected[key], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("fixture", ["repvgg_torch_train", "repvgg_torch_train_dynamo"])
+@pytest.mark.parametrize(
+    "fixture",
+    ["repvgg_torch_train", "repvgg_torch_train_dynamo", "resnet_torch", "resnet_torch_dynamo"],
+)
 def test_pytorch_exports_compile_and_match(tmp_path, fixture):
-    """RepVGG exported by both PyTorch exporters, reparameterized, then lowered."""
+    """RepVGG and ResNet (residual adds, projection shortcuts) exported by both PyTorch
+    exporters, reparameterized, then lowered (tools/export_*_torch.py made them)."""
     path = Path(__file__).parents[1] / "fixtures" / f"{fixture}.onnx"
     model = lightir.optimize(path, "reparam").model
     result = compile_model(model, tmp_path / "m.so", "x86")
@@ -61,7 +67,6 @@ def test_pytorch_exports_compile_and_match(tmp_path, fixture):
 
 def test_int8_qdq_model_lowers_and_runs_as_float_fake_quant(tmp_path):
     """TVM imports QDQ as dequantize + float32 conv: it matches onnxruntime's reference."""
-    import onnx_ir as ir
     from tvm.relax.frontend.onnx import from_onnx
 
     model = lightir.optimize("zoo:digits", "reparam,int8").model
@@ -90,11 +95,87 @@ def test_cli_compiles_and_reports(tmp_path):
     assert bad.returncode == 2 and "-o NAME.so" in bad.stderr
 
 
-def test_arm_cross_compile_gives_an_aarch64_library(tmp_path):
+def arm_emulator():
+    """The qemu-aarch64 emulator; CI must have it (its test command runs the setup)."""
+    from lightir.lowering.emulation import find
+
+    emulator, why = find()
+    if emulator is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs ARM builds under emulation, but: {why}")
+        pytest.skip(why)
+    return emulator
+
+
+@pytest.mark.parametrize("name", ["digits", "resnet"])
+def test_arm_build_runs_under_qemu_and_matches_onnxruntime(tmp_path, name):
+    arm_emulator()
+    model = lightir.optimize(f"zoo:{name}", "reparam").model
+    library = tmp_path / f"{name}_arm.so"
+    result = compile_model(model, library, "arm-a76")
+    assert elf_machine(library) == 183  # EM_AARCH64
+    assert result.checked and result.checked_on == "qemu-aarch64"
+    assert result.rel_error <= result.tolerance
+
+
+def test_pytorch_resnet_arm_build_runs_under_qemu(tmp_path):
+    arm_emulator()
+    path = Path(__file__).parents[1] / "fixtures" / "resnet_torch.onnx"
+    model = lightir.optimize(path, "reparam").model
+    result = compile_model(model, tmp_path / "resnet_arm.so", "arm-n1")
+    assert result.checked and result.checked_on == "qemu-aarch64"
+    assert result.rel_error <= result.tolerance
+
+
+def test_emulated_check_rejects_a_library_that_computes_something_else(tmp_path):
+    """The ARM check can fail: a library built from other weights is caught and not written."""
+    from lightir.lowering import tvm_backend
+    from lightir.lowering.targets import resolve as resolve_target
+
+    emulator = arm_emulator()
+    model = lightir.optimize("zoo:digits", "reparam").model
+    library = tmp_path / "digits_arm.so"
+    built = compile_model(model, library, "arm", check=False)
+    other = lightir.optimize("zoo:digits", "reparam").model
+    weight = next(v for v in other.graph.initializers.values() if v.const_value.numpy().ndim == 4)
+    changed = weight.const_value.numpy().copy()
+    changed[0] *= 1.01  # one output channel of the first conv, 1% off
+    weight.const_value = ir.tensor(changed, name=weight.name)
+    result = tvm_backend.LoweringResult(library, built.metadata, 0.0)
+    run = tvm_backend._runner(library, built.metadata, resolve_target("arm"), result)
+    assert result.checked_on == "qemu-aarch64"
+    with pytest.raises(tvm_backend.LoweringError, match="disagrees with onnxruntime"):
+        tvm_backend._check(other, run, built.metadata, result, 2, 0, None)
+    assert emulator.run(library, [np.zeros((1, 1, 8, 8), np.float32)])[0].shape == (1, 10)
+
+
+def test_emulator_returns_every_output_with_its_dtype(tmp_path):
+    arm_emulator()
+    model = from_text(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 3, 6] x) => (float[1, 3, 6] y, int64[1, 6] idx) {
+            y = Relu(x)
+            idx = ArgMax<axis = 1, keepdims = 0>(y)
+        }"""
+    )
+    result = compile_model(model, tmp_path / "two.so", "arm")
+    assert result.checked and result.checked_on == "qemu-aarch64"
+    from lightir.lowering.emulation import find
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 6)).astype(np.float32)
+    y, idx = find()[0].run(tmp_path / "two.so", [x])
+    assert idx.dtype == np.int64 and idx.shape == (1, 6)
+    np.testing.assert_array_equal(idx, np.maximum(x, 0).argmax(axis=1))
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def test_arm_build_without_emulator_is_built_and_says_why_not_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTIR_CACHE", str(tmp_path / "empty-cache"))
     model = lightir.optimize("zoo:digits", "reparam").model
     library = tmp_path / "digits_arm.so"
     result = compile_model(model, library, "arm-a76")
     assert not result.checked and "not executed" in result.notes[0]
+    assert "python -m lightir.lowering.emulation setup" in result.notes[0]
     assert elf_machine(library) == 183  # EM_AARCH64
 
 
@@ -141,6 +222,11 @@ def test_tuning_database_is_reused_without_new_tuning(tmp_path):
     first = compile_model(model, tmp_path / "a.so", "x86", tune_trials=16, tuning_db=db)
     tuning = first.metadata["tuning"]
     assert first.checked and tuning["tuned_now"] == tuning["tasks"] > 0
+    # Every kernel gets its tuned schedule (a re-fused module once matched no record at all).
+    assert tuning["applied"] == tuning["tasks"]
     second = compile_model(model, tmp_path / "b.so", "x86", tune_trials=16, tuning_db=db)
     again = second.metadata["tuning"]
     assert second.checked and again["tuned_now"] == 0 and again["already_tuned"] == tuning["tasks"]
+    assert again["applied"] == tuning["tasks"]
+    untuned = compile_model(model, tmp_path / "c.so", "x86", tuning_db=tmp_path / "empty")
+    assert untuned.metadata["tuning"]["applied"] == 0
