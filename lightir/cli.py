@@ -232,6 +232,7 @@ def run(argv: list[str]) -> int:
             pipeline=report.pipeline,
             tune_trials=args.tune,
             tuning_db=args.tuning_db,
+            progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
         )
         if not args.quiet:
             check = (

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,12 +89,14 @@ def compile_model(
     seed: int = 0,
     tune_trials: int = 0,
     tuning_db: str | os.PathLike | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> LoweringResult:
     """Build ``model`` for ``target`` into ``output`` (a ``.so``) and check it when it can run.
 
     Dynamic dims are fixed for the build: the batch to 1, others from ``dims``. With
     ``tuning_db``, kernels come from that MetaSchedule database, after ``tune_trials`` trials
-    on the tasks it lacks (:mod:`lightir.lowering.tuning`).
+    on the tasks it lacks (:mod:`lightir.lowering.tuning`); ``progress`` gets a line per
+    measured batch.
     """
     started = time.perf_counter()
     spec = resolve(target) if isinstance(target, str) else target
@@ -116,7 +119,7 @@ def compile_model(
             "(this one can only tune x86)"
         )
     tuning = {}
-    executable = _build(model, shapes, spec, tuning_db, tune_trials, tuning)
+    executable = _build(model, shapes, spec, tuning_db, tune_trials, tuning, progress)
     metadata = {
         "inputs": [
             {"name": s.name, "shape": list(shapes[s.name]), "dtype": str(np.dtype(s.dtype))}
@@ -151,7 +154,7 @@ def metadata_path(library: str | os.PathLike) -> Path:
     return Path(library).with_suffix(".json")
 
 
-def _build(model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, tuning: dict):
+def _build(model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, tuning, progress):
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -183,7 +186,7 @@ def _build(model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, t
     started = time.perf_counter()
     with target:
         fused = relax.get_pipeline("zero")(mod)
-    database, stats = tune(fused, target, str(tuning_db), trials)
+    database, stats = tune(fused, target, str(tuning_db), trials, progress)
     # The "zero" pipeline fuses the imported module again, exactly as for the tasks, and
     # replaces each fused function that has a record (fusing an already fused module yields
     # other functions, which match no record).
