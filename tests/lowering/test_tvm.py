@@ -213,6 +213,24 @@ def test_targets_resolve_and_unknown_ones_are_refused():
         compile_model(model, "/tmp/x.onnx", "x86")
 
 
+ZOO = [name for name in zoo.BUILDERS if name != "resnet50"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["x86", "arm-a76", "cuda-sm90"])
+@pytest.mark.parametrize("name", ZOO)
+def test_every_zoo_model_compiles_for_every_target_kind(tmp_path, name, target):
+    """Issue 8's matrix (about 4 minutes): x86 run here, arm run under qemu, cuda built."""
+    if target.startswith("arm"):
+        arm_emulator()
+    model = lightir.optimize(f"zoo:{name}", "reparam").model
+    result = compile_model(model, tmp_path / f"{name}.so", target)
+    if target.startswith("cuda"):
+        assert any("cubin" in n or "nvcc is not on PATH" in n for n in result.notes), result.notes
+    else:
+        assert result.checked and result.rel_error <= result.tolerance
+
+
 @pytest.mark.slow
 def test_tuning_database_is_reused_without_new_tuning(tmp_path):
     """Minutes of MetaSchedule: benchmark-only in CI terms, run by hand (-m slow)."""
