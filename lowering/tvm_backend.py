@@ -2,10 +2,10 @@
 
 ``compile_model`` imports the model with ``tvm.relax.frontend.onnx.from_onnx`` at fixed input
 shapes, builds it for the target and exports ``NAME.so`` with ``NAME.json`` beside it (input
-names, shapes and dtypes, output names, target, pipeline, versions). When the build runs on
-this machine, it then runs the library and onnxruntime on the same inputs and holds the
-difference to the exact tolerance of :mod:`lightir.verify`: a library that disagrees is
-deleted and reported, never left behind.
+names, shapes and dtypes, output names, target, pipeline, versions, tuning, check). When the
+build can run here, natively or under emulation, it then runs the library and onnxruntime on
+the same inputs and holds the difference to the exact tolerance of :mod:`lightir.verify`: a
+library that disagrees is deleted and reported, never left behind.
 
 ARM libraries are linked with ``aarch64-linux-gnu-g++`` when it is installed, else with the
 ``ziglang`` wheel's clang (``zig c++ -target aarch64-linux-gnu``), so a pip install is enough
@@ -137,12 +137,21 @@ def compile_model(
     with tempfile.TemporaryDirectory(dir=output.resolve().parent, prefix=".lightir-") as tmp:
         library = Path(tmp) / output.name
         _export(executable, library, spec)
-        (Path(tmp) / "meta.json").write_text(json.dumps(metadata, indent=2))
         run = _runner(library, metadata, spec, result) if check else None
         if run is not None:
             _check(model, run, metadata, result, samples, seed, dims)
         if spec.kind == "cuda":
             result.notes.append(compile_cuda_source(executable, spec, Path(tmp)))
+        metadata["check"] = (
+            {
+                "run_on": result.checked_on,
+                "rel_error": result.rel_error,
+                "tolerance": result.tolerance,
+            }
+            if result.checked
+            else {"run_on": None, "notes": list(result.notes)}
+        )
+        (Path(tmp) / "meta.json").write_text(json.dumps(metadata, indent=2))
         os.replace(library, output)
         os.replace(Path(tmp) / "meta.json", metadata_path(output))
     result.seconds = time.perf_counter() - started

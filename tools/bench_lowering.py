@@ -6,7 +6,7 @@ is timed against onnxruntime (ORT_ENABLE_ALL, batch 1, interleaved blocks, media
 the same compile is repeated with the now-warm database: it must tune nothing. ``applied``
 counts the kernels that got a tuned schedule from the database.
 
-    python tools/bench_lowering.py --models digits resnet --trials 0 16 64
+    python tools/bench_lowering.py --models digits resnet --trials 0 32 128 512   # 62 min
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lightir.lowering import compile_model, load
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["digits", "resnet"])
-    parser.add_argument("--trials", nargs="*", type=int, default=[0, 16, 64])
+    parser.add_argument("--trials", nargs="*", type=int, default=[0, 32, 128])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     print(

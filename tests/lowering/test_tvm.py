@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -42,6 +43,8 @@ def test_x86_library_matches_onnxruntime(tmp_path, name):
     meta = json.loads((tmp_path / f"{name}.json").read_text())
     assert meta["pipeline"] == "reparam" and meta["target"]["kind"] == "llvm"
     assert meta["inputs"][0]["shape"][0] == 1 and meta["versions"]["tvm"]
+    assert meta["check"]["run_on"] == "this machine"
+    assert meta["check"]["rel_error"] == result.rel_error <= meta["check"]["tolerance"]
     # The runner is called like an onnxruntime session, on inputs the check did not use.
     compiled = load(library)
     feeds = random_inputs(model, samples=1, seed=42)
@@ -125,6 +128,10 @@ def test_pytorch_resnet_arm_build_runs_under_qemu(tmp_path):
     result = compile_model(model, tmp_path / "resnet_arm.so", "arm-n1")
     assert result.checked and result.checked_on == "qemu-aarch64"
     assert result.rel_error <= result.tolerance
+    assert (
+        json.loads(result.library.with_suffix(".json").read_text())["check"]["run_on"]
+        == "qemu-aarch64"
+    )
 
 
 def test_emulated_check_rejects_a_library_that_computes_something_else(tmp_path):
@@ -237,8 +244,14 @@ def test_tuning_database_is_reused_without_new_tuning(tmp_path):
     pytest.importorskip("xgboost")
     model = lightir.optimize("zoo:digits", "reparam").model
     db = tmp_path / "db"
-    first = compile_model(model, tmp_path / "a.so", "x86", tune_trials=16, tuning_db=db)
+    lines = []
+    first = compile_model(
+        model, tmp_path / "a.so", "x86", tune_trials=16, tuning_db=db, progress=lines.append
+    )
     tuning = first.metadata["tuning"]
+    assert lines and all(
+        re.match(r"tuning \d+/16 trials: task \d+/\d+ \w+, best ", x) for x in lines
+    )
     assert first.checked and tuning["tuned_now"] == tuning["tasks"] > 0
     # Every kernel gets its tuned schedule (a re-fused module once matched no record at all).
     assert tuning["applied"] == tuning["tasks"]
