@@ -5,8 +5,8 @@
 * Only tasks the database has no record for are tuned, heaviest first (FLOPs times how many
   times the model calls them), so a re-run with a warm database compiles without tuning, and
   models that share workloads share records.
-* Records are committed to ``DIR`` as they are measured (MetaSchedule's JSON database), so an
-  interrupted run keeps what it measured.
+* Records are committed to ``DIR`` as they are measured (MetaSchedule's JSON database). Ctrl-C
+  stops after the batch in flight and raises :class:`TuningInterrupted`; the records stay.
 * The builder compiles candidates with a build function that skips the import of
   ``tvm.s_tir.tensor_intrin`` the default one does (about 40 s on this machine, in a worker
   pool re-created per batch: every candidate timed out at 30 s; see ../shared/TVM-NOTES.md).
@@ -21,9 +21,13 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from lightir.errors import LightirError
 
 logger = logging.getLogger(__name__)
 
@@ -72,25 +76,68 @@ def tune(
             missing, work_dir=database_dir, seed=0
         )
     cores = max(1, (os.cpu_count() or 1))
-    callbacks = ms.measure_callback.MeasureCallback.create("default")
-    if progress is not None:
-        names = [t.task_name for t in missing]
-        callbacks = [
-            *callbacks,
-            _progress_callback(names, min(trials, per_task * len(names)), progress),
-        ]
+    names = [t.task_name for t in missing]
+    state = _Interrupt()
+    callbacks = [
+        *ms.measure_callback.MeasureCallback.create("default"),
+        _batch_callback(names, min(trials, per_task * len(names)), progress, state),
+    ]
     console = logging.getLogger("tvm.s_tir.meta_schedule")
     level = console.level
     console.setLevel(logging.WARNING)  # its console handler follows this level; files log all
     try:
-        _tune_tasks(
-            ms, contexts, weights, database_dir, trials, per_task, cores, database, callbacks
-        )
+        with _stop_on_interrupt(state, progress):
+            _tune_tasks(
+                ms, contexts, weights, database_dir, trials, per_task, cores, database, callbacks
+            )
     finally:
         console.setLevel(level)
-    stats.tuned_now = [t.task_name for t in missing]
     stats.trials = sum(1 for _ in database.get_all_tuning_records())
+    if state.requested:
+        raise TuningInterrupted(
+            f"tuning interrupted; the {stats.trials} records measured are kept in "
+            f"{database_dir}: a run with the same --tuning-db tunes only the tasks that have "
+            "none; nothing was written"
+        )
+    stats.tuned_now = names
     return database, stats
+
+
+class TuningInterrupted(LightirError):
+    """Ctrl-C during tuning: the records measured so far are in the database."""
+
+    exit_code = 130
+
+
+@dataclass
+class _Interrupt:
+    requested: bool = False
+    stopped: bool = False
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(state: _Interrupt, progress: Callable[[str], None] | None):
+    """First Ctrl-C: finish the batch being measured, then stop. Second: stop at once.
+
+    A KeyboardInterrupt raised inside MetaSchedule's loop is swallowed there (tuning went on
+    after SIGINT), so the first one only sets a flag, which the measure callback acts on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if state.requested:
+            raise KeyboardInterrupt
+        state.requested = True
+        say = progress or (lambda line: print(line, file=sys.stderr))
+        say("interrupt: stopping after the batch being measured (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -134,8 +181,8 @@ def _tune_tasks(ms, contexts, weights, database_dir, trials, per_task, cores, da
     )
 
 
-def _progress_callback(names: list[str], total: int, progress: Callable[[str], None]):
-    """A MetaSchedule measure callback that reports each measured batch."""
+def _batch_callback(names: list[str], total: int, progress, state: _Interrupt):
+    """A MetaSchedule measure callback: report each measured batch; stop when interrupted."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
@@ -147,16 +194,24 @@ def _progress_callback(names: list[str], total: int, progress: Callable[[str], N
         def apply(
             self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
         ):
+            if not runner_results:
+                return
             done[0] += len(runner_results)
             for result in runner_results:
                 if result.error_msg is None and result.run_secs:
                     seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
                     best[task_id] = min(best.get(task_id, float("inf")), seconds)
             shown = f"{best[task_id] * 1e6:.1f} us" if task_id in best else "no valid candidate yet"
-            progress(
-                f"tuning {done[0]}/{total} trials: task {task_id + 1}/{len(names)} "
-                f"{names[task_id]}, best {shown}"
-            )
+            if progress is not None:
+                progress(
+                    f"tuning {done[0]}/{total} trials: task {task_id + 1}/{len(names)} "
+                    f"{names[task_id]}, best {shown}"
+                )
+            if state.requested and not state.stopped:
+                state.stopped = True
+                for index, record in enumerate(task_scheduler.tasks_):
+                    if not record.is_terminated:
+                        task_scheduler.terminate_task(index)
 
     return Progress()
 

@@ -261,3 +261,32 @@ def test_tuning_database_is_reused_without_new_tuning(tmp_path):
     assert again["applied"] == tuning["tasks"]
     untuned = compile_model(model, tmp_path / "c.so", "x86", tuning_db=tmp_path / "empty")
     assert untuned.metadata["tuning"]["applied"] == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_tuning_keeps_the_records_and_writes_nothing(tmp_path):
+    """SIGINT during --tune: exit 130 after the batch in flight, records kept, no library."""
+    pytest.importorskip("xgboost")
+    import signal
+
+    db, out = tmp_path / "db", tmp_path / "m.so"
+    command = [
+        sys.executable, "-m", "lightir.cli", "zoo:digits", "-p", "reparam",
+        "--target", "x86", "-o", str(out), "--tune", "64", "--tuning-db", str(db),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # wait for the first measured batch
+        lines.append(line)
+        if line.startswith("tuning "):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "tuning interrupted" in rest and "nothing was written" in rest
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    records = (db / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) >= 8
+    model = lightir.optimize("zoo:digits", "reparam").model
+    resumed = compile_model(model, out, "x86", tuning_db=db)  # no new trials: the records apply
+    assert resumed.checked and 1 <= resumed.metadata["tuning"]["applied"] < 8
