@@ -88,6 +88,15 @@ class RepVGG(nn.Module):
         return self.head(self.blocks(x).mean(dim=(2, 3)))
 
 
+def warm_bn_statistics(model):
+    """Non-trivial BN running statistics from a few training-mode passes; returns it in eval."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(20):
+            model(torch.randn(8, 3, 32, 32) * 1.5 + 0.3)
+    return model.eval()
+
+
 def export(model, path, exporter):
     example = torch.randn(1, 3, 32, 32)
     kwargs = dict(
@@ -116,12 +125,7 @@ def main():
     parser.add_argument("--out", type=Path, default=FIXTURES)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = RepVGG()
-    model.train()
-    with torch.no_grad():  # non-trivial running statistics
-        for _ in range(20):
-            model(torch.randn(8, 3, 32, 32) * 1.5 + 0.3)
-    model.eval()
+    model = warm_bn_statistics(RepVGG())
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.exporter == "torchscript" else "_dynamo"
     train_path = args.out / f"repvgg_torch_train{suffix}.onnx"

@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from export_repvgg_torch import export, warm_bn_statistics
 from torch import nn
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
@@ -60,28 +61,11 @@ def main():
     parser.add_argument("--out", type=Path, default=FIXTURES)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = ResNet()
-    model.train()
-    with torch.no_grad():  # non-trivial running statistics
-        for _ in range(20):
-            model(torch.randn(8, 3, 32, 32) * 1.5 + 0.3)
-    model.eval()
+    model = warm_bn_statistics(ResNet())
     args.out.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(1, 3, 32, 32)
-    common = dict(
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-    )
-    torchscript = args.out / "resnet_torch.onnx"
-    torch.onnx.export(
-        model, (example,), str(torchscript), dynamo=False,
-        training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, **common,
-    )  # fmt: skip
-    dynamo = args.out / "resnet_torch_dynamo.onnx"
-    torch.onnx.export(model, (example,), str(dynamo), dynamo=True, external_data=False, **common)
-    for path in (torchscript, dynamo):
+    for exporter, name in (("torchscript", "resnet_torch"), ("dynamo", "resnet_torch_dynamo")):
+        path = args.out / f"{name}.onnx"
+        export(model, path, exporter)
         print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
