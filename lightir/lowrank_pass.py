@@ -192,6 +192,13 @@ class LowRankMethod:
         """Ranks the whole-model budget tries (all of the grid by default)."""
         return grid
 
+    def estimate(self, layer: Layer, rank: int) -> Factorization:
+        """What the whole-model budget compares; a cheaper fit where the method has one.
+
+        The ranks it picks are then fitted with :meth:`factorize`.
+        """
+        return self.factorize(layer, rank)
+
     def energy_rank(self, layer: Layer, energy: float) -> int:
         """Smallest rank keeping ``energy``; by default from the factorization errors."""
         full = self.full_rank(layer)
@@ -358,7 +365,7 @@ def _budget(method, model, layers, options, context) -> dict:
         points = []
         for rank in reversed(method.budget_ranks(_grid(method, layer, options.round))):
             try:
-                factorization = method.factorize(layer, rank)
+                factorization = method.estimate(layer, rank)
             except Unstable as reason:
                 context.decline(layer.node, f"{method.name}: {reason}")
                 break
@@ -397,7 +404,16 @@ def _budget(method, model, layers, options, context) -> dict:
         )
         state[best] = index + 1
         current -= before - chain_macs(points[index + 1].steps, layer.height, layer.width)
-    return {name: (curves[name][0], curves[name][1][i]) for name, i in state.items() if i >= 0}
+    chosen = {}
+    for name, index in state.items():
+        if index < 0:
+            continue
+        layer, estimate = curves[name][0], curves[name][1][index]
+        try:
+            chosen[name] = (layer, method.factorize(layer, estimate.rank))
+        except Unstable as reason:  # the full fit can diverge where the estimate did not
+            context.decline(layer.node, f"{method.name}: {reason}")
+    return chosen
 
 
 def _rewrite(layer: Layer, factorization: Factorization, model: ir.Model) -> None:

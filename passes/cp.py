@@ -20,6 +20,8 @@ from lightir.lowrank_pass import LowRankMethod, LowRankOptions, run_lowrank, spa
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 
+SEARCH_SWEEPS = 20
+
 
 @dataclass(frozen=True)
 class CpOptions(LowRankOptions):
@@ -53,10 +55,21 @@ class CpMethod(LowRankMethod):
         picks = np.unique(np.round(np.geomspace(1, len(grid), 8)).astype(int) - 1)
         return [grid[i] for i in picks]
 
+    def estimate(self, layer, rank: int) -> Factorization:
+        """A 20-sweep fit for the budget search; the chosen ranks get the full fit.
+
+        On zoo:resnet's layers the 20-sweep error is within about 1% of the 100-sweep one,
+        and a full fit costs up to seconds per rank on a 128-channel layer.
+        """
+        return self._factorization(layer, rank, min(self.sweeps, SEARCH_SWEEPS))
+
     def factorize(self, layer, rank: int) -> Factorization:
-        key = (id(layer.node), rank)
+        return self._factorization(layer, rank, self.sweeps)
+
+    def _factorization(self, layer, rank: int, sweeps: int) -> Factorization:
+        key = (id(layer.node), rank, sweeps)
         if key not in self.cache:
-            self.cache[key] = cp_factors(layer.weight, rank, self.sweeps)
+            self.cache[key] = cp_factors(layer.weight, rank, sweeps)
         (a, b, c, d), error = self.cache[key]
         (sh, sw), (top, left, bottom, right) = layer.geometry["strides"], layer.geometry["pads"]
         steps = [

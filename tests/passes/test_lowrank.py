@@ -187,3 +187,21 @@ def test_tol_policy_needs_data_and_meets_the_layer_tolerance():
     assert result.report.ok
     loose = lightir.optimize(model, "tucker{tol=0.3}", calib=calib, tolerances={"tucker": "cos:-1"})
     assert loose.report.records[0].cost.macs <= result.report.records[0].cost.macs
+
+
+def test_cp_budget_search_fits_the_chosen_ranks_fully():
+    """The target-macs search compares 20-sweep CP fits; the kept layers get the full fit."""
+    from lightir.lowrank import cp_factors
+    from lightir.zoo import build
+
+    result = lightir.optimize("zoo:digits", "cp{target-macs=0.6}", tolerances={"cp": "cos:-1"})
+    layers = result.report.records[0].stats["layers"]
+    assert layers
+    original = {node.name: node for node in build("digits").graph}
+    for name, figures in layers.items():
+        weight = original[name].inputs[1].const_value.numpy()
+        full = cp_factors(weight, figures["rank"], 100)[1]
+        search = cp_factors(weight, figures["rank"], 20)[1]
+        assert figures["weight_error"] == round(full, 5) != round(search, 5)
+    ratio = result.report.records[0].cost.macs / result.report.original.macs
+    assert ratio <= 0.6
