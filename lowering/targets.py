@@ -54,10 +54,6 @@ class TargetSpec:
 
         return tvm.target.Target(self.config)
 
-    def describe(self) -> str:
-        """The target as JSON text, for metadata and messages."""
-        return self.config if isinstance(self.config, str) else json.dumps(self.config)
-
 
 def resolve(name: str) -> TargetSpec:
     """``x86``, a preset name, or a JSON dict -> :class:`TargetSpec`."""

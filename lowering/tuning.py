@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 
 from lightir.errors import LightirError
 
-logger = logging.getLogger(__name__)
-
 
 def fast_build(mod, target, _params):
     """MetaSchedule build function without the tensor-intrinsics import (module docstring)."""
@@ -87,8 +85,20 @@ def tune(
     console.setLevel(logging.WARNING)  # its console handler follows this level; files log all
     try:
         with _stop_on_interrupt(state, progress):
-            _tune_tasks(
-                ms, contexts, weights, database_dir, trials, per_task, cores, database, callbacks
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=database_dir,
+                max_trials_global=trials,
+                max_trials_per_task=per_task,
+                num_trials_per_iter=min(8, per_task),
+                builder=ms.builder.LocalBuilder(
+                    f_build=fast_build, max_workers=cores, timeout_sec=120
+                ),
+                runner=ms.runner.LocalRunner(),
+                database=database,
+                measure_callbacks=callbacks,
+                task_scheduler="round-robin",  # the list is already heaviest first
             )
     finally:
         console.setLevel(level)
@@ -165,22 +175,6 @@ def _x86_intrinsics_only():
             del sys.modules[name]
 
 
-def _tune_tasks(ms, contexts, weights, database_dir, trials, per_task, cores, database, callbacks):
-    ms.tune.tune_tasks(
-        tasks=contexts,
-        task_weights=weights,
-        work_dir=database_dir,
-        max_trials_global=trials,
-        max_trials_per_task=per_task,
-        num_trials_per_iter=min(8, per_task),
-        builder=ms.builder.LocalBuilder(f_build=fast_build, max_workers=cores, timeout_sec=120),
-        runner=ms.runner.LocalRunner(),
-        database=database,
-        measure_callbacks=callbacks,
-        task_scheduler="round-robin",  # the list is already heaviest first
-    )
-
-
 def _batch_callback(names: list[str], total: int, progress, state: _Interrupt):
     """A MetaSchedule measure callback: report each measured batch; stop when interrupted."""
     from tvm.ir.utils import derived_object
@@ -201,8 +195,10 @@ def _batch_callback(names: list[str], total: int, progress, state: _Interrupt):
                 if result.error_msg is None and result.run_secs:
                     seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
                     best[task_id] = min(best.get(task_id, float("inf")), seconds)
-            shown = f"{best[task_id] * 1e6:.1f} us" if task_id in best else "no valid candidate yet"
             if progress is not None:
+                shown = (
+                    f"{best[task_id] * 1e6:.1f} us" if task_id in best else "no valid candidate yet"
+                )
                 progress(
                     f"tuning {done[0]}/{total} trials: task {task_id + 1}/{len(names)} "
                     f"{names[task_id]}, best {shown}"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -37,8 +36,6 @@ import onnx_ir as ir
 from lightir.data import concrete_shape, input_specs, synthesize
 from lightir.errors import InputError, LightirError, UsageError
 from lightir.lowering.targets import TargetSpec, resolve
-
-logger = logging.getLogger(__name__)
 
 CROSS_CXX = {"arm": "aarch64-linux-gnu-g++"}
 
@@ -59,7 +56,7 @@ class LoweringResult:
     checked: bool = False
     rel_error: float | None = None
     tolerance: float | None = None
-    checked_on: str = ""  # "x86 (this machine)" or "qemu-aarch64"
+    checked_on: str = ""  # "this machine" or "qemu-aarch64"
     notes: list[str] = field(default_factory=list)
 
 

@@ -15,8 +15,6 @@ For each model: the fp32 model (BatchNormalization folded), onnxruntime's quanti
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
+from timing import interleaved_medians, ort_session
 
 import lightir
 from lightir import zoo
@@ -43,35 +42,15 @@ class Reader(CalibrationDataReader):
         return next(self.batches, None)
 
 
-def session(path: str, threads: int = 1):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 def latencies(paths: dict[str, str], feeds, repeats: int) -> dict[str, float]:
-    sessions = {k: session(v) for k, v in paths.items()}
-    for sess in sessions.values():
-        sess.run(None, feeds)
-    start = time.perf_counter()
-    sessions["fp32"].run(None, feeds)
-    iterations = max(2, int(0.05 / (time.perf_counter() - start)))
-    samples = {k: [] for k in sessions}
-    order, rng = list(sessions), random.Random(0)
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for key in order:
-            t0 = time.perf_counter()
-            for _ in range(iterations):
-                sessions[key].run(None, feeds)
-            samples[key].append((time.perf_counter() - t0) / iterations)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    sessions = {k: ort_session(v) for k, v in paths.items()}
+    runners = {k: lambda f, sess=sess: sess.run(None, f) for k, sess in sessions.items()}
+    # Blocks of about 50 ms of the first runner (fp32).
+    return interleaved_medians(runners, feeds, blocks=repeats, per_block=None, block_s=0.05)
 
 
 def evaluate(path: str, images, labels, reference) -> str:
-    sess = session(path)
+    sess = ort_session(path)
     name = sess.get_inputs()[0].name
     logits = np.concatenate(
         [sess.run(None, {name: images[i : i + 16]})[0] for i in range(0, len(images), 16)]
@@ -120,7 +99,7 @@ def run_model(name: str, repeats: int, work: Path) -> None:
     )
     paths["lightir"] = str(work / f"{name}_lightir.onnx")
     lightir.save(result.model, paths["lightir"])
-    reference = session(fp32_path).run(None, {input_name: eval_images})[0]
+    reference = ort_session(fp32_path).run(None, {input_name: eval_images})[0]
     feeds = {input_name: eval_images[:1]}
     times = latencies(paths, feeds, repeats)
     for key, path in paths.items():

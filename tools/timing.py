@@ -7,6 +7,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from os import PathLike
 
 import onnxruntime as ort
 
@@ -14,14 +15,18 @@ from lightir.onnx_bridge import ir
 
 
 def ort_session(model, threads: int = 1) -> ort.InferenceSession:
-    """ORT_ENABLE_ALL, ``threads`` intra-op threads, spinning off (steadier on 2 cores)."""
+    """ORT_ENABLE_ALL, ``threads`` intra-op threads, spinning off (steadier on 2 cores).
+
+    ``model`` is an onnx-ir model or the path of an ONNX file.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
-        ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    source = (
+        str(model) if isinstance(model, str | PathLike) else ir.to_proto(model).SerializeToString()
     )
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def interleaved_medians(
