@@ -29,11 +29,12 @@ import onnx_ir as ir
 
 from lightir import io as lightir_io
 from lightir.analysis.cost import ModelCost, model_cost
+from lightir.canonicalize import canonicalize
 from lightir.data import CalibrationData, InputSpec, concrete_shape, input_specs, synthesize
 from lightir.errors import InputError, PassFailedError, UsageError
 from lightir.ir_util import clone_model
 from lightir.onnx_bridge import OrtModel, check_structure, weightless_proto
-from lightir.pass_base import Pass, PassContext
+from lightir.pass_base import Contract, Pass, PassContext
 from lightir.pipeline import (
     MAX_FIXPOINT_ROUNDS,
     Fixpoint,
@@ -43,12 +44,14 @@ from lightir.pipeline import (
     parse_pipeline,
 )
 from lightir.verify import (
+    PROBE_MARK,
     OutputMetrics,
     StructureError,
     Tolerance,
     check_input_model,
     check_ir_invariants,
     compare_outputs,
+    output_scales,
     rounding_noise,
     tolerance_for,
     violations,
@@ -248,6 +251,10 @@ def optimize(
         raise UsageError(f"tolerance given for {', '.join(unknown)}, not in the pipeline")
 
     model, display_name = resolve_model(model_or_path)
+    _check_structure(model, display_name, "the input model")
+    source = model
+    model = clone_model(source)
+    canonical = canonicalize(model)
     specs_in = input_specs(model)
     calibration = (
         calib
@@ -267,28 +274,34 @@ def optimize(
 
     verify_seconds = 0.0
     t0 = time.perf_counter()
-    _check_structure(model, display_name, "the input model")
+    scales = output_scales(model)
     original_outputs = None
-    if verify != "structural":
-        try:
-            original_outputs = OrtModel(model, threads=threads).run_all(batches)
-        except Exception as exc:
-            raise InputError(
-                f"{display_name}: onnxruntime cannot run the input model "
-                f"({_first_line(exc)}); fix the model or use --verify structural"
-            ) from exc
+    canonical_record = None
+    if canonical:
+        canonical_record, model, original_outputs = _check_canonical(
+            source, model, canonical, verify, batches, scales, display_name, threads, seed
+        )
+    elif verify != "structural":
+        original_outputs = _reference_outputs(model, batches, display_name, threads)
     noise = 0.0
     if original_outputs is not None and any(p.contract.is_exact for p in passes):
-        noise = rounding_noise(model, batches, original_outputs, seed=seed, threads=threads)
+        noise = rounding_noise(
+            model, batches, original_outputs, seed=seed, threads=threads, scales=scales
+        )
     verify_seconds += time.perf_counter() - t0
     report = Report(
         model=display_name,
         pipeline=pipeline_text,
         verify=verify,
         inputs=_inputs_description(calibration, batches),
-        original=model_cost(model, input_shapes),
+        original=model_cost(source, input_shapes),
         rounding_noise=noise,
     )
+    if canonical_record is not None:
+        canonical_record.cost = model_cost(model, input_shapes)
+        report.records.append(canonical_record)
+        if canonical_record.status == "rolled-back":
+            report.failures.append(canonical_record.message)
     previous_outputs = original_outputs
     context_calibration = calibration
     verified_rows = sum(next(iter(b.values())).shape[0] for b in batches)
@@ -348,6 +361,7 @@ def optimize(
                 tolerance,
                 record,
                 threads,
+                scales,
             )
         record.verify_seconds = time.perf_counter() - t_verify
         verify_seconds += record.verify_seconds
@@ -370,15 +384,15 @@ def optimize(
 
     if verify == "end" and original_outputs is not None:
         t_final = time.perf_counter()
-        final_outputs = OrtModel(model, threads=threads).run_all(batches)
+        final_outputs = OrtModel(model, threads=threads, probes=True).run_all(batches)
         verify_seconds += time.perf_counter() - t_final
-        report.drift = compare_outputs(original_outputs, final_outputs)
+        report.drift = compare_outputs(original_outputs, final_outputs, scales)
         budget = _pipeline_budget(passes, model, tolerances, noise)
         problems = violations(report.drift, budget)
         if problems:
             report.failures.append(f"final check failed: {'; '.join(problems)}")
     elif original_outputs is not None and previous_outputs is not None:
-        report.drift = compare_outputs(original_outputs, previous_outputs)
+        report.drift = compare_outputs(original_outputs, previous_outputs, scales)
     report.final = _last_cost(report)
     report.verify_seconds = verify_seconds
     report.seconds = time.perf_counter() - start
@@ -450,6 +464,7 @@ def _check_pass(
     tolerance: Tolerance,
     record: PassRecord,
     threads: int,
+    scales: Mapping[str, float],
 ) -> tuple[str | None, list[dict[str, np.ndarray]] | None]:
     """Structural then numeric check; returns (failure or None, new outputs)."""
     try:
@@ -461,21 +476,80 @@ def _check_pass(
     if verify != "each" or previous_outputs is None:
         return None, previous_outputs
     try:
-        outputs = OrtModel(model, threads=threads).run_all(batches)
+        outputs = OrtModel(model, threads=threads, probes=True).run_all(batches)
     except Exception as exc:
         return f"made a model onnxruntime cannot run ({_first_line(exc)})", previous_outputs
-    if list(outputs[0]) != list(previous_outputs[0]):
-        return (
-            f"changed the model outputs from {list(previous_outputs[0])} to {list(outputs[0])}",
-            previous_outputs,
-        )
-    record.vs_previous = compare_outputs(previous_outputs, outputs)
+    before, after = _graph_outputs(previous_outputs[0]), _graph_outputs(outputs[0])
+    if before != after:
+        return f"changed the model outputs from {before} to {after}", previous_outputs
+    record.vs_previous = compare_outputs(previous_outputs, outputs, scales)
     if original_outputs is not None:
-        record.vs_original = compare_outputs(original_outputs, outputs)
+        record.vs_original = compare_outputs(original_outputs, outputs, scales)
     problems = violations(record.vs_previous, tolerance)
     if problems:
         return f"broke its {record.contract} contract: {'; '.join(problems)}", previous_outputs
     return None, outputs
+
+
+def _graph_outputs(outputs: Mapping[str, np.ndarray]) -> list[str]:
+    return [name for name in outputs if PROBE_MARK not in name]
+
+
+def _reference_outputs(
+    model: ir.Model, batches: list[dict[str, np.ndarray]], name: str, threads: int
+) -> list[dict[str, np.ndarray]]:
+    try:
+        return OrtModel(model, threads=threads, probes=True).run_all(batches)
+    except Exception as exc:
+        raise InputError(
+            f"{name}: onnxruntime cannot run the input model "
+            f"({_first_line(exc)}); fix the model or use --verify structural"
+        ) from exc
+
+
+def _check_canonical(
+    source: ir.Model,
+    model: ir.Model,
+    done: dict[str, Any],
+    verify: str,
+    batches: list[dict[str, np.ndarray]],
+    scales: Mapping[str, float],
+    name: str,
+    threads: int,
+    seed: int,
+) -> tuple[PassRecord, ir.Model, list[dict[str, np.ndarray]] | None]:
+    """Verify import canonicalization like an exact pass; keep the input model if it fails.
+
+    The reference is the model as given; when onnxruntime cannot run that one (a dim stored
+    as -1, say), the canonical form is the reference and the record says so.
+    """
+    record = PassRecord(0, "canonicalize", "exact", "changed", 0.0, 0.0, None, stats=done)
+    record.declines = [f"{key}: {value}" for key, value in done.items()]
+    t_verify = time.perf_counter()
+    reference = None
+    if verify != "structural":
+        try:
+            reference = OrtModel(source, threads=threads, probes=True).run_all(batches)
+        except Exception as exc:
+            record.message = (
+                f"onnxruntime cannot run the model as given ({_first_line(exc)}); "
+                "its canonical form is the reference"
+            )
+    tolerance = tolerance_for(Contract.exact(), model)
+    record.tolerance = tolerance.describe()
+    failure, outputs = _check_pass(
+        model, "each", batches, reference, reference, tolerance, record, threads, scales
+    )
+    if reference is None and failure is None and verify != "structural":
+        outputs = _reference_outputs(model, batches, name, threads)
+    record.verify_seconds = time.perf_counter() - t_verify
+    if failure is not None:
+        record.status = "rolled-back"
+        record.message = f"import canonicalization {failure}; rolled back (a lightir bug)"
+        if reference is None:
+            raise InputError(f"{name}: {record.message}")
+        return record, source, reference
+    return record, model, outputs
 
 
 def _first_line(exc: BaseException) -> str:

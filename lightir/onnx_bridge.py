@@ -146,8 +146,30 @@ class OrtModel:
     (``add_external_initializers``) are copied into the session (measured: +1x the weights).
     """
 
-    def __init__(self, model: ir.Model, *, threads: int = 0, optimize: bool = False) -> None:
-        proto, held = weightless_proto(model)
+    def __init__(
+        self, model: ir.Model, *, threads: int = 0, optimize: bool = False, probes: bool = False
+    ) -> None:
+        """Open a session; ``probes`` also returns the values before squashing output ops.
+
+        Probes (:func:`lightir.verify.probe_values`) come back under keys such as
+        ``"scores <before Sigmoid>"``.
+        """
+        from lightir.verify import probe_values
+
+        extra = {
+            key: value
+            for key, value in (probe_values(model) if probes else {}).items()
+            if value.dtype is not None and value.name
+        }
+        outputs = model.graph.outputs
+        count = len(outputs)
+        outputs.extend(extra.values())
+        try:
+            proto, held = weightless_proto(model)
+        finally:
+            while len(outputs) > count:
+                outputs.pop()
+        self.keys = {value.name: key for key, value in extra.items()}
         options = ort.SessionOptions()
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -169,7 +191,7 @@ class OrtModel:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; returns outputs by name."""
         results = self.session.run(self.output_names, {**self.weights, **feeds})
-        return dict(zip(self.output_names, results))
+        return {self.keys.get(name, name): array for name, array in zip(self.output_names, results)}
 
     def run_all(self, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Run every batch in order."""
