@@ -257,6 +257,9 @@ def run(argv: list[str]) -> int:
         save(result.model, args.output)
     if args.report:
         _write_json(args.report, report.as_dict())
+    for record in report.records:
+        if record.status == "declined":
+            print(f"{PROG}: {record.message}", file=sys.stderr)
     for failure in report.failures:
         print(f"{PROG}: {failure}", file=sys.stderr)
     return 0 if report.ok else 1

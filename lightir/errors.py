@@ -28,3 +28,14 @@ class PassFailedError(LightirError):
     """A pass raised or broke its contract and the run was asked to stop (exit code 1)."""
 
     exit_code = 1
+
+
+class PassDeclined(LightirError):
+    """A pass cannot apply to this model; raised from ``run``, the model is left as it was.
+
+    The pass manager records the pass as ``declined`` with this message (not a failure: the
+    run goes on and exits 0), e.g. a model already quantized, or an opset upgrade that onnx's
+    version converter cannot do.
+    """
+
+    exit_code = 1

@@ -31,7 +31,7 @@ from lightir import io as lightir_io
 from lightir.analysis.cost import ModelCost, model_cost
 from lightir.canonicalize import canonicalize
 from lightir.data import CalibrationData, InputSpec, concrete_shape, input_specs, synthesize
-from lightir.errors import InputError, PassFailedError, UsageError
+from lightir.errors import InputError, PassDeclined, PassFailedError, UsageError
 from lightir.ir_util import clone_model
 from lightir.onnx_bridge import OrtModel, check_structure, weightless_proto
 from lightir.pass_base import Contract, Pass, PassContext
@@ -45,6 +45,7 @@ from lightir.pipeline import (
 )
 from lightir.verify import (
     PROBE_MARK,
+    OutputInfo,
     OutputMetrics,
     StructureError,
     Tolerance,
@@ -115,6 +116,7 @@ class Report:
     verify_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
     rounding_noise: float = 0.0
+    canonicalize: PassRecord | None = None  # import canonicalization, before the passes
 
     @property
     def ok(self) -> bool:
@@ -134,6 +136,7 @@ class Report:
             "verify_seconds": self.verify_seconds,
             "rounding_noise": self.rounding_noise,
             "original": self.original.as_dict(),
+            "canonicalize": self.canonicalize.as_dict() if self.canonicalize else None,
             "final": self.final.as_dict() if self.final else None,
             "passes": [r.as_dict() for r in self.records],
             "drift": [m.as_dict() for m in self.drift],
@@ -294,12 +297,13 @@ def optimize(
         pipeline=pipeline_text,
         verify=verify,
         inputs=_inputs_description(calibration, batches),
-        original=model_cost(source, input_shapes),
+        # Counted on the canonical form: weights held in Constant nodes count as parameters.
+        original=model_cost(model, input_shapes),
         rounding_noise=noise,
     )
     if canonical_record is not None:
         canonical_record.cost = model_cost(model, input_shapes)
-        report.records.append(canonical_record)
+        report.canonicalize = canonical_record
         if canonical_record.status == "rolled-back":
             report.failures.append(canonical_record.message)
     previous_outputs = original_outputs
@@ -316,70 +320,90 @@ def optimize(
         )
 
     schedule = _Schedule(items)
-    for index, pass_ in enumerate(schedule, start=1):
-        for instrument in instruments:
-            instrument.before_pass(index, pass_, model)
-        snapshot = clone_model(model)
-        context = PassContext(context_calibration)
-        record = PassRecord(
-            index=index,
-            name=pass_.name,
-            contract=pass_.contract.describe(),
-            status="unchanged",
-            seconds=0.0,
-            verify_seconds=0.0,
-            cost=report.original,
-        )
-        t_pass = time.perf_counter()
-        failure = None
-        try:
-            result = pass_.run(model, context)
-            if result is None or not hasattr(result, "modified"):
-                raise TypeError(f"run() returned {result!r}, not a PassResult")
-            # A pass may hand back a new model object (graphsurgeon passes do).
-            model = result.model
-            modified = result.modified
-            record.stats = dict(result.stats)
-        except Exception as exc:
-            logger.debug("pass %s raised", pass_.name, exc_info=True)
-            failure = f"raised {type(exc).__name__}: {_first_line(exc)}"
-            modified = True
-        record.seconds = time.perf_counter() - t_pass
-        record.declines = list(context.declines)
-
-        t_verify = time.perf_counter()
-        outputs = previous_outputs
-        if failure is None and modified:
-            tolerance = tolerance_for(pass_.contract, model, tolerances.get(pass_.name), noise)
-            record.tolerance = tolerance.describe()
-            failure, outputs = _check_pass(
-                model,
-                verify,
-                batches,
-                previous_outputs,
-                original_outputs,
-                tolerance,
-                record,
-                threads,
-                scales,
+    index = 0
+    stop = False
+    for scheduled in schedule:
+        # A pass that emits ops newer than the model's opset first gets a verified upgrade.
+        steps = _with_opset_upgrade(scheduled, model)
+        for pass_ in steps:
+            index += 1
+            for instrument in instruments:
+                instrument.before_pass(index, pass_, model)
+            snapshot = clone_model(model)
+            context = PassContext(context_calibration)
+            record = PassRecord(
+                index=index,
+                name=pass_.name,
+                contract=pass_.contract.describe(),
+                status="unchanged",
+                seconds=0.0,
+                verify_seconds=0.0,
+                cost=report.original,
             )
-        record.verify_seconds = time.perf_counter() - t_verify
-        verify_seconds += record.verify_seconds
+            t_pass = time.perf_counter()
+            failure = declined = None
+            try:
+                result = pass_.run(model, context)
+                if result is None or not hasattr(result, "modified"):
+                    raise TypeError(f"run() returned {result!r}, not a PassResult")
+                # A pass may hand back a new model object (graphsurgeon passes do).
+                model = result.model
+                modified = result.modified
+                record.stats = dict(result.stats)
+            except PassDeclined as exc:
+                declined, modified = str(exc), False
+            except Exception as exc:
+                logger.debug("pass %s raised", pass_.name, exc_info=True)
+                failure = f"raised {type(exc).__name__}: {_first_line(exc)}"
+                modified = True
+            record.seconds = time.perf_counter() - t_pass
+            record.declines = list(context.declines)
 
-        if failure is not None:
-            model = snapshot
-            record.status = "rolled-back"
-            record.message = f"pass '{pass_.name}' (#{index}) {failure}; rolled back"
-            report.failures.append(record.message)
-        else:
-            record.status = "changed" if modified else "unchanged"
-            previous_outputs = outputs
-            schedule.changed |= modified
-        record.cost = model_cost(model, input_shapes) if modified else _last_cost(report)
-        report.records.append(record)
-        for instrument in instruments:
-            instrument.after_pass(index, pass_, model, record)
-        if failure is not None and not keep_going:
+            t_verify = time.perf_counter()
+            outputs = previous_outputs
+            if failure is None and declined is None and modified:
+                tolerance = tolerance_for(pass_.contract, model, tolerances.get(pass_.name), noise)
+                record.tolerance = tolerance.describe()
+                failure, outputs = _check_pass(
+                    model,
+                    verify,
+                    batches,
+                    previous_outputs,
+                    original_outputs,
+                    tolerance,
+                    record,
+                    threads,
+                    scales,
+                )
+            record.verify_seconds = time.perf_counter() - t_verify
+            verify_seconds += record.verify_seconds
+
+            if declined is not None:
+                model = snapshot
+                record.status = "declined"
+                record.message = f"pass '{pass_.name}' (#{index}) declined: {declined}"
+            elif failure is not None:
+                model = snapshot
+                record.status = "rolled-back"
+                record.message = f"pass '{pass_.name}' (#{index}) {failure}; rolled back"
+                report.failures.append(record.message)
+            else:
+                record.status = "changed" if modified else "unchanged"
+                previous_outputs = outputs
+                schedule.changed |= modified
+            record.cost = model_cost(model, input_shapes) if modified else _last_cost(report)
+            report.records.append(record)
+            for instrument in instruments:
+                instrument.after_pass(index, pass_, model, record)
+            stop = failure is not None and not keep_going
+            if pass_ is not steps[-1] and record.status in ("declined", "rolled-back"):
+                # The upgrade did not happen: the pass that needed it cannot run.
+                index += 1
+                _declined_for_opset(report, steps[-1], index, record)
+                break
+            if stop:
+                break
+        if stop:
             break
 
     if verify == "end" and original_outputs is not None:
@@ -423,7 +447,9 @@ class _Schedule:
 
 
 def _last_cost(report: Report) -> ModelCost:
-    return report.records[-1].cost if report.records else report.original
+    if report.records:
+        return report.records[-1].cost
+    return report.canonicalize.cost if report.canonicalize else report.original
 
 
 def _pipeline_budget(
@@ -464,7 +490,7 @@ def _check_pass(
     tolerance: Tolerance,
     record: PassRecord,
     threads: int,
-    scales: Mapping[str, float],
+    scales: Mapping[str, OutputInfo],
 ) -> tuple[str | None, list[dict[str, np.ndarray]] | None]:
     """Structural then numeric check; returns (failure or None, new outputs)."""
     try:
@@ -491,6 +517,32 @@ def _check_pass(
     return None, outputs
 
 
+def _with_opset_upgrade(pass_: Pass, model: ir.Model) -> list[Pass]:
+    from lightir.passes.upgrade_opset import UpgradeOpset, opset_of
+
+    needed = getattr(pass_, "min_opset", None)
+    if needed is None or opset_of(model) >= needed:
+        return [pass_]
+    return [UpgradeOpset(UpgradeOpset.Options(version=needed)), pass_]
+
+
+def _declined_for_opset(report: Report, pass_: Pass, index: int, upgrade: PassRecord) -> None:
+    reason = upgrade.message or "the opset upgrade did not happen"
+    report.records.append(
+        PassRecord(
+            index=index,
+            name=pass_.name,
+            contract=pass_.contract.describe(),
+            status="declined",
+            seconds=0.0,
+            verify_seconds=0.0,
+            cost=_last_cost(report),
+            message=f"pass '{pass_.name}' (#{index}) declined: it needs opset "
+            f"{pass_.min_opset} and {reason}",
+        )
+    )
+
+
 def _graph_outputs(outputs: Mapping[str, np.ndarray]) -> list[str]:
     return [name for name in outputs if PROBE_MARK not in name]
 
@@ -513,7 +565,7 @@ def _check_canonical(
     done: dict[str, Any],
     verify: str,
     batches: list[dict[str, np.ndarray]],
-    scales: Mapping[str, float],
+    scales: Mapping[str, OutputInfo],
     name: str,
     threads: int,
     seed: int,
@@ -524,7 +576,6 @@ def _check_canonical(
     as -1, say), the canonical form is the reference and the record says so.
     """
     record = PassRecord(0, "canonicalize", "exact", "changed", 0.0, 0.0, None, stats=done)
-    record.declines = [f"{key}: {value}" for key, value in done.items()]
     t_verify = time.perf_counter()
     reference = None
     if verify != "structural":

@@ -127,7 +127,8 @@ class Pass:
     """Base class of every lightir pass, built-in or user-written.
 
     Subclasses set ``name`` through :func:`lightir.register_pass`, may set ``Options`` to a
-    frozen dataclass whose fields are the pipeline keys (``prune{ratio=0.3}``), and implement
+    frozen dataclass whose fields are the pipeline keys (``prune{ratio=0.3}``), may set
+    ``min_opset`` when they emit ops or attributes older opsets lack, and implement
     :meth:`run`, which changes the model in place through onnx-ir and returns a
     :class:`PassResult`. The first line of the class docstring is the pass's summary.
     """
@@ -136,6 +137,9 @@ class Pass:
     summary: ClassVar[str] = ""
     contract: ClassVar[Contract] = EXACT
     Options: ClassVar[type] = NoOptions
+    # The ai.onnx opset the ops and attributes this pass emits need. The pass manager raises
+    # an older model to it first, as a verified ``upgrade-opset`` step named in the report.
+    min_opset: ClassVar[int | None] = None
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -60,7 +60,8 @@ def render_table(report: Report) -> str:
             "",
         ]
     )
-    for r in report.records:
+    records = [report.canonicalize, *report.records] if report.canonicalize else report.records
+    for r in records:
         prev_rel = _worst(r.vs_previous)[0]
         orig_rel, orig_cos, orig_top1 = _worst(r.vs_original)
         rows.append(
@@ -102,6 +103,9 @@ def render_table(report: Report) -> str:
 def render_explain(report: Report) -> str:
     """The reasons rewrites did not fire, per pass (``--explain``)."""
     lines = []
+    if report.canonicalize is not None:
+        done = "; ".join(f"{key}: {value}" for key, value in report.canonicalize.stats.items())
+        lines.append(f"import canonicalization ({report.canonicalize.status}): {done}")
     for r in report.records:
         if not r.declines:
             lines.append(f"pass #{r.index} {r.name}: no declined matches")

@@ -20,6 +20,7 @@ from lightir.passes import (  # noqa: F401  (registration)
     svd,
     ternary,
     tucker,
+    upgrade_opset,
 )
 from lightir.registry import register_pipeline
 

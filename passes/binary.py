@@ -29,6 +29,7 @@ class Binary(Pass):
     """Experimental: binary weights {-a, +a} per channel (no retraining)."""
 
     Options = Options
+    min_opset = 13  # per-channel DequantizeLinear (axis)
 
     def run(self, model, context: PassContext) -> PassResult:
         """Replace each eligible weight by its binary approximation."""

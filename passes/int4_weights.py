@@ -28,6 +28,7 @@ class Int4Weights(Pass):
     """Store weights as per-channel int4 with DequantizeLinear (needs opset 21)."""
 
     Options = Options
+    min_opset = 21  # INT4 DequantizeLinear
 
     def run(self, model, context: PassContext) -> PassResult:
         """Quantize every eligible weight to 4 bits when the opset allows it."""

@@ -61,6 +61,11 @@ logger = logging.getLogger(__name__)
 WEIGHTED = {"Conv", "Gemm", "MatMul"}
 ACTIVATION_OPS = {"Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat"}
 ABSORBED = {"Relu", "Clip"}
+# Concat inputs whose value ranges differ more than this are not put under one scale.
+MIXED_RANGE = 8.0
+# Ops that only squash or move values at the end of a model: what feeds them is a "head".
+HEAD_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "LogSoftmax", "Tanh", "Reshape", "Transpose",
+            "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 SAME_SCALE = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
 
 
@@ -85,6 +90,23 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None or value.is_graph_input():
         return None
     return value.const_value.numpy()
+
+
+def _is_head(value: ir.Value, depth: int = 0) -> bool:
+    """A graph output, or a value that reaches one only through squashing and layout ops.
+
+    Such values are not requantized to uint8: the outputs are what the task reads (class
+    scores, a probability map), and a Softmax over logits rounded to 1/255 of their range
+    loses the ranking of close classes (PP-OCRv6's recognizer: cosine 0.94).
+    """
+    if value.is_graph_output():
+        return True
+    if depth > 8:
+        return False
+    return any(
+        user.op_type in HEAD_OPS and any(_is_head(out, depth + 1) for out in user.outputs)
+        for user, _ in value.uses()
+    )
 
 
 def _weight_axis(node: ir.Node) -> int | None:
@@ -118,6 +140,10 @@ class Quantizer:
             if node.op_type in WEIGHTED and _weight_axis(node) is not None:
                 nodes.append(node)
             elif node.op_type in ACTIVATION_OPS and node.outputs[0].dtype == ir.DataType.FLOAT:
+                if node.op_type == "Add" and any(_const(v) is not None for v in node.inputs):
+                    # A bias or epsilon add (LayerNorm's var + eps): onnxruntime has no integer
+                    # kernel for it, and uint8 would round the variance to zero.
+                    continue
                 nodes.append(node)
             elif node.op_type in WEIGHTED:
                 self.context.decline(node, "weight is not a constant float tensor of its own")
@@ -150,8 +176,32 @@ class Quantizer:
                     chosen[value.name] = value
             absorbed = self.absorbed_activation(node)
             out = absorbed.outputs[0] if absorbed is not None else node.outputs[0]
-            chosen[out.name] = out
+            if not _is_head(out):
+                chosen[out.name] = out
         return [v for v in chosen.values() if v.dtype == ir.DataType.FLOAT]
+
+    def mixed_range_concats(self, nodes: list[ir.Node]) -> dict[str, str]:
+        """Concats whose inputs' ranges differ by more than ``MIXED_RANGE``, with the reason.
+
+        One uint8 scale over box coordinates (0-320) and class scores (0-1) leaves the scores
+        two or three levels; such a Concat stays float and each input keeps its own scale.
+        """
+        mixed = {}
+        for node in nodes:
+            if node.op_type != "Concat":
+                continue
+            spans = [
+                self.ranges[v.name][1] - self.ranges[v.name][0]
+                for v in node.inputs
+                if v is not None and v.name in self.ranges
+            ]
+            spans = [span for span in spans if span > 0]
+            if len(spans) >= 2 and max(spans) > MIXED_RANGE * min(spans):
+                mixed[node.name] = (
+                    f"inputs span {min(spans):.3g} to {max(spans):.3g}: one scale would "
+                    "crush the narrow ones; kept float, each input keeps its own scale"
+                )
+        return mixed
 
     def calibrate(self, values: list[ir.Value]) -> dict[str, tuple[float, float]]:
         calibration = self.context.calibration
@@ -183,6 +233,7 @@ class Quantizer:
             else {}
         )
         ranges = self.calibrate(values) if values else {}
+        self.ranges = ranges
         self.params = {name: self._activation_params(*ranges[name]) for name in ranges}
         # Ops that only move values keep their input's parameters: onnxruntime then runs them
         # on int8 data without requantizing (MaxPool, Flatten, Reshape, ...).
@@ -231,6 +282,9 @@ class Quantizer:
         unknown = keep - {n.name for n in nodes}
         for name in sorted(unknown):
             self.context.decline(name, "keep-fp32 names no quantizable node")
+        for name, reason in self.mixed_range_concats(nodes).items():
+            keep.add(name)
+            self.context.decline(name, reason)
         if "auto" in self.options.keep_fp32.split("+"):
             keep |= self._auto_keep([n.name for n in nodes if n.name not in keep])
         stats = self.write({n.name for n in nodes} - keep, self.params)
@@ -374,14 +428,7 @@ class Quantizer:
             self.graph.insert_after(producer, [quant, dequant])
         for user, index in users:
             user.replace_input_with(index, dequant.outputs[0])
-        outputs = self.graph.outputs
-        if value in outputs:
-            # Keep the Q/DQ pair so the op producing the output runs in int8 too; the graph
-            # output becomes the dequantized value, under its original name.
-            name = value.name
-            value.name = unique_name(self.graph, f"{name}_float")
-            dequant.outputs[0].name = name
-            outputs[outputs.index(value)] = dequant.outputs[0]
+        # Graph outputs never get here (``_is_head``): they stay float.
 
 
 @register_pass("int8", contract=Contract.lossy(min_cosine=0.98))
@@ -389,6 +436,7 @@ class Int8(Pass):
     """Static int8 quantization to QDQ (U8S8, per-channel weights) for integer kernels."""
 
     Options = Options
+    min_opset = 13  # per-channel DequantizeLinear (axis)
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Fold BN, calibrate, and write the QDQ model."""

@@ -29,6 +29,7 @@ class Int8Weights(Pass):
     """Store weights as per-channel int8 with DequantizeLinear (storage only, float compute)."""
 
     Options = Options
+    min_opset = 13  # per-channel DequantizeLinear (axis)
 
     def run(self, model, context: PassContext) -> PassResult:
         """Quantize every eligible weight to 8 bits."""

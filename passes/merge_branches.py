@@ -22,6 +22,7 @@ BatchNormalization that directly follows a Conv is best folded first (``fold-bn`
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 
 import onnx_ir as ir
@@ -153,11 +154,17 @@ class MergeBranches(RewriteRuleClassBase):
                 kernel = kernel.add(branch.kernel)
         except NotExact as reason:
             return f"branches of '{group[0].source.name}' cannot merge exactly: {reason}"
-        branch_macs = sum(b.kernel.macs_per_output for b in group if b.nodes)
-        if kernel.macs_per_output > branch_macs:
+        # What the branches cost as they are: each Conv's own MACs and weights, not those of
+        # the kernel a chain (1x1 -> depthwise kxk) collapses to, which can be dense.
+        cout = kernel.weight.shape[0]
+        branch_macs = sum(_conv_cost(n)[0] for b in group for n in b.nodes) / cout
+        branch_params = sum(_conv_cost(n)[1] for b in group for n in b.nodes)
+        merged_params = kernel.weight.size + kernel.bias.size
+        if kernel.macs_per_output > branch_macs or merged_params > branch_params:
             return (
                 f"merging the branches of '{group[0].source.name}' would cost more "
-                f"({kernel.macs_per_output} vs {branch_macs} MACs per output)"
+                f"({kernel.macs_per_output} vs {branch_macs:.0f} MACs per output, "
+                f"{merged_params} vs {branch_params} parameters)"
             )
         for leaf in biases:
             kernel = kernel.scale(1.0, per_channel(constant(leaf), channels))
@@ -193,6 +200,15 @@ class MergeBranches(RewriteRuleClassBase):
         for value in rest:
             result = op.Add(result, value)
         return result
+
+
+def _conv_cost(node: ir.Node) -> tuple[int, int]:
+    """(MACs per output position, parameters) of a Conv branch node; 0 for other ops."""
+    if node.op_type != "Conv" or node.inputs[1] is None or node.inputs[1].shape is None:
+        return 0, 0
+    weight = [int(d) if isinstance(d, int) else 0 for d in node.inputs[1].shape]
+    params = math.prod(weight) + (weight[0] if len(node.inputs) > 2 and node.inputs[2] else 0)
+    return math.prod(weight), params
 
 
 RULES = [MergeBranches.rule()]

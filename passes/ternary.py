@@ -31,6 +31,7 @@ class Ternary(Pass):
     """Experimental: ternary weights {-a, 0, +a} per channel (no retraining)."""
 
     Options = Options
+    min_opset = 13  # per-channel DequantizeLinear (axis)
 
     def run(self, model, context: PassContext) -> PassResult:
         """Replace each eligible weight by its ternary approximation."""
