@@ -2,7 +2,8 @@
 
 The pass manager runs it before a pass whose ``min_opset`` the model lacks (``int8`` writes
 per-channel DequantizeLinear, whose ``axis`` exists from opset 13), so the report names the
-upgrade as its own verified row; it can also be asked for: ``-p 'upgrade-opset{version=17}'``.
+upgrade as its own verified row; it can also be asked for: ``-p 'upgrade-opset{version=17}'``
+(default 21).
 A model at or above the version is left unchanged. When neither converter can convert the
 model, the pass declines with the converter's message and the model is unchanged.
 """
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 class Options:
     """Options of upgrade-opset."""
 
-    version: int = 13
+    version: int = 21  # run by the manager with the version a pass needs
 
     def __post_init__(self) -> None:
         import onnx

