@@ -365,7 +365,81 @@ def concatnet(seed: int = 0, size: int = 32, classes: int = 10) -> ir.Model:
     return _head(b, x, classes)
 
 
+def _silu(b: GraphBuilder, x: ir.Value) -> ir.Value:
+    """SiLU as exporters write it: x * Sigmoid(x)."""
+    return b.op("Mul", [x, b.op("Sigmoid", [x])])
+
+
+def _conv_bn_silu(b: GraphBuilder, x: ir.Value, cout: int, kernel: int = 1, stride: int = 1):
+    return _silu(b, b.batch_norm(b.conv(x, cout, kernel, stride=stride)))
+
+
+def _split(b: GraphBuilder, x: ir.Value, sizes: list[int]) -> list[ir.Value]:
+    """Split on axis 1 with explicit sizes: an input from opset 13, an attribute before."""
+    if b.opset >= 13:
+        node = b.op("Split", [x, b.initializer(np.array(sizes, np.int64), "split")], {"axis": 1},
+                    num_outputs=len(sizes)).producer()
+    else:
+        node = b.op("Split", [x], {"axis": 1, "split": sizes}, num_outputs=len(sizes)).producer()
+    for out, size in zip(node.outputs, sizes):
+        b.channels[out] = size
+    return list(node.outputs)
+
+
+def _c2f(b: GraphBuilder, x: ir.Value, cout: int, blocks: int = 1) -> ir.Value:
+    """YOLOv8's C2f: cv1 -> Split(c, c) -> bottlenecks on the second half -> Concat -> cv2."""
+    hidden = cout // 2
+    parts = _split(b, _conv_bn_silu(b, x, 2 * hidden), [hidden, hidden])
+    y = parts[-1]
+    for _ in range(blocks):
+        inner = _conv_bn_silu(b, _conv_bn_silu(b, y, hidden, 3), hidden, 3)
+        y = b.add(y, inner)
+        parts.append(y)
+    joined = b.op("Concat", parts, {"axis": 1}, channels=hidden * len(parts))
+    return _conv_bn_silu(b, joined, cout)
+
+
+def _sppf(b: GraphBuilder, x: ir.Value, cout: int) -> ir.Value:
+    """YOLOv8's SPPF: cv1, three chained 5x5 max pools, Concat of the four, cv2."""
+    hidden = b.channels[x] // 2
+    y = _conv_bn_silu(b, x, hidden)
+    pooled = [y]
+    for _ in range(3):
+        pooled.append(b.op("MaxPool", [pooled[-1]], {"kernel_shape": [5, 5], "pads": [2] * 4}))
+    return _conv_bn_silu(b, b.op("Concat", pooled, {"axis": 1}, channels=4 * hidden), cout)
+
+
+def yolo(seed: int = 0, size: int = 64, classes: int = 8, opset: int = 17) -> ir.Model:
+    """A YOLOv8-style detector in miniature: C2f and SPPF blocks, a box + class-score head.
+
+    The output is ``[N, 4 + classes, cells]``: box coordinates in pixels (0..size) and
+    Sigmoid class scores (0..1) concatenated on axis 1, as YOLOv8's ONNX export writes it.
+    ``opset < 13`` writes Split sizes as an attribute. Weights are seeded, not trained.
+    """
+    b = GraphBuilder("yolo", seed=seed, opset=opset)
+    x = b.input("images", [BATCH, 3, size, size])
+    x = _conv_bn_silu(b, x, 16, 3, 2)
+    x = _c2f(b, _conv_bn_silu(b, x, 32, 3, 2), 32)
+    x = _c2f(b, _conv_bn_silu(b, x, 64, 3, 2), 64, blocks=2)
+    x = _sppf(b, x, 64)
+    cells = (size // 8) ** 2
+    box = b.conv(_conv_bn_silu(b, x, 32, 3), 4, 1, bias=True)
+    box = b.op("Mul", [b.op("Sigmoid", [box]), b.initializer(np.array(size, np.float32), "s")])
+    score = b.op("Sigmoid", [b.conv(_conv_bn_silu(b, x, 32, 3), classes, 1, bias=True)])
+    head = b.op("Concat", [box, score], {"axis": 1}, channels=4 + classes)
+    shape = b.initializer(np.array([0, 4 + classes, cells], np.int64), "shape")
+    b.output(b.op("Reshape", [head, shape]), "output0")
+    return b.build()
+
+
+def yolo_opset12(seed: int = 0) -> ir.Model:
+    """:func:`yolo` at opset 12: Split sizes as an attribute."""
+    return yolo(seed=seed, opset=12)
+
+
 BUILDERS: dict[str, Callable[..., ir.Model]] = {
+    "yolo": yolo,
+    "yolo-opset12": yolo_opset12,
     "resnet": resnet,
     "mobilenetv2": mobilenetv2,
     "vgg": vgg,

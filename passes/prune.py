@@ -59,6 +59,7 @@ from lightir.onnx_bridge import capture
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.reconstruct import refit_layers
 from lightir.registry import register_pass
+from lightir.rewrite import unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -472,21 +473,41 @@ class Pruner:
             node.replace_input_with(2, value)
 
     def _update_split_sizes(self, removed: list[Component]) -> None:
-        """Split on axis 1 with explicit sizes: subtract the channels removed per output."""
+        """Split on axis 1 with explicit sizes: subtract the channels removed per output.
+
+        Sizes are an input from opset 13 and the ``split`` attribute before. A sizes tensor
+        that other nodes share (exporters and simplifiers deduplicate ``[c, c]``) is not
+        edited in place: the Split gets a tensor of its own.
+        """
         removed_per_value: dict[str, int] = defaultdict(int)
         for component in removed:
             for name, _ in component.channels:
                 removed_per_value[name] += 1
         for node in self.model.graph:
-            if node.op_type != "Split" or len(node.inputs) < 2 or node.inputs[1] is None:
+            if node.op_type != "Split":
                 continue
-            sizes = node.inputs[1].const_value.numpy()
+            as_input = len(node.inputs) > 1 and node.inputs[1] is not None
+            if as_input:
+                sizes = node.inputs[1].const_value.numpy()
+            elif "split" in node.attributes:
+                sizes = np.array(node.attributes.get_ints("split"), np.int64)
+            else:
+                continue
             new = np.array(
                 [s - removed_per_value.get(out.name, 0) for s, out in zip(sizes, node.outputs)],
                 dtype=sizes.dtype,
             )
-            if not np.array_equal(new, sizes):
+            if np.array_equal(new, sizes):
+                continue
+            if not as_input:
+                node.attributes["split"] = ir.AttrInt64s("split", [int(v) for v in new])
+            elif len(node.inputs[1].uses()) == 1:
                 node.inputs[1].const_value = ir.tensor(new, name=node.inputs[1].name)
+            else:
+                name = unique_name(node.graph, f"{node.name}_split_sizes")
+                value = ir.val(name, const_value=ir.tensor(new, name=name))
+                node.graph.register_initializer(value)
+                node.replace_input_with(1, value)
 
     def _refresh_shapes(self) -> None:
         graph = self.model.graph

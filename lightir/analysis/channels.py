@@ -361,7 +361,9 @@ class ChannelGraph:
 
     def _op_Split(self, node: ir.Node) -> str | None:
         x = node.inputs[0]
-        explicit = len(node.inputs) > 1 and node.inputs[1] is not None
+        explicit = (
+            len(node.inputs) > 1 and node.inputs[1] is not None
+        ) or "split" in node.attributes  # sizes as an input (opset >= 13) or an attribute
         if not explicit and len(node.outputs) > 1:
             split_axis = node.attributes.get_int("axis", 0)
             if split_axis in (1, 1 - len(x.shape or [])):

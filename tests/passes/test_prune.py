@@ -147,3 +147,56 @@ def test_data_criteria_run_on_the_fixture(criterion, digits_split):
     )
     assert result.report.ok and result.report.records[0].stats["channels_removed"] > 0
     assert zoo.accuracy(result.model, images, labels) > 0.8
+
+
+def _split_sizes(node):
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        return [int(v) for v in node.inputs[1].const_value.numpy()]
+    return list(node.attributes.get_ints("split"))
+
+
+@pytest.mark.parametrize("name", ["yolo", "yolo-opset12"])
+def test_yolo_c2f_split_sizes_follow_the_pruned_channels(name, tmp_path):
+    """C2f: Split(sizes) -> bottleneck -> Concat of the pieces, sizes as input or attribute."""
+    model = zoo.build(name)
+    result = lightir.optimize(model, "prune{ratio=0.3}")
+    assert result.report.ok, result.report.failures
+    assert result.report.final.macs < 0.8 * result.report.original.macs
+    splits = [n for n in result.model.graph if n.op_type == "Split"]
+    assert len(splits) == 2
+    for node in splits:
+        assert sum(_split_sizes(node)) == node.inputs[0].shape[1]
+    assert any(_split_sizes(n) != [16, 16] and _split_sizes(n) != [32, 32] for n in splits)
+    lightir.save(result.model, tmp_path / "pruned.onnx")
+    onnx.checker.check_model(onnx.load(tmp_path / "pruned.onnx"), full_check=True)
+
+
+def test_split_sizes_shared_by_two_splits_are_not_edited_in_place():
+    b = GraphBuilder("shared_split", seed=2)
+    x = b.input("x", ["batch", 3, 8, 8])
+    sizes = b.initializer(np.array([16, 16], np.int64), "sizes")
+    y = b.relu(b.conv(x, 32, 3))
+    for _ in range(2):
+        node = b.op("Split", [y, sizes], {"axis": 1}, num_outputs=2).producer()
+        first, second = node.outputs
+        b.channels[first] = b.channels[second] = 16
+        inner = b.relu(b.conv(second, 16, 3))
+        y = b.relu(b.conv(b.op("Concat", [first, inner], {"axis": 1}, channels=32), 32, 1))
+    b.output(b.global_avg_pool(y), "out")
+    result = lightir.optimize(b.build(), "prune{ratio=0.5}")
+    assert result.report.ok, result.report.failures
+    assert result.report.records[0].status == "changed"
+    for node in (n for n in result.model.graph if n.op_type == "Split"):
+        assert sum(_split_sizes(node)) == node.inputs[0].shape[1]
+
+
+def test_equal_split_without_sizes_stays_frozen():
+    b = GraphBuilder("equal_split", seed=4)
+    x = b.input("x", ["batch", 3, 8, 8])
+    y = b.relu(b.conv(x, 32, 3))
+    node = b.op("Split", [y], {"axis": 1}, num_outputs=2).producer()
+    first, second = node.outputs
+    b.channels[first] = b.channels[second] = 16
+    b.output(b.global_avg_pool(b.add(first, second)), "out")
+    result = lightir.optimize(b.build(), "prune{ratio=0.5}", verify="structural")
+    assert any("equal split" in d for d in declines(result))
