@@ -160,12 +160,40 @@ def metadata_path(library: str | os.PathLike) -> Path:
     return Path(library).with_suffix(".json")
 
 
+def _at_fixed_dims(model: ir.Model, shapes: dict) -> ir.Model:
+    """A copy with the build's input dims fixed and the shape arithmetic folded away.
+
+    Exporters compute Reshape targets at run time (Shape -> Gather -> Concat -> Reshape:
+    PP-OCR's classifier, ddddocr's recognizer). TVM's importer needs a constant shape there;
+    with every input dim fixed, onnxscript's constant folder turns that arithmetic into
+    constants. The model itself is left unchanged.
+    """
+    from onnxscript.optimizer import fold_constants_ir
+
+    from lightir.ir_util import clone_model
+
+    copy = clone_model(model)
+    for value in copy.graph.inputs:
+        if value.name in shapes:
+            value.shape = ir.Shape(list(shapes[value.name]))
+    for node in copy.graph:
+        for out in node.outputs:
+            out.shape = None
+    try:
+        ir.passes.common.ShapeInferencePass()(copy)
+        fold_constants_ir(copy)
+        ir.passes.common.RemoveUnusedNodesPass()(copy)
+    except Exception:  # folding is an aid to the importer; the import says what fails
+        return model
+    return copy
+
+
 def _build(model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, tuning, progress):
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    proto = ir.to_proto(model)
+    proto = ir.to_proto(_at_fixed_dims(model, shapes))
     try:
         mod = from_onnx(proto, shape_dict={k: list(v) for k, v in shapes.items()})
     except Exception as exc:
