@@ -45,8 +45,15 @@ ELEMENTWISE = NONLINEAR_OPS | {
     "AveragePool",
     "BatchNormalization",
     "Cast",
+    "Ceil",
     "Dropout",
+    "Erf",
     "Exp",
+    "Floor",
+    "Log",
+    "Round",
+    "Sign",
+    "Softsign",
     "GlobalAveragePool",
     "GlobalMaxPool",
     "Identity",
@@ -242,6 +249,57 @@ class ChannelGraph:
         return None
 
     _op_Add = _op_Sub = _op_Mul = _op_Div = _op_binary
+
+    def _op_Pow(self, node: ir.Node) -> str | None:
+        exponent = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        if exponent is None or exponent.size != 1:
+            return "exponent is not a constant scalar"
+        return None if self._tie_all(node.inputs[0], node.outputs[0]) else "channels unknown"
+
+    def _op_reduce(self, node: ir.Node) -> str | None:
+        """A reduction over other axes than 1 with keepdims (SE's mean over H, W) keeps c."""
+        x = node.inputs[0]
+        if x.shape is None:
+            return "rank unknown"
+        rank = len(x.shape)
+        axes = node.attributes.get_ints("axes", None)
+        if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+            given = _const(node.inputs[1])
+            if given is None:
+                return "axes are not constant"
+            axes = [int(a) for a in given.ravel()]
+        if axes is None or not node.attributes.get_int("keepdims", 1):
+            return "reduces every axis or drops axes"
+        if 1 in [a + rank if a < 0 else a for a in axes]:
+            return "reduces the channel axis"
+        return None if self._tie_all(x, node.outputs[0]) else "channels unknown"
+
+    _op_ReduceMean = _op_ReduceMax = _op_ReduceMin = _op_ReduceSum = _op_reduce
+    _op_ReduceL2 = _op_ReduceL1 = _op_reduce
+
+    def _op_Slice(self, node: ir.Node) -> str | None:
+        """A Slice that leaves axis 1 whole (YOLOX's space-to-depth slices H and W) keeps c."""
+        x, y = node.inputs[0], node.outputs[0]
+        if x.shape is None:
+            return "rank unknown"
+        rank = len(x.shape)
+        starts = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        ends = _const(node.inputs[2]) if len(node.inputs) > 2 else None
+        if starts is None or ends is None:
+            return "starts or ends are not constant"
+        axes_value = node.inputs[3] if len(node.inputs) > 3 else None
+        axes = _const(axes_value) if axes_value is not None else np.arange(len(starts))
+        if axes is None:
+            return "axes are not constant"
+        for axis, start, end in zip(axes.ravel(), starts.ravel(), ends.ravel()):
+            axis = int(axis) + rank if axis < 0 else int(axis)
+            if axis == 1 and not (start == 0 and end >= np.iinfo(np.int32).max):
+                steps = _const(node.inputs[4]) if len(node.inputs) > 4 else None
+                count = _channels(x)
+                whole = start == 0 and count is not None and end >= count
+                if not whole or (steps is not None and np.any(steps != 1)):
+                    return "slices the channel axis"
+        return None if self._tie_all(x, y) else "channels unknown"
 
     def _op_Conv(self, node: ir.Node) -> str | None:
         x, y = node.inputs[0], node.outputs[0]

@@ -146,3 +146,40 @@ def check_prune_equals_masking(model, **options):
     pruner.apply(removal)
     assert_outputs_close(masked, pruned, rtol=1e-5)
     return pruned
+
+
+def _paddle_style_block(b, x, se_axes, slice_axis):
+    """GELU as Paddle exports it (Erf), an SE gate through ReduceMean, a Slice and a Pow."""
+    y = b.conv(x, 8, 3)
+    half = b.op("Div", [y, b.initializer(np.array(1.41421356, np.float32), "sqrt2")])
+    erf = b.op("Erf", [half])
+    one = b.op("Add", [erf, b.initializer(np.array(1.0, np.float32), "one")])
+    gelu = b.op("Mul", [b.op("Mul", [y, one]), b.initializer(np.array(0.5, np.float32), "h")])
+    pooled = b.op("ReduceMean", [gelu], {"axes": se_axes, "keepdims": 1})  # opset 17
+    gate = b.op("Sigmoid", [b.conv(b.relu(b.conv(pooled, 4, 1, pads=[0] * 4)), 8, 1, pads=[0] * 4)])
+    gated = b.op("Mul", [gelu, gate])
+    squared = b.op("Pow", [gated, b.initializer(np.array(2.0, np.float32), "two")])
+    starts = b.initializer(np.array([0], np.int64), "st")
+    ends = b.initializer(np.array([4], np.int64), "en")
+    sliced = b.op("Slice", [squared, starts, ends, b.initializer(np.array([slice_axis], np.int64))])
+    return b.conv(sliced, 4, 1, pads=[0] * 4)
+
+
+def test_erf_gelu_se_reduce_mean_pow_and_spatial_slice_keep_channels():
+    b = GraphBuilder("paddle", seed=5)
+    b.output(_paddle_style_block(b, b.input("x", [1, 3, 8, 8]), [2, 3], 2), "out")
+    graph, groups, frozen = analyse(b.build())
+    assert ("conv_0", "conv_2") in groups, [r for _, r in frozen]  # tied by the SE gate
+    members = component_of(graph, "conv_0_out", 3)
+    assert any(name.startswith("slice") for name, _ in members)
+
+
+@pytest.mark.parametrize("se_axes, slice_axis, reason", [
+    ([1], 2, "reduces the channel axis"),
+    ([2, 3], 1, "slices the channel axis"),
+])
+def test_reductions_and_slices_over_channels_stay_frozen(se_axes, slice_axis, reason):
+    b = GraphBuilder("paddle", seed=5)
+    b.output(_paddle_style_block(b, b.input("x", [1, 3, 8, 8]), se_axes, slice_axis), "out")
+    graph, groups, frozen = analyse(b.build())
+    assert any(reason in r for _, r in frozen)
