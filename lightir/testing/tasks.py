@@ -20,6 +20,11 @@ outputs; with ``reference_outputs`` = the fp32 model's, the *agreement* is also 
     upright and 180-degree-rotated text lines; ``accuracy`` against the rotation.
 ``page-orientation``
     crops of text pages rotated by 0/90/180/270 degrees; ``accuracy``.
+``mtcnn-pnet``, ``mtcnn-rnet``, ``mtcnn-onet``
+    views and crops of scikit-image's photographs (the astronaut's face for evaluation,
+    other photos for calibration); PNet: ``box_recall`` of fp32's boxes after facenet-pytorch's
+    decode and NMS, and ``score_mae``; R/O-Net: ``decision_agreement`` at the 0.7 face
+    threshold, ``score_mae`` and ``box_mae``.
 ``logits``
     the onnx package's test models have no task; synthesized inputs, ``top1_agreement``.
 """
@@ -406,6 +411,119 @@ def _logits_dataset(name: str, count: int, seed: int) -> Dataset:
     return Dataset("logits", inputs, [], [], decode, score, batch)
 
 
+# MTCNN: the evaluation face is scikit-image's astronaut photo (face box in its 512x512
+# pixels); calibration uses other photographs, so the splits share no source image.
+FACE_BOX = (170, 50, 255, 155)
+MTCNN_CALIBRATION_PHOTOS = ["camera", "coffee", "chelsea", "motorcycle"]
+MTCNN_EVALUATION_PHOTOS = ["astronaut"]
+
+
+def _mtcnn_array(image) -> np.ndarray:
+    array = np.asarray(image.convert("RGB"), np.float32).transpose(2, 0, 1)
+    return (array - 127.5) * 0.0078125
+
+
+def _window(rng, image, size: int, around: tuple | None):
+    """A square window of ``image`` resized to ``size``: around a box (jittered) or anywhere."""
+    from PIL import Image
+
+    width, height = image.size
+    if around is not None:
+        x1, y1, x2, y2 = around
+        side = max(x2 - x1, y2 - y1) * rng.uniform(0.9, 1.3)
+        cx = (x1 + x2) / 2 + rng.uniform(-0.1, 0.1) * side
+        cy = (y1 + y2) / 2 + rng.uniform(-0.1, 0.1) * side
+    else:
+        side = rng.uniform(0.15, 0.6) * min(width, height)
+        cx, cy = rng.uniform(side / 2, width - side / 2), rng.uniform(side / 2, height - side / 2)
+    box = (int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2))
+    return image.crop(box).resize((size, size), Image.BILINEAR)
+
+
+def _scene(rng, image, size: int, face: bool):
+    """A ``size`` x ``size`` view of ``image`` at a random scale (faces 20-70 px across)."""
+    from PIL import Image
+
+    scale = rng.uniform(20, 70) / (FACE_BOX[2] - FACE_BOX[0])
+    width, height = max(size, int(image.width * scale)), max(size, int(image.height * scale))
+    small = image.resize((width, height), Image.BILINEAR)
+    if face:
+        cx = (FACE_BOX[0] + FACE_BOX[2]) / 2 * small.width / image.width
+        cy = (FACE_BOX[1] + FACE_BOX[3]) / 2 * small.height / image.height
+        left = int(np.clip(cx - rng.uniform(0.2, 0.8) * size, 0, small.width - size))
+        top = int(np.clip(cy - rng.uniform(0.2, 0.8) * size, 0, small.height - size))
+    else:
+        left = int(rng.integers(0, small.width - size + 1))
+        top = int(rng.integers(0, small.height - size + 1))
+    return small.crop((left, top, left + size, top + size))
+
+
+def _pnet_boxes(reg: np.ndarray, prob: np.ndarray, threshold: float = 0.6) -> np.ndarray:
+    """facenet-pytorch's PNet decode (stride 2, 12-pixel cells, regression) and NMS 0.5."""
+    ys, xs = np.nonzero(prob[1] > threshold)
+    if not len(ys):
+        return np.zeros((0, 4))
+    x1, y1 = xs * 2.0, ys * 2.0
+    offsets = reg[:, ys, xs].T * 12.0
+    boxes = np.stack([x1, y1, x1 + 12, y1 + 12], 1) + offsets
+    order = np.argsort(-prob[1, ys, xs])
+    chosen = []
+    while order.size:
+        i = order[0]
+        chosen.append(i)
+        order = order[1:][_iou(boxes[i], boxes[order[1:]]) <= 0.5]
+    return boxes[chosen]
+
+
+def _pnet_scores(ref, got, truth) -> dict[str, float]:
+    recall = _box_scores([r[0] for r in ref], [g[0] for g in got], truth)
+    positive = [r[1][1] > 0.6 for r in ref]
+    errors = [np.abs(r[1][1][m] - g[1][1][m]) for r, g, m in zip(ref, got, positive)]
+    errors = np.concatenate(errors) if errors else np.zeros(0)
+    return {
+        "box_recall": recall["box_recall"],
+        "score_mae": float(errors.mean()) if errors.size else 0.0,
+        "boxes_fp32": recall["boxes_fp32"],
+    }
+
+
+def _crop_scores(ref, got, truth) -> dict[str, float]:
+    ref_face = np.array([r[1] > 0.7 for r in ref])
+    got_face = np.array([g[1] > 0.7 for g in got])
+    box_error = [np.abs(r[0] - g[0]).mean() for r, g, f in zip(ref, got, ref_face) if f]
+    return {
+        "decision_agreement": float((ref_face == got_face).mean()),
+        "score_mae": float(np.mean([abs(r[1] - g[1]) for r, g in zip(ref, got)])),
+        "box_mae": float(np.mean(box_error)) if box_error else 0.0,
+        "faces_fp32": float(ref_face.sum()),
+    }
+
+
+def _mtcnn_dataset(net: str, calibrating: bool, count: int, seed: int) -> Dataset:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    names = MTCNN_CALIBRATION_PHOTOS if calibrating else MTCNN_EVALUATION_PHOTOS
+    photos = [Image.open(corpus.photo(n)).convert("RGB") for n in names]
+    arrays = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        face = not calibrating and index % 2 == 0
+        if net == "pnet":
+            arrays.append(_mtcnn_array(_scene(rng, photo, 96, face)))
+        else:
+            size = 24 if net == "rnet" else 48
+            arrays.append(_mtcnn_array(_window(rng, photo, size, FACE_BOX if face else None)))
+
+    def decode(outputs):
+        if net == "pnet":
+            return [(_pnet_boxes(r, p), p) for r, p in zip(outputs["boxes"], outputs["prob"])]
+        return [(r, p[1]) for r, p in zip(outputs["boxes"], outputs["prob"])]
+
+    score = _pnet_scores if net == "pnet" else _crop_scores
+    return Dataset(f"mtcnn-{net}", {"image": np.stack(arrays)}, [], names, decode, score, 8)
+
+
 CALIBRATION_SEED = 1000
 EVALUATION_SEED = 2000
 
@@ -421,6 +539,8 @@ def dataset(name: str, split: str = "evaluation", count: int = 32) -> Dataset:
     task = corpus.MODELS[name].task
     calibrating = split == "calibration"
     seed = CALIBRATION_SEED if calibrating else EVALUATION_SEED
+    if task.startswith("mtcnn-"):
+        return _mtcnn_dataset(task.split("-")[1], calibrating, count, seed)
     makers = {
         "ctc-captcha": lambda r: "".join(r.choice(list(CAPTCHA_CHARS), r.integers(4, 7))),
         "ctc-captcha-old": lambda r: "".join(r.choice(list(CAPTCHA_CHARS), r.integers(4, 7))),
