@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
@@ -63,6 +64,26 @@ class Options:
     keep: str = ""
 
 
+def _half_ok(node: ir.Node, opset: int) -> bool:
+    """Whether every type constraint of the op that admits float32 admits float16 too.
+
+    DynamicQuantizeLinear (already-quantized models) takes float32 only; such ops stay
+    float32 with casts around them rather than making an invalid model.
+    """
+    import onnx
+
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        return False
+    for constraint in schema.type_constraints:
+        allowed = set(constraint.allowed_type_strs)
+        if "tensor(float)" in allowed and "tensor(float16)" not in allowed:
+            return False
+    # Inputs and outputs typed float32 outright (DequantizeLinear-13's x_scale).
+    return not any(p.type_str == "tensor(float)" for p in [*schema.inputs, *schema.outputs])
+
+
 @register_pass("fp16", contract=Contract.lossy(rel_error=0.01, min_cosine=0.9999))
 class Float16(Pass):
     """Float16 weights and compute with float32 inputs/outputs; fragile ops stay float32."""
@@ -73,7 +94,18 @@ class Float16(Pass):
         """Convert the main graph to float16 outside the float32 islands."""
         graph = model.graph
         keep = FRAGILE | {t for t in self.options.keep.split("+") if t}
-        half_nodes = [n for n in graph if n.op_type not in keep and n.domain in ("", "ai.onnx")]
+        opset = model.opset_imports.get("", 13)
+        # Element types decide where casts go: a value of unknown type next to a float16 one
+        # would make a mixed-type op. Infer them; nodes still reading one stay float32.
+        common_passes.ShapeInferencePass()(model)
+        half_nodes = [
+            n
+            for n in graph
+            if n.op_type not in keep
+            and n.domain in ("", "ai.onnx")
+            and _half_ok(n, opset)
+            and all(v is None or v.dtype is not None for v in n.inputs)
+        ]
         if not any(v.dtype == FLOAT for n in half_nodes for v in n.outputs):
             return PassResult(model, modified=False)
         casts: dict[tuple[int, ir.DataType], ir.Value] = {}
@@ -126,7 +158,7 @@ class Float16(Pass):
             if in_half:
                 if node.op_type == "Cast" and node.attributes.get_int("to") == FLOAT.value:
                     node.attributes["to"] = ir.AttrInt64("to", HALF.value)
-                if node.op_type == "Constant" and "value" in node.attributes:
+                if node.op_type in ("Constant", "ConstantOfShape") and "value" in node.attributes:
                     tensor = node.attributes["value"].value
                     if tensor.dtype == FLOAT:
                         node.attributes["value"] = ir.AttrTensor(

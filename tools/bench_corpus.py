@@ -103,7 +103,17 @@ def run_cell(name: str, key: str, folder: Path, timeout: int) -> dict:
     cell["max_exact_tolerance"] = max(exact) if exact else None
     if target:
         meta = out.with_suffix(".json")
-        cell["target_check"] = json.loads(meta.read_text()).get("check") if meta.exists() else last
+        check = json.loads(meta.read_text()).get("check") if meta.exists() else None
+        cell["target_check"] = check or last
+        if check and check.get("rel_error") is not None:
+            cell["status"] = (
+                f"compiled; matches onnxruntime on {check['run_on']} "
+                f"(rel {check['rel_error']:.1e} <= {check['tolerance']:.1e})"
+            )
+        elif check:
+            cell["status"] = f"compiled; not run: {check}"[:200]
+        else:
+            cell["status"] = f"not compiled: {last}"[:200]
         return cell
     if out.exists() and cell["status"] == "changed":
         optimized = lightir.load(out)

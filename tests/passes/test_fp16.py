@@ -6,7 +6,7 @@ import onnx_ir as ir
 
 import lightir
 from lightir import zoo
-from lightir.testing import GraphBuilder, assert_outputs_close, op_types
+from lightir.testing import GraphBuilder, assert_outputs_close, from_text, op_types
 
 
 def test_fp16_halves_weights_and_keeps_the_float32_interface():
@@ -44,3 +44,24 @@ def test_fp16_on_the_trained_fixture_keeps_accuracy():
     model = zoo.build("digits")
     out = lightir.optimize(model, "fold-bn,fp16").model
     assert zoo.accuracy(out, images, labels) == zoo.accuracy(model, images, labels)
+
+
+def test_ops_without_float16_stay_float32_and_the_model_stays_valid():
+    """An already dynamically quantized model: DynamicQuantizeLinear takes float32 only."""
+    model = from_text(
+        """<ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 8] x) => (float[1, 8] y) {
+          q, scale, zero = DynamicQuantizeLinear (x)
+          k = Constant <value = float[1] {2.0}> ()
+          s2 = Mul (scale, k)
+          deq = DequantizeLinear (q, s2, zero)
+          w = Constant <value = float[8, 8] {%s}> ()
+          y = MatMul (deq, w)
+        }"""
+        % ", ".join(str(v / 10) for v in range(64))
+    )
+    result = lightir.optimize(model, "fp16{keep=}", tolerances={"fp16": "cos:0.99"})
+    assert result.report.records[0].status == "changed", result.report.failures
+    kinds = {n.op_type: n for n in result.model.graph}
+    assert kinds["DynamicQuantizeLinear"].inputs[0].dtype == ir.DataType.FLOAT
+    assert kinds["MatMul"].outputs[0].dtype == ir.DataType.FLOAT16
