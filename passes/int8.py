@@ -304,7 +304,7 @@ class Quantizer:
         batches the pass may fit on: cosine, or top-1 agreement along the Softmax axis for
         probability outputs; the worst output counts. When all-int8 scores below the target,
         the sensitivity of every quantizable op (weighted layers, Add, Concat, pools) is the
-        score lost when it alone is int8, measured on one batch; then the most sensitive
+        score lost when it alone is int8, measured on two samples; then the most sensitive
         ``k = 1, 2, 4, ...`` ops are kept float until the target is met, at most a quarter.
         """
         from lightir.ir_util import clone_model
@@ -331,8 +331,10 @@ class Quantizer:
         everything = set(names)
         if score(everything) >= target:
             return set()
-        one = batches[:1]
-        loss = {n: 1.0 - score({n}, one, reference[:1]) for n in names}
+        # Ranking needs an order, not a precise figure: two samples suffice.
+        one = [{k: v[:2] for k, v in batches[0].items()}]
+        one_reference = OrtModel(self.model).run_all(one)
+        loss = {n: 1.0 - score({n}, one, one_reference) for n in names}
         ranked = sorted(loss, key=loss.get, reverse=True)
         limit = max(1, len(names) // 4)
         count = 1
@@ -361,6 +363,13 @@ class Quantizer:
         moved = np.moveaxis(weight, axis, 0)
         peak = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
         scale = np.where(peak > 0, peak / levels, 1.0)
+        bias = _const(node.inputs[2]) if len(node.inputs) > 2 else None
+        if bias is not None and bias.size == scale.size:
+            # The int32 bias is bias / (s_x * s_w): a channel with near-zero weights and a
+            # real bias (a dead channel of PP-OCRv6's detector) would overflow int32. Such a
+            # channel gets the smallest weight scale that keeps its bias in range.
+            limit = 0.5 * np.iinfo(np.int32).max * input_scale
+            scale = np.maximum(scale, np.abs(bias.astype(np.float64).reshape(-1)) / limit)
         shape = [1] * weight.ndim
         shape[axis] = -1
         quantized = np.clip(np.round(weight / scale.reshape(shape)), -levels, levels).astype(

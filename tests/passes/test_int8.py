@@ -96,3 +96,23 @@ def test_keep_fp32_names_and_auto():
     assert 1 <= len(auto.report.records[0].stats["float_ops"]) <= quantizable // 4
     plain = lightir.optimize(model, "int8")  # auto by default: all-int8 already meets 0.99
     assert plain.report.records[0].stats["float_ops"] == []
+
+
+def test_near_zero_weights_with_a_bias_do_not_overflow_the_int32_bias():
+    b = GraphBuilder("dead_channel", seed=3)
+    x = b.input("x", ["batch", 3, 8, 8])
+    y = b.conv(x, 8, 3, bias=True)
+    conv = y.producer()
+    weight = conv.inputs[1].const_value.numpy().copy()
+    weight[2] = 1e-12  # a dead channel that still carries a bias
+    conv.inputs[1].const_value = lightir.onnx_bridge.ir.tensor(weight)
+    conv.inputs[2].const_value = lightir.onnx_bridge.ir.tensor(np.full(8, 2.0, np.float32))
+    b.output(b.conv(b.relu(y), 4, 1, pads=[0] * 4), "out")
+    result = quantize(b.build(), "int8{keep-fp32=}")
+    biases = [
+        v.const_value.numpy()
+        for v in result.model.graph.initializers.values()
+        if v.const_value.dtype == lightir.onnx_bridge.ir.DataType.INT32
+    ]
+    assert biases and all(np.abs(q).max() < np.iinfo(np.int32).max // 2 + 2 for q in biases)
+    assert result.report.records[0].vs_previous[0].cosine > 0.99
