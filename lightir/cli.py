@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--samples",
         type=int,
-        default=2,
-        help="verification samples (default 2; one batch if the batch is dynamic)",
+        default=None,
+        help="verification samples (default: 2 synthesized, or a quarter of --calib's rows, "
+        "2 to 8; one batch if the batch is dynamic)",
     )
     parser.add_argument(
         "--dim",

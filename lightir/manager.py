@@ -202,7 +202,7 @@ def optimize(
     calib: str | Path | CalibrationData | None = None,
     verify: str = "each",
     keep_going: bool = False,
-    samples: int = 2,
+    samples: int | None = None,
     dims: Mapping[str, int] | None = None,
     seed: int = 0,
     tolerances: Mapping[str, float] | None = None,
@@ -220,7 +220,9 @@ def optimize(
             (structure after every pass, numbers once at the end), ``"structural"`` (no
             onnxruntime runs).
         keep_going: after a pass is rolled back, run the remaining passes.
-        samples: verification samples (one batch when the batch dim is dynamic).
+        samples: verification samples (one batch when the batch dim is dynamic). Default:
+            2 synthesized; with ``calib``, a quarter of its rows, at least 2 and at most 8
+            (two lines of text told int8's fate on a recognizer; eight tell it better).
         dims: values for named dynamic dims (``{"batch": 4}``).
         seed: seed of synthesized inputs.
         tolerances: per pass name, a relative-error bound overriding its contract's.
@@ -237,7 +239,7 @@ def optimize(
     """
     if verify not in VERIFY_MODES:
         raise UsageError(f"verify={verify!r}: use one of {', '.join(VERIFY_MODES)}")
-    if samples < 1:
+    if samples is not None and samples < 1:
         raise UsageError(f"samples={samples}: give at least 1")
     start = time.perf_counter()
     if isinstance(pipeline, str):
@@ -266,6 +268,8 @@ def optimize(
     )
     if calibration is not None:
         calibration = calibration.bind(specs_in)
+    if samples is None:
+        samples = 2 if calibration is None else min(8, max(2, calibration.rows // 4))
     batches = _verification_inputs(specs_in, calibration, samples, dims, seed)
     # Costs are per sample: a dynamic batch dim counts as 1.
     input_shapes = {spec.name: concrete_shape(spec, 1, dict(dims or {})) for spec in specs_in}

@@ -30,7 +30,7 @@ first scores the all-int8 model against fp32 on the calibration batches (cosine 
 top-1 along the Softmax axis for probability outputs, the worst output counts). Below
 ``auto-cosine`` (0.99, a margin over the contract's 0.98 since verification runs on other
 samples), every quantizable op's sensitivity is measured and the most sensitive 1, 2, 4, ...
-are kept float32 until the target is met, at most a quarter of them (see ``_auto_keep``).
+are kept float32 until the target is met, at most half of them (see ``_auto_keep``).
 Real models need it: PP-OCRv5's detector is at cosine 0.94 all-int8 (rolled back) and
 keeps its mask IoU at 0.96 with the sensitive early layers float. ``keep-fp32=`` (empty) is
 all-int8. The stats list the ops that run in int8 (``int8_ops``) and those kept float
@@ -305,7 +305,7 @@ class Quantizer:
         probability outputs; the worst output counts. When all-int8 scores below the target,
         the sensitivity of every quantizable op (weighted layers, Add, Concat, pools) is the
         score lost when it alone is int8, measured on two samples; then the most sensitive
-        ``k = 1, 2, 4, ...`` ops are kept float until the target is met, at most a quarter.
+        ``k = 1, 2, 4, ...`` ops are kept float until the target is met, at most half.
         """
         from lightir.ir_util import clone_model
         from lightir.onnx_bridge import OrtModel
@@ -336,7 +336,7 @@ class Quantizer:
         one_reference = OrtModel(self.model).run_all(one)
         loss = {n: 1.0 - score({n}, one, one_reference) for n in names}
         ranked = sorted(loss, key=loss.get, reverse=True)
-        limit = max(1, len(names) // 4)
+        limit = max(1, len(names) // 2)
         count = 1
         while True:
             keep = set(ranked[: min(count, limit)])

@@ -93,7 +93,7 @@ def test_keep_fp32_names_and_auto():
     quantizable = len(auto.report.records[0].stats["int8_ops"]) + len(
         auto.report.records[0].stats["float_ops"]
     )
-    assert 1 <= len(auto.report.records[0].stats["float_ops"]) <= quantizable // 4
+    assert 1 <= len(auto.report.records[0].stats["float_ops"]) <= quantizable // 2
     plain = lightir.optimize(model, "int8")  # auto by default: all-int8 already meets 0.99
     assert plain.report.records[0].stats["float_ops"] == []
 

@@ -85,16 +85,14 @@ def test_int8_with_real_calibration_is_kept_and_keeps_the_task(name, metric, flo
         assert scores[metric] >= floor, scores
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: PP-OCRv6 tiny's int8 (sensitive quarter kept float) is rolled back: top-1 "
-    "per CTC position 0.96 < 0.98 on the 2 verification lines (on 16 evaluation lines: char "
-    "accuracy 1.0 vs 0.995 fp32, but 1 string in 16 differs); see tools/README",
-)
-def test_int8_on_the_tiny_recognizer(calibration):
+def test_int8_on_the_tiny_recognizer_keeps_its_reading(calibration):
+    """All-int8 loses a string in three; the sensitive ops kept float bring it back."""
     name = "ppocrv6-tiny-rec"
     result = lightir.optimize(corpus.path(name), "int8", calib=calibration[name])
-    assert result.report.ok
+    assert result.report.ok, result.report.failures
+    assert result.report.records[-1].stats["float_ops"]  # mixed precision was needed
+    scores = _task_metric(name, result.model, 32)
+    assert scores["char_accuracy"] >= scores["char_accuracy_fp32"] - 0.01, scores
 
 
 def test_the_task_metric_sees_a_broken_model():
