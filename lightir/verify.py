@@ -40,6 +40,13 @@ Scale of an output
     floor is what float32 rounding of such an output can do. A Concat takes the largest
     natural range of its parts.
 
+Parts of a Concat output
+    A detector's output often concatenates box coordinates (0-320) and class scores (0-1).
+    One cosine or one scale over the whole tensor cannot see the scores collapse, so such an
+    output (a Concat, followed through Transpose, Reshape and a Concat of levels) is also
+    compared part by part (``out[part 2/2: axis 1 4:84]``), each against its own scale, and
+    every bound applies to every part.
+
 Probes before squashing ops
     A saturated head also hides real errors: a Sigmoid at -15 moves by 1e-7 when its input
     moves by 10%. So the values that feed a graph output's final squashing op are compared
@@ -68,6 +75,7 @@ EXACT_CAP = 1e-3
 SQUASHING_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax", "Tanh"})
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 PROBE_MARK = " <before "
+PART_MARK = "[part "
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
 ARITHMETIC_OPS = WEIGHTED_OPS | {"Add", "Sub", "Mul", "Div", "PRelu", "Sum"}
 
@@ -158,10 +166,16 @@ def natural_scale(value: ir.Value, depth: int = 0) -> float:
 
 @dataclass(frozen=True)
 class OutputInfo:
-    """What the structure says about a graph output: natural scale, Softmax class axis."""
+    """What the structure says about a graph output.
+
+    ``scale``: natural scale; ``class_axis``: the Softmax axis; ``parts``: ``(axis, sizes,
+    scales)`` when the output is a Concat of parts with their own ranges (box coordinates
+    and class scores), each judged on its own.
+    """
 
     scale: float = 0.0
     class_axis: int | None = None
+    parts: tuple[int, tuple[int, ...], tuple[float, ...]] | None = None
 
 
 def _softmax_axis(value: ir.Value) -> int | None:
@@ -185,10 +199,62 @@ def _opset(node: ir.Node) -> int:
 
 
 def output_scales(model: ir.Model) -> dict[str, OutputInfo]:
-    """Natural scale and Softmax class axis of each graph output (see module docstring)."""
+    """Natural scale, Softmax class axis and Concat parts of each graph output."""
     return {
-        out.name: OutputInfo(natural_scale(out), _softmax_axis(out)) for out in model.graph.outputs
+        out.name: OutputInfo(natural_scale(out), _softmax_axis(out), _concat_parts(out))
+        for out in model.graph.outputs
     }
+
+
+def _static_dim(value: ir.Value, axis: int) -> int | None:
+    if value.shape is None or axis >= len(value.shape):
+        return None
+    dim = value.shape[axis]
+    return dim if isinstance(dim, int) else None
+
+
+def _concat_parts(value: ir.Value, depth: int = 0):
+    """``(axis, sizes, natural scales)`` of the Concat an output is made of, or None.
+
+    Followed through Identity, Transpose (the axis moves), Reshape that keeps every dim up to
+    the axis, and a Concat on another axis whose inputs share the same parts (YOLOX's levels).
+    """
+    node = value.producer()
+    if node is None or depth > 8 or value.shape is None:
+        return None
+    rank = len(value.shape)
+    if node.op_type == "Identity":
+        return _concat_parts(node.inputs[0], depth + 1)
+    if node.op_type == "Transpose":
+        inner = _concat_parts(node.inputs[0], depth + 1)
+        perm = node.attributes.get_ints("perm", None)
+        if inner is None or perm is None:
+            return None
+        return (list(perm).index(inner[0]), *inner[1:])
+    if node.op_type == "Reshape":
+        inner = _concat_parts(node.inputs[0], depth + 1)
+        source = node.inputs[0]
+        if inner is None or source.shape is None:
+            return None
+        axis = inner[0]
+        same = len(source.shape) > axis and all(
+            source.shape[a] == value.shape[a] for a in range(axis + 1)
+        )
+        return inner if same else None
+    if node.op_type != "Concat":
+        return None
+    axis = node.attributes.get_int("axis", 0)
+    axis = axis + rank if axis < 0 else axis
+    inputs = [v for v in node.inputs if v is not None]
+    # Pieces that are themselves made of the same parts (YOLOX's levels, each a Concat of
+    # boxes, objectness and classes): the parts inside are what differ in range.
+    inner = [_concat_parts(v, depth + 1) for v in inputs]
+    if inner and inner[0] is not None and inner[0][0] != axis and all(i == inner[0] for i in inner):
+        return inner[0]
+    sizes = [_static_dim(v, axis) for v in inputs]
+    if len(inputs) >= 2 and None not in sizes:
+        return axis, tuple(sizes), tuple(natural_scale(v) for v in inputs)
+    return None
 
 
 def probe_values(model: ir.Model) -> dict[str, ir.Value]:
@@ -309,29 +375,46 @@ def compare_outputs(
     for name in reference[0]:
         if name not in actual[0] and PROBE_MARK in name:
             continue
-        ref = np.concatenate([np.asarray(r[name], np.float64).ravel() for r in reference])
-        got = np.concatenate([np.asarray(a[name], np.float64).ravel() for a in actual])
-        if ref.shape != got.shape:
-            metrics.append(OutputMetrics(name, math.inf, math.inf, 0.0, None))
-            continue
-        finite = np.isfinite(ref)
-        if not np.array_equal(finite, np.isfinite(got)) or not np.array_equal(
-            ref[~finite], got[~finite]
-        ):
-            metrics.append(OutputMetrics(name, math.inf, math.inf, 0.0, None))
-            continue
-        diff = np.abs(ref[finite] - got[finite])
-        max_abs = float(diff.max()) if diff.size else 0.0
-        scale = float(np.abs(ref[finite]).max()) if diff.size else 0.0
         info = scales.get(name, OutputInfo())
-        scale = max(scale, info.scale)
-        rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-        norms = float(np.linalg.norm(ref[finite]) * np.linalg.norm(got[finite]))
-        cosine = float(np.dot(ref[finite], got[finite]) / norms) if norms > 0 else 1.0
-        top1 = _top1(reference, actual, name, info.class_axis)
-        probabilities = info.class_axis is not None and top1 is not None
-        metrics.append(OutputMetrics(name, max_abs, rel, cosine, top1, scale, probabilities))
+        ref_arrays = [np.asarray(r[name], np.float64) for r in reference]
+        got_arrays = [np.asarray(a[name], np.float64) for a in actual]
+        whole = _metrics(name, ref_arrays, got_arrays, info.scale)
+        whole.top1 = _top1(reference, actual, name, info.class_axis)
+        whole.probabilities = info.class_axis is not None and whole.top1 is not None
+        metrics.append(whole)
+        if info.parts is None or not math.isfinite(whole.rel_error):
+            continue
+        axis, sizes, natural = info.parts
+        if any(r.ndim <= axis or r.shape[axis] != sum(sizes) for r in ref_arrays):
+            continue
+        start = 0
+        for index, (size, part_scale) in enumerate(zip(sizes, natural)):
+            cut = slice(start, start + size)
+            part = [np.take(r, range(cut.start, cut.stop), axis=axis) for r in ref_arrays]
+            part_got = [np.take(g, range(cut.start, cut.stop), axis=axis) for g in got_arrays]
+            label = f"{name}{PART_MARK}{index + 1}/{len(sizes)}: axis {axis} {cut.start}:{cut.stop}]"
+            metrics.append(_metrics(label, part, part_got, part_scale))
+            start += size
     return metrics
+
+
+def _metrics(name: str, reference: list, actual: list, natural: float) -> OutputMetrics:
+    ref = np.concatenate([r.ravel() for r in reference])
+    got = np.concatenate([a.ravel() for a in actual])
+    if ref.shape != got.shape:
+        return OutputMetrics(name, math.inf, math.inf, 0.0, None)
+    finite = np.isfinite(ref)
+    if not np.array_equal(finite, np.isfinite(got)) or not np.array_equal(
+        ref[~finite], got[~finite]
+    ):
+        return OutputMetrics(name, math.inf, math.inf, 0.0, None)
+    diff = np.abs(ref[finite] - got[finite])
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = max(float(np.abs(ref[finite]).max()) if diff.size else 0.0, natural)
+    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    norms = float(np.linalg.norm(ref[finite]) * np.linalg.norm(got[finite]))
+    cosine = float(np.dot(ref[finite], got[finite]) / norms) if norms > 0 else 1.0
+    return OutputMetrics(name, max_abs, rel, cosine, None, scale)
 
 
 def _top1(reference, actual, name, class_axis: int | None = None) -> float | None:

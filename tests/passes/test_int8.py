@@ -116,3 +116,15 @@ def test_near_zero_weights_with_a_bias_do_not_overflow_the_int32_bias():
     ]
     assert biases and all(np.abs(q).max() < np.iinfo(np.int32).max // 2 + 2 for q in biases)
     assert result.report.records[0].vs_previous[0].cosine > 0.99
+
+
+def test_yolo_box_and_score_head_stays_float_and_is_judged_in_parts():
+    """Box coordinates (0-64) and class scores (0-1) never share one uint8 scale."""
+    result = quantize(zoo.build("yolo"))
+    graph = result.model.graph
+    head = graph.outputs[0].producer().inputs[0].producer()
+    assert head.op_type == "Concat"
+    for value in (head.outputs[0], *head.inputs):
+        assert not any(user.op_type == "QuantizeLinear" for user, _ in value.uses())
+    names = [m.output for m in result.report.records[-1].vs_previous]
+    assert names[1:] == ["output0[part 1/2: axis 1 0:4]", "output0[part 2/2: axis 1 4:12]"]
