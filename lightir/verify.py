@@ -392,7 +392,8 @@ def compare_outputs(
             cut = slice(start, start + size)
             part = [np.take(r, range(cut.start, cut.stop), axis=axis) for r in ref_arrays]
             part_got = [np.take(g, range(cut.start, cut.stop), axis=axis) for g in got_arrays]
-            label = f"{name}{PART_MARK}{index + 1}/{len(sizes)}: axis {axis} {cut.start}:{cut.stop}]"
+            where = f"axis {axis} {cut.start}:{cut.stop}"
+            label = f"{name}{PART_MARK}{index + 1}/{len(sizes)}: {where}]"
             metrics.append(_metrics(label, part, part_got, part_scale))
             start += size
     return metrics
