@@ -6,7 +6,8 @@
 
 Each cell runs ``lightir-opt`` as a user would (a subprocess, so a crash is a crash and not
 this script's), with the real calibration set of the model (``tasks.calibration_npz``) for
-the pipelines that need data and for verification. Status is what the run ended with:
+the pipelines that need data and for verification (``*-synth``: the exact pipelines
+verified on synthesized inputs instead). Status is what the run ended with:
 ``changed``, ``unchanged``, ``declined: reason``, ``rolled-back: figures``, ``usage/input
 error`` or ``crashed`` (an internal error or a traceback). Latency is onnxruntime with one
 thread, the optimized and the original model timed in interleaved blocks (median); the
@@ -35,6 +36,9 @@ from lightir.testing import corpus, tasks  # noqa: E402
 PIPELINES = {
     "reparam": ("reparam", False),
     "fold-bn,cleanup": ("fold-bn,cleanup", False),
+    # The exact pipelines again, verified on synthesized inputs (no --calib).
+    "reparam-synth": ("reparam", False),
+    "fold-bn,cleanup-synth": ("fold-bn,cleanup", False),
     "int8": ("int8", True),
     "prune0.2": ("prune{ratio=0.2}", True),
     "prune0.2+rec": ("prune{ratio=0.2,reconstruct=true}", True),
@@ -65,7 +69,9 @@ def run_cell(name: str, key: str, folder: Path, timeout: int) -> dict:
     out = folder / f"{name}.{key}.{'so' if target else 'onnx'}"
     report = folder / f"{name}.{key}.json"
     command = [sys.executable, "-m", "lightir.cli", str(source), "-p", pipeline, "-o", str(out),
-               "--report", str(report), "-q", "--calib", str(calib)]
+               "--report", str(report), "-q"]
+    if not key.endswith("-synth"):
+        command += ["--calib", str(calib)]
     if target:
         command += ["--target", target]
     start = time.perf_counter()
