@@ -81,6 +81,11 @@ class PassRecord:
     declines: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def begin(cls, index: int, pass_: Pass, cost: ModelCost) -> PassRecord:
+        """The record of a pass about to run (unchanged until it says otherwise)."""
+        return cls(index, pass_.name, pass_.contract.describe(), "unchanged", 0.0, 0.0, cost)
+
     def as_dict(self) -> dict:
         """Plain dict for JSON."""
         return {
@@ -329,21 +334,19 @@ def optimize(
     for scheduled in schedule:
         # A pass that emits ops newer than the model's opset first gets a verified upgrade.
         steps = _with_opset_upgrade(scheduled, model)
+        if not steps:
+            index += 1
+            upgrade = PassRecord.begin(index, scheduled, _last_cost(report))
+            upgrade.message = f"the installed onnx knows opsets up to {_newest_opset()}"
+            _declined_for_opset(report, scheduled, index, upgrade)
+            continue
         for pass_ in steps:
             index += 1
             for instrument in instruments:
                 instrument.before_pass(index, pass_, model)
             snapshot = clone_model(model)
             context = PassContext(context_calibration)
-            record = PassRecord(
-                index=index,
-                name=pass_.name,
-                contract=pass_.contract.describe(),
-                status="unchanged",
-                seconds=0.0,
-                verify_seconds=0.0,
-                cost=report.original,
-            )
+            record = PassRecord.begin(index, pass_, report.original)
             t_pass = time.perf_counter()
             failure = declined = None
             try:
@@ -527,24 +530,25 @@ def _with_opset_upgrade(pass_: Pass, model: ir.Model) -> list[Pass]:
     needed = getattr(pass_, "min_opset", None)
     if needed is None or opset_of(model) >= needed:
         return [pass_]
+    if needed > _newest_opset():
+        return []
     return [UpgradeOpset(UpgradeOpset.Options(version=needed)), pass_]
+
+
+def _newest_opset() -> int:
+    import onnx
+
+    return onnx.defs.onnx_opset_version()
 
 
 def _declined_for_opset(report: Report, pass_: Pass, index: int, upgrade: PassRecord) -> None:
     reason = upgrade.message or "the opset upgrade did not happen"
-    report.records.append(
-        PassRecord(
-            index=index,
-            name=pass_.name,
-            contract=pass_.contract.describe(),
-            status="declined",
-            seconds=0.0,
-            verify_seconds=0.0,
-            cost=_last_cost(report),
-            message=f"pass '{pass_.name}' (#{index}) declined: it needs opset "
-            f"{pass_.min_opset} and {reason}",
-        )
+    record = PassRecord.begin(index, pass_, _last_cost(report))
+    record.status = "declined"
+    record.message = (
+        f"pass '{pass_.name}' (#{index}) declined: it needs opset {pass_.min_opset} and {reason}"
     )
+    report.records.append(record)
 
 
 def _graph_outputs(outputs: Mapping[str, np.ndarray]) -> list[str]:

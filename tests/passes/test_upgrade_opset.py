@@ -41,3 +41,40 @@ def test_explicit_upgrade_is_exact_and_a_newer_model_is_unchanged():
     assert_outputs_close(model, result.model, rtol=1e-6)
     again = lightir.optimize(result.model, "upgrade-opset{version=13}")
     assert again.report.records[0].status == "unchanged"
+
+
+def test_a_pass_can_decline_and_the_run_goes_on():
+    from lightir.errors import PassDeclined
+    from lightir.registry import register_pass, unregister
+
+    def already_quantized(model, context):
+        raise PassDeclined("the model is already quantized (ConvInteger)")
+
+    register_pass("decliner", contract="exact", replace=True)(already_quantized)
+    try:
+        result = lightir.optimize(conv_model(17), "decliner,fold-bn")
+    finally:
+        unregister("decliner")
+    first, second = result.report.records
+    assert first.status == "declined" and "already quantized" in first.message
+    assert second.name == "fold-bn" and result.report.ok
+
+
+def test_a_pass_needing_an_opset_onnx_lacks_is_declined():
+    from lightir.pass_base import Pass
+    from lightir.registry import register_pass, unregister
+
+    class Future(Pass):
+        min_opset = onnx.defs.onnx_opset_version() + 1
+
+        def run(self, model, context):
+            raise AssertionError("must not run")
+
+    register_pass("future-op", contract="exact", replace=True)(Future)
+    try:
+        result = lightir.optimize(conv_model(17), "future-op")
+    finally:
+        unregister("future-op")
+    (record,) = result.report.records
+    assert record.status == "declined" and "knows opsets up to" in record.message
+    assert result.report.ok
