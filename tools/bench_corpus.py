@@ -67,7 +67,7 @@ def run_cell(name: str, key: str, folder: Path, timeout: int) -> dict:
     calib = calibration_file(name, folder)
     target = TARGETS.get(key)
     out = folder / f"{name}.{key}.{'so' if target else 'onnx'}"
-    report = folder / f"{name}.{key}.json"
+    report = folder / f"{name}.{key}.report.json"  # NAME.json is the library metadata
     command = [sys.executable, "-m", "lightir.cli", str(source), "-p", pipeline, "-o", str(out),
                "--report", str(report), "-q"]
     if not key.endswith("-synth"):
