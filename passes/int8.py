@@ -52,6 +52,7 @@ import onnx_ir.passes.common as common_passes
 
 from lightir.calibration import Calibrator
 from lightir.data import input_specs, synthesize
+from lightir.errors import PassDeclined
 from lightir.onnx_bridge import Probe
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.passes.bias_correct import correct_biases, correctable_layers, input_means
@@ -65,6 +66,9 @@ logger = logging.getLogger(__name__)
 WEIGHTED = {"Conv", "Gemm", "MatMul"}
 ACTIVATION_OPS = {"Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat"}
 ABSORBED = {"Relu", "Clip"}
+# Ops that mean a model is quantized already (static QDQ, dynamic, or integer kernels).
+QUANTIZED = {"QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+             "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"}
 # Concat inputs whose value ranges differ more than this are not put under one scale.
 MIXED_RANGE = 8.0
 # Ops that only squash or move values at the end of a model: what feeds them is a "head".
@@ -452,5 +456,11 @@ class Int8(Pass):
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Fold BN, calibrate, and write the QDQ model."""
+        quantized = sorted({n.op_type for g in model.graphs() for n in g if n.op_type in QUANTIZED})
+        if quantized:
+            raise PassDeclined(
+                f"the model is already quantized ({', '.join(quantized)}); quantize the float "
+                "model instead"
+            )
         stats = Quantizer(model, self.options, context).run()
         return PassResult(model, modified=bool(stats.get("int8_ops")), stats=stats)

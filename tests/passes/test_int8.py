@@ -128,3 +128,11 @@ def test_yolo_box_and_score_head_stays_float_and_is_judged_in_parts():
         assert not any(user.op_type == "QuantizeLinear" for user, _ in value.uses())
     names = [m.output for m in result.report.records[-1].vs_previous]
     assert names[1:] == ["output0[part 1/2: axis 1 0:4]", "output0[part 2/2: axis 1 4:12]"]
+
+
+def test_an_already_quantized_model_is_declined_clearly():
+    once = quantize(zoo.build("resnet")).model
+    again = lightir.optimize(once, "int8")
+    (record,) = again.report.records
+    assert record.status == "declined" and "already quantized (QuantizeLinear)" in record.message
+    assert again.report.ok  # declining is not a failure
