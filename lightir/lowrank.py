@@ -52,6 +52,17 @@ class Factorization:
     macs_per_position: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    def dense(self) -> np.ndarray:
+        """The approximated weight: ``extra["dense"]``, or built by ``extra["make_dense"]``.
+
+        A budget search builds dozens of factorizations and never looks at their product (a
+        ``8210 x 1536`` product per rank of ddddocr's classifier took minutes), so methods may
+        defer it.
+        """
+        if "dense" not in self.extra:
+            self.extra["dense"] = self.extra.pop("make_dense")()
+        return self.extra["dense"]
+
 
 def relative_error(original: np.ndarray, approx: np.ndarray) -> float:
     """Frobenius norm of the difference, relative to the original's."""
@@ -65,12 +76,23 @@ def energy_rank(singular: np.ndarray, energy: float) -> int:
     return int(np.searchsorted(cumulative, energy - 1e-12) + 1)
 
 
-def svd_factors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """``matrix (out x in) ~ left (out x r) @ right (r x in)``; returns left, right, error."""
-    u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+def svd_factors(
+    matrix: np.ndarray, rank: int, decomposition: tuple | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """``matrix (out x in) ~ left (out x r) @ right (r x in)``; returns left, right, error.
+
+    ``decomposition`` is ``np.linalg.svd(matrix)`` when the caller has it: a budget search
+    tries dozens of ranks of one matrix, and one SVD serves them all. The error is then read
+    off the singular values (Eckart-Young), not from a product.
+    """
+    if decomposition is None:
+        decomposition = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+    u, s, vt = decomposition
     root = np.sqrt(s[:rank])
     left, right = u[:, :rank] * root, root[:, None] * vt[:rank]
-    return left, right, relative_error(matrix, left @ right)
+    total = float(np.sum(s**2))
+    error = float(np.sqrt(np.sum(s[rank:] ** 2) / total)) if total > 0 else 0.0
+    return left, right, error
 
 
 def spatial_factors(weight: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:

@@ -185,7 +185,7 @@ class LowRankMethod:
         raise NotImplementedError
 
     def factorize(self, layer: Layer, rank: int) -> Factorization:
-        """The chain for ``rank`` (``extra["dense"]``: the approximated weight)."""
+        """The chain for ``rank`` (:meth:`Factorization.dense`: the approximated weight)."""
         raise NotImplementedError
 
     def budget_ranks(self, grid: list[int]) -> list[int]:
@@ -345,7 +345,7 @@ def _tol_rank(method, layer, grid, tol, model, batches) -> int | None:
     reference = patches @ layer.weight.reshape(layer.weight.shape[0], -1).T
     scale = np.linalg.norm(reference) or 1.0
     for rank in grid:
-        approx = method.factorize(layer, rank).extra["dense"]
+        approx = method.factorize(layer, rank).dense()
         error = np.linalg.norm(patches @ approx.reshape(approx.shape[0], -1).T - reference)
         if error / scale <= tol:
             return rank

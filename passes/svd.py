@@ -22,6 +22,9 @@ class SvdMethod(LowRankMethod):
 
     name = "svd"
 
+    def __init__(self) -> None:
+        self._decompositions: dict[int, tuple] = {}  # one SVD per weight, whatever the rank
+
     def layer(self, node: ir.Node):
         layer = dense_layer(node)
         if layer is None:
@@ -38,7 +41,12 @@ class SvdMethod(LowRankMethod):
         return energy_rank(singular, energy)
 
     def factorize(self, layer, rank: int) -> Factorization:
-        left, right, error = svd_factors(layer.weight[:, :, 0, 0], rank)
+        matrix = layer.weight[:, :, 0, 0]
+        key = id(layer.weight)
+        if key not in self._decompositions:
+            decomposition = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+            self._decompositions[key] = (layer.weight, decomposition)  # holds the id's owner
+        left, right, error = svd_factors(matrix, rank, self._decompositions[key][1])
         first = ConvStep(
             right[:, :, None, None],
             1,
@@ -48,8 +56,12 @@ class SvdMethod(LowRankMethod):
             None,
         )
         second = ConvStep(left[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), layer.bias)
-        dense = (left @ right)[:, :, None, None]
-        return Factorization([first, second], error, rank, extra={"dense": dense, "tag": "svd"})
+        return Factorization(
+            [first, second],
+            error,
+            rank,
+            extra={"make_dense": lambda: (left @ right)[:, :, None, None], "tag": "svd"},
+        )
 
 
 @register_pass("svd", contract=Contract.lossy(min_cosine=0.9))
