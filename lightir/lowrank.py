@@ -95,17 +95,31 @@ def svd_factors(
     return left, right, error
 
 
-def spatial_factors(weight: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Split a kxk kernel into kx1 (``rank`` outputs) and 1xk; returns both weights, error."""
+def spatial_matrix(weight: np.ndarray) -> np.ndarray:
+    """The ``(cin * kh) x (cout * kw)`` matrix whose SVD splits a kxk kernel."""
     cout, cin, kh, kw = weight.shape
-    matrix = weight.astype(np.float64).transpose(1, 2, 0, 3).reshape(cin * kh, cout * kw)
-    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+    return weight.astype(np.float64).transpose(1, 2, 0, 3).reshape(cin * kh, cout * kw)
+
+
+def spatial_factors(
+    weight: np.ndarray, rank: int, decomposition: tuple | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Split a kxk kernel into kx1 (``rank`` outputs) and 1xk; returns both weights, error.
+
+    ``decomposition`` is the SVD of :func:`spatial_matrix` when the caller keeps it; the
+    error is read off the singular values (the split is exactly a rank-``rank`` SVD of it).
+    """
+    cout, cin, kh, kw = weight.shape
+    if decomposition is None:
+        decomposition = np.linalg.svd(spatial_matrix(weight), full_matrices=False)
+    u, s, vt = decomposition
     root = np.sqrt(s[:rank])
     vertical = (u[:, :rank] * root).T.reshape(rank, cin, kh, 1)
     horizontal = (root[:, None] * vt[:rank]).reshape(rank, cout, kw).transpose(1, 0, 2)
     horizontal = horizontal.reshape(cout, rank, 1, kw)
-    approx = np.einsum("riy,orx->oiyx", vertical[..., 0], horizontal[:, :, 0, :], optimize=True)
-    return vertical, horizontal, relative_error(weight, approx)
+    total = float(np.sum(s**2))
+    error = float(np.sqrt(np.sum(s[rank:] ** 2) / total)) if total > 0 else 0.0
+    return vertical, horizontal, error
 
 
 def _unfold(tensor: np.ndarray, mode: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank import ConvStep, Factorization, energy_rank, spatial_factors
+from lightir.lowrank import ConvStep, Factorization, energy_rank, spatial_factors, spatial_matrix
 from lightir.lowrank_pass import LowRankMethod, LowRankOptions, run_lowrank, spatial_conv_layer
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
@@ -21,6 +21,9 @@ class SpatialMethod(LowRankMethod):
     """kxk -> kx1 + 1xk."""
 
     name = "spatial-svd"
+
+    def __init__(self) -> None:
+        self._decompositions: dict[int, tuple] = {}  # one SVD per weight, whatever the rank
 
     def layer(self, node: ir.Node):
         return spatial_conv_layer(node)
@@ -35,12 +38,24 @@ class SpatialMethod(LowRankMethod):
         return energy_rank(np.linalg.svd(matrix, compute_uv=False), energy)
 
     def factorize(self, layer, rank: int) -> Factorization:
-        vertical, horizontal, error = spatial_factors(layer.weight, rank)
+        key = id(layer.weight)
+        if key not in self._decompositions:
+            decomposition = np.linalg.svd(spatial_matrix(layer.weight), full_matrices=False)
+            self._decompositions[key] = (layer.weight, decomposition)  # holds the id's owner
+        vertical, horizontal, error = spatial_factors(
+            layer.weight, rank, self._decompositions[key][1]
+        )
         (sh, sw), (top, left, bottom, right) = layer.geometry["strides"], layer.geometry["pads"]
         first = ConvStep(vertical, 1, (sh, 1), (top, 0, bottom, 0), (1, 1), None)
         second = ConvStep(horizontal, 1, (1, sw), (0, left, 0, right), (1, 1), layer.bias)
-        dense = np.einsum("riy,orx->oiyx", vertical[..., 0], horizontal[:, :, 0, :], optimize=True)
-        return Factorization([first, second], error, rank, extra={"dense": dense, "tag": "ssvd"})
+        def make_dense():
+            return np.einsum(
+                "riy,orx->oiyx", vertical[..., 0], horizontal[:, :, 0, :], optimize=True
+            )
+
+        return Factorization(
+            [first, second], error, rank, extra={"make_dense": make_dense, "tag": "ssvd"}
+        )
 
 
 @register_pass("spatial-svd", contract=Contract.lossy(min_cosine=0.9))
