@@ -47,6 +47,12 @@ Parts of a Concat output
     compared part by part (``out[part 2/2: axis 1 4:84]``), each against its own scale, and
     every bound applies to every part.
 
+Sequence logits
+    Raw per-position class scores (a Gemm / MatMul reshaped to ``[T, N, C]``, as CTC
+    recognizers export them) are judged position by position too: a lossy cosine bound must
+    also hold as the top-1 agreement along the last axis. One cosine over ddddocr's
+    ``[T, 1, 8210]`` logits stayed above 0.9 after svd while the model read nothing.
+
 Probes before squashing ops
     A saturated head also hides real errors: a Sigmoid at -15 moves by 1e-7 when its input
     moves by 10%. So the values that feed a graph output's final squashing op are compared
@@ -95,6 +101,7 @@ class OutputMetrics:
     top1: float | None
     scale: float = 0.0
     probabilities: bool = False  # a Softmax output: top-1 along its axis stands for cosine
+    sequence_logits: bool = False  # top-1 along the last axis is judged beside the cosine
 
     @property
     def is_probe(self) -> bool:
@@ -176,6 +183,7 @@ class OutputInfo:
     scale: float = 0.0
     class_axis: int | None = None
     parts: tuple[int, tuple[int, ...], tuple[float, ...]] | None = None
+    sequence_classes: int | None = None  # classes of a Gemm / MatMul reshaped to the output
 
 
 def _softmax_axis(value: ir.Value) -> int | None:
@@ -192,6 +200,29 @@ def _softmax_axis(value: ir.Value) -> int | None:
     return axis if axis == rank - 1 or _opset(node) >= 13 else None
 
 
+def _sequence_classes(value: ir.Value) -> int | None:
+    """Classes of raw per-position scores: a Gemm / MatMul output reshaped (CTC logits).
+
+    One cosine over ``[T, N, 8210]`` logits stays above 0.9 while every position's argmax
+    moves (ddddocr's recognizer after svd: cosine >= 0.9, nothing read). The output's rank
+    is checked on the arrays (rank >= 3, last axis = the classes): exporters declare it
+    wrongly (ddddocr says ``[1, seqlen]``).
+    """
+    node = value.producer()
+    for _ in range(8):
+        if node is None or node.op_type not in ("Reshape", "Squeeze", "Unsqueeze", "Identity"):
+            break
+        node = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if node is None or node is value.producer() or node.op_type not in ("Gemm", "MatMul"):
+        return None
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if weight is None or weight.shape is None or len(weight.shape) != 2:
+        return None
+    transposed = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+    classes = weight.shape[0] if transposed else weight.shape[1]
+    return classes if isinstance(classes, int) and classes >= 2 else None
+
+
 def _opset(node: ir.Node) -> int:
     graph = node.graph
     model_opsets = getattr(graph, "opset_imports", {}) if graph is not None else {}
@@ -201,7 +232,9 @@ def _opset(node: ir.Node) -> int:
 def output_scales(model: ir.Model) -> dict[str, OutputInfo]:
     """Natural scale, Softmax class axis and Concat parts of each graph output."""
     return {
-        out.name: OutputInfo(natural_scale(out), _softmax_axis(out), _concat_parts(out))
+        out.name: OutputInfo(
+            natural_scale(out), _softmax_axis(out), _concat_parts(out), _sequence_classes(out)
+        )
         for out in model.graph.outputs
     }
 
@@ -379,8 +412,18 @@ def compare_outputs(
         ref_arrays = [np.asarray(r[name], np.float64) for r in reference]
         got_arrays = [np.asarray(a[name], np.float64) for a in actual]
         whole = _metrics(name, ref_arrays, got_arrays, info.scale)
-        whole.top1 = _top1(reference, actual, name, info.class_axis)
+        axis = info.class_axis
+        sequence = (
+            axis is None
+            and info.sequence_classes is not None
+            and ref_arrays[0].ndim >= 3
+            and ref_arrays[0].shape[-1] == info.sequence_classes
+        )
+        if sequence:
+            axis = ref_arrays[0].ndim - 1
+        whole.top1 = _top1(reference, actual, name, axis)
         whole.probabilities = info.class_axis is not None and whole.top1 is not None
+        whole.sequence_logits = sequence and whole.top1 is not None
         metrics.append(whole)
         if info.parts is None or not math.isfinite(whole.rel_error):
             continue
@@ -457,6 +500,13 @@ def violations(metrics: list[OutputMetrics], tolerance: Tolerance) -> list[str]:
                 )
         elif tolerance.min_cosine is not None and not m.cosine >= tolerance.min_cosine:
             problems.append(f"output '{m.output}' cosine {m.cosine:.6f} < {tolerance.min_cosine:g}")
+        if m.sequence_logits and tolerance.min_cosine is not None and tolerance.rel_error is None:
+            if not m.top1 >= tolerance.min_cosine:
+                problems.append(
+                    f"output '{m.output}' top-1 along its last axis {m.top1:.4f} < "
+                    f"{tolerance.min_cosine:g} (sequence logits: the cosine bound also holds "
+                    "for every position's argmax)"
+                )
         if (
             tolerance.min_top1 is not None
             and m.top1 is not None

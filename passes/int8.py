@@ -329,7 +329,12 @@ class Quantizer:
             quantizer.means, quantizer.ranges = self.means, self.ranges
             quantizer.write(quantized, self.params)
             metrics = compare_outputs(ref, OrtModel(trial).run_all(runs), scales)
-            return min(m.top1 if m.probabilities else m.cosine for m in metrics)
+            return min(
+                m.top1 if m.probabilities else min(m.cosine, m.top1 or 1.0)
+                if m.sequence_logits
+                else m.cosine
+                for m in metrics
+            )
 
         target = self.options.auto_cosine
         everything = set(names)

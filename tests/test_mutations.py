@@ -229,3 +229,31 @@ def test_exact_tolerance_never_reaches_percent_level():
 
     tolerance = tolerance_for(Contract.exact(), zoo.build("resnet"), noise=0.028)
     assert tolerance.rel_error == EXACT_CAP == 1e-3
+
+
+def test_sequence_logits_are_judged_position_by_position():
+    """CTC logits [T, N, C] straight from a Gemm: one cosine hides every argmax moving."""
+    from lightir.testing import from_text
+    from lightir.verify import Tolerance, compare_outputs, output_scales, violations
+
+    model = from_text(
+        """<ir_version: 8, opset_import: ["" : 13]>
+        g (float[40, 16] x) => (float[1, 40] y) {
+          w = Constant <value = float[50, 16] {%s}> ()
+          logits = Gemm <transB = 1> (x, w)
+          shape = Constant <value = int64[3] {40, 1, 50}> ()
+          y = Reshape (logits, shape)
+        }"""  # the declared output shape is wrong, as ddddocr's export declares it
+        % ", ".join(["0.1"] * 800)
+    )
+    info = output_scales(model)
+    assert info["y"].sequence_classes == 50
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(40, 1, 50)) + 5.0  # a shared offset keeps the cosine high
+    moved = reference + rng.normal(size=reference.shape)
+    budget = Tolerance(None, min_cosine=0.9)
+    blind = compare_outputs([{"y": reference}], [{"y": moved}])
+    assert blind[0].cosine > 0.9 and not violations(blind, budget)
+    judged = compare_outputs([{"y": reference}], [{"y": moved}], info)
+    assert judged[0].top1 < 0.9
+    assert any("top-1 along its last axis" in p for p in violations(judged, budget))
