@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import onnx
 
 import lightir
@@ -43,18 +45,25 @@ def test_explicit_upgrade_is_exact_and_a_newer_model_is_unchanged():
     assert again.report.records[0].status == "unchanged"
 
 
+@contextlib.contextmanager
+def registered(name, pass_or_function):
+    from lightir.registry import register_pass, unregister
+
+    register_pass(name, contract="exact", replace=True)(pass_or_function)
+    try:
+        yield
+    finally:
+        unregister(name)
+
+
 def test_a_pass_can_decline_and_the_run_goes_on():
     from lightir.errors import PassDeclined
-    from lightir.registry import register_pass, unregister
 
     def already_quantized(model, context):
         raise PassDeclined("the model is already quantized (ConvInteger)")
 
-    register_pass("decliner", contract="exact", replace=True)(already_quantized)
-    try:
+    with registered("decliner", already_quantized):
         result = lightir.optimize(conv_model(17), "decliner,fold-bn")
-    finally:
-        unregister("decliner")
     first, second = result.report.records
     assert first.status == "declined" and "already quantized" in first.message
     assert second.name == "fold-bn" and result.report.ok
@@ -62,7 +71,6 @@ def test_a_pass_can_decline_and_the_run_goes_on():
 
 def test_a_pass_needing_an_opset_onnx_lacks_is_declined():
     from lightir.pass_base import Pass
-    from lightir.registry import register_pass, unregister
 
     class Future(Pass):
         min_opset = onnx.defs.onnx_opset_version() + 1
@@ -70,11 +78,8 @@ def test_a_pass_needing_an_opset_onnx_lacks_is_declined():
         def run(self, model, context):
             raise AssertionError("must not run")
 
-    register_pass("future-op", contract="exact", replace=True)(Future)
-    try:
+    with registered("future-op", Future):
         result = lightir.optimize(conv_model(17), "future-op")
-    finally:
-        unregister("future-op")
     (record,) = result.report.records
     assert record.status == "declined" and "knows opsets up to" in record.message
     assert result.report.ok
