@@ -171,3 +171,12 @@ def test_instruments_dump_dir_print_ir_and_explain(tmp_path):
     assert "IR after pass #1 fold-bn" in proc.stderr and "IR after pass #2" not in proc.stderr
     assert "pass #1 fold-bn: no declined matches" in proc.stderr
     assert "verification" in proc.stderr
+
+
+def test_a_declined_pass_is_named_exits_0_and_the_model_is_written(tmp_path):
+    once, twice = tmp_path / "int8.onnx", tmp_path / "again.onnx"
+    assert lightir_opt("zoo:digits", "-p", "int8", "-o", str(once), "-q").returncode == 0
+    done = lightir_opt(str(once), "-p", "int8", "-o", str(twice), "-q")
+    assert done.returncode == 0, done.stderr
+    assert "declined: the model is already quantized" in done.stderr
+    assert twice.is_file()
