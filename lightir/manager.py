@@ -291,7 +291,7 @@ def optimize(
     canonical_record = None
     if canonical:
         canonical_record, model, original_outputs = _check_canonical(
-            source, model, canonical, verify, batches, scales, display_name, threads, seed
+            source, model, canonical, verify, batches, scales, display_name, threads
         )
     elif verify != "structural":
         original_outputs = _reference_outputs(model, batches, display_name, threads)
@@ -311,7 +311,7 @@ def optimize(
         rounding_noise=noise,
     )
     if canonical_record is not None:
-        canonical_record.cost = model_cost(model, input_shapes)
+        canonical_record.cost = report.original
         report.canonicalize = canonical_record
         if canonical_record.status == "rolled-back":
             report.failures.append(canonical_record.message)
@@ -336,9 +336,8 @@ def optimize(
         steps = _with_opset_upgrade(scheduled, model)
         if not steps:
             index += 1
-            upgrade = PassRecord.begin(index, scheduled, _last_cost(report))
-            upgrade.message = f"the installed onnx knows opsets up to {_newest_opset()}"
-            _declined_for_opset(report, scheduled, index, upgrade)
+            reason = f"the installed onnx knows opsets up to {_newest_opset()}"
+            _declined_for_opset(report, scheduled, index, reason)
             continue
         for pass_ in steps:
             index += 1
@@ -406,7 +405,7 @@ def optimize(
             if pass_ is not steps[-1] and record.status in ("declined", "rolled-back"):
                 # The upgrade did not happen: the pass that needed it cannot run.
                 index += 1
-                _declined_for_opset(report, steps[-1], index, record)
+                _declined_for_opset(report, steps[-1], index, record.message)
                 break
             if stop:
                 break
@@ -541,8 +540,8 @@ def _newest_opset() -> int:
     return onnx.defs.onnx_opset_version()
 
 
-def _declined_for_opset(report: Report, pass_: Pass, index: int, upgrade: PassRecord) -> None:
-    reason = upgrade.message or "the opset upgrade did not happen"
+def _declined_for_opset(report: Report, pass_: Pass, index: int, reason: str) -> None:
+    reason = reason or "the opset upgrade did not happen"
     record = PassRecord.begin(index, pass_, _last_cost(report))
     record.status = "declined"
     record.message = (
@@ -576,7 +575,6 @@ def _check_canonical(
     scales: Mapping[str, OutputInfo],
     name: str,
     threads: int,
-    seed: int,
 ) -> tuple[PassRecord, ir.Model, list[dict[str, np.ndarray]] | None]:
     """Verify import canonicalization like an exact pass; keep the input model if it fails.
 

@@ -104,6 +104,15 @@ class OutputMetrics:
     sequence_logits: bool = False  # top-1 along the last axis is judged beside the cosine
 
     @property
+    def agreement(self) -> float:
+        """The figure a lossy cosine bound is judged on (see :func:`violations`)."""
+        if self.probabilities:
+            return self.top1
+        if self.sequence_logits:
+            return min(self.cosine, self.top1)
+        return self.cosine
+
+    @property
     def is_probe(self) -> bool:
         """Whether this is a value before a squashing op, not a graph output."""
         return PROBE_MARK in self.output
@@ -151,13 +160,19 @@ def exact_tolerance(model: ir.Model) -> float:
     return max(EXACT_FLOOR, estimate)
 
 
-def _squashing_head(value: ir.Value) -> ir.Node | None:
-    """The op that produces ``value`` through layout-only ops, if it is a squashing op."""
+def _producer_through(value: ir.Value, ops: frozenset | set) -> ir.Node | None:
+    """The first producer of ``value`` that is not one of ``ops`` (followed on input 0)."""
     node = value.producer()
     for _ in range(16):
-        if node is None or node.op_type not in LAYOUT_OPS or not node.inputs:
+        if node is None or node.op_type not in ops or not node.inputs:
             break
         node = node.inputs[0].producer() if node.inputs[0] is not None else None
+    return node
+
+
+def _squashing_head(value: ir.Value) -> ir.Node | None:
+    """The op that produces ``value`` through layout-only ops, if it is a squashing op."""
+    node = _producer_through(value, LAYOUT_OPS)
     return node if node is not None and node.op_type in SQUASHING_OPS else None
 
 
@@ -187,9 +202,7 @@ class OutputInfo:
 
 
 def _softmax_axis(value: ir.Value) -> int | None:
-    node = value.producer()
-    while node is not None and node.op_type == "Identity":
-        node = node.inputs[0].producer()
+    node = _producer_through(value, {"Identity"})
     if node is None or node.op_type != "Softmax" or value.shape is None:
         return None
     rank = len(value.shape)
@@ -208,11 +221,7 @@ def _sequence_classes(value: ir.Value) -> int | None:
     is checked on the arrays (rank >= 3, last axis = the classes): exporters declare it
     wrongly (ddddocr says ``[1, seqlen]``).
     """
-    node = value.producer()
-    for _ in range(8):
-        if node is None or node.op_type not in ("Reshape", "Squeeze", "Unsqueeze", "Identity"):
-            break
-        node = node.inputs[0].producer() if node.inputs[0] is not None else None
+    node = _producer_through(value, {"Reshape", "Squeeze", "Unsqueeze", "Identity"})
     if node is None or node is value.producer() or node.op_type not in ("Gemm", "MatMul"):
         return None
     weight = node.inputs[1] if len(node.inputs) > 1 else None

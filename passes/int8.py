@@ -60,6 +60,7 @@ from lightir.passes.equalize import Equalize
 from lightir.passes.fold_bn import RULES as FOLD_BN_RULES
 from lightir.registry import register_pass
 from lightir.rewrite import apply_rules, unique_name, unique_node_name
+from lightir.verify import LAYOUT_OPS, SQUASHING_OPS
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ QUANTIZED = {"QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulIn
 # Concat inputs whose value ranges differ more than this are not put under one scale.
 MIXED_RANGE = 8.0
 # Ops that only squash or move values at the end of a model: what feeds them is a "head".
-HEAD_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "LogSoftmax", "Tanh", "Reshape", "Transpose",
-            "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+HEAD_OPS = SQUASHING_OPS | LAYOUT_OPS | {"LogSoftmax"}
 SAME_SCALE = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
 
 
@@ -305,11 +305,12 @@ class Quantizer:
         """Ops to keep in float32 so the model scores at least ``auto-cosine``.
 
         The score is the verifier's view of each output against fp32 on the calibration
-        batches the pass may fit on: cosine, or top-1 agreement along the Softmax axis for
-        probability outputs; the worst output counts. When all-int8 scores below the target,
-        the sensitivity of every quantizable op (weighted layers, Add, Concat, pools) is the
-        score lost when it alone is int8, measured on two samples; then the most sensitive
-        ``k = 1, 2, 4, ...`` ops are kept float until the target is met, at most half.
+        batches the pass may fit on (:attr:`OutputMetrics.agreement`: cosine, top-1 along the
+        Softmax axis for probabilities, both for sequence logits); the worst output counts.
+        When all-int8 scores below the target, the sensitivity of every quantizable op
+        (weighted layers, Add, Concat, pools) is the score lost when it alone is int8,
+        measured on two samples; then the most sensitive ``k = 1, 2, 4, ...`` ops are kept
+        float until the target is met, at most half.
         """
         from lightir.ir_util import clone_model
         from lightir.onnx_bridge import OrtModel
@@ -329,12 +330,7 @@ class Quantizer:
             quantizer.means, quantizer.ranges = self.means, self.ranges
             quantizer.write(quantized, self.params)
             metrics = compare_outputs(ref, OrtModel(trial).run_all(runs), scales)
-            return min(
-                m.top1 if m.probabilities else min(m.cosine, m.top1 or 1.0)
-                if m.sequence_logits
-                else m.cosine
-                for m in metrics
-            )
+            return min(m.agreement for m in metrics)
 
         target = self.options.auto_cosine
         everything = set(names)

@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleaved_medians, ort_session  # noqa: E402
 
 import lightir  # noqa: E402
-from lightir.onnx_bridge import OrtModel  # noqa: E402
 from lightir.testing import corpus, tasks  # noqa: E402
 
 PIPELINES = {
@@ -134,9 +133,7 @@ def _ratio(a, b):
 
 def _metric(name: str, model) -> dict:
     count = 8 if corpus.MODELS[name].task == "db-det" else 32
-    data = tasks.dataset(name, "evaluation", count)
-    reference = OrtModel(lightir.load(corpus.path(name))).run_all(data.batches())
-    return {"metric": data.metric(reference, OrtModel(model).run_all(data.batches()))}
+    return {"metric": tasks.evaluate(name, model, count)}
 
 
 def _latency(original: Path, optimized: Path, name: str) -> float | None:

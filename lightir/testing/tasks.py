@@ -339,13 +339,17 @@ def _yolox_boxes(prediction: np.ndarray, size: int = 416) -> np.ndarray:
         ],
         1,
     )
-    order = np.argsort(-scores[keep])
+    return _nms(boxes, scores[keep], 0.45)
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression: the boxes kept, best score first."""
+    order = np.argsort(-scores)
     chosen = []
     while order.size:
         i = order[0]
         chosen.append(i)
-        ious = _iou(boxes[i], boxes[order[1:]])
-        order = order[1:][ious <= 0.45]
+        order = order[1:][_iou(boxes[i], boxes[order[1:]]) <= threshold]
     return boxes[chosen]
 
 
@@ -396,7 +400,7 @@ def _logits_dataset(name: str, count: int, seed: int) -> Dataset:
     from lightir.data import input_specs, synthesize
 
     model = lightir.load(str(corpus.path(name)))
-    specs = [s for s in input_specs(model)]
+    specs = input_specs(model)
     feeds = [synthesize(specs, samples=1, seed=seed + i)[0] for i in range(count)]
     inputs = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
 
@@ -466,13 +470,7 @@ def _pnet_boxes(reg: np.ndarray, prob: np.ndarray, threshold: float = 0.6) -> np
     x1, y1 = xs * 2.0, ys * 2.0
     offsets = reg[:, ys, xs].T * 12.0
     boxes = np.stack([x1, y1, x1 + 12, y1 + 12], 1) + offsets
-    order = np.argsort(-prob[1, ys, xs])
-    chosen = []
-    while order.size:
-        i = order[0]
-        chosen.append(i)
-        order = order[1:][_iou(boxes[i], boxes[order[1:]]) <= 0.5]
-    return boxes[chosen]
+    return _nms(boxes, prob[1, ys, xs], 0.5)
 
 
 def _pnet_scores(ref, got, truth) -> dict[str, float]:
@@ -571,6 +569,16 @@ def _line_budget(task: str, count: int) -> int:
     if task == "page-orientation":
         return 8 * max(1, count // 4)
     return count
+
+
+def evaluate(name: str, model, count: int = 32) -> dict[str, float]:
+    """Task scores of ``model`` (an optimized corpus model ``name``) against the original's."""
+    import lightir
+    from lightir.onnx_bridge import OrtModel
+
+    data = dataset(name, "evaluation", count)
+    reference = OrtModel(lightir.load(corpus.path(name))).run_all(data.batches())
+    return data.metric(reference, OrtModel(model).run_all(data.batches()))
 
 
 def calibration_npz(name: str, path, count: int = 32) -> None:

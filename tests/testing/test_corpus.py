@@ -58,12 +58,6 @@ def test_reparam_is_kept_exact_and_never_costs_more(name, real, calibration):
     assert report.final.params <= report.original.params
 
 
-def _task_metric(name, model, count):
-    data = tasks.dataset(name, "evaluation", count)
-    reference = OrtModel(lightir.load(corpus.path(name))).run_all(data.batches())
-    return data.metric(reference, OrtModel(model).run_all(data.batches()))
-
-
 @pytest.mark.parametrize(
     "name, metric, floor",
     [
@@ -76,7 +70,7 @@ def test_int8_with_real_calibration_is_kept_and_keeps_the_task(name, metric, flo
     result = lightir.optimize(corpus.path(name), "int8", calib=calibration[name])
     assert result.report.ok, result.report.failures
     assert result.report.records[-1].status == "changed"
-    scores = _task_metric(name, result.model, 8 if metric == "mask_iou" else 32)
+    scores = tasks.evaluate(name, result.model, 8 if metric == "mask_iou" else 32)
     if floor is None:
         reference = scores.get(f"{metric}_fp32", 1.0)
         assert scores[metric] >= reference - 0.01, scores
@@ -91,7 +85,7 @@ def test_int8_on_the_tiny_recognizer_keeps_its_reading(calibration):
     result = lightir.optimize(corpus.path(name), "int8", calib=calibration[name])
     assert result.report.ok, result.report.failures
     assert result.report.records[-1].stats["float_ops"]  # mixed precision was needed
-    scores = _task_metric(name, result.model, 32)
+    scores = tasks.evaluate(name, result.model, 32)
     assert scores["char_accuracy"] >= scores["char_accuracy_fp32"] - 0.01, scores
 
 
