@@ -14,6 +14,8 @@ dbb        Diverse Branch Blocks: 3x3, 1x1, 1x1->AvgPool and 1x1->3x3 branches
 mobileone  MobileOne blocks: k over-parameterized dw/1x1 branches with scale and skip BN
 concatnet  Inception-style concat blocks and a DenseNet-style block (pruning across Concat)
 repghost   RepGhost bottlenecks: depthwise conv + BN-identity added in feature space
+ghostnet   GhostNet bottlenecks: ghost modules (1x1 conv and its depthwise copy, concatenated)
+regnetx    RegNetX-200MF X blocks: 1x1, grouped 3x3 with a fixed group width of 8, 1x1, Adds
 digits     a real trained CNN (committed fixture): 4 conv/BN/ReLU blocks and two FC layers
            trained on scikit-learn's 8x8 digits by ``tools/train_digits.py``; its test
            split (450 images) comes with it, so lossy passes are judged by real accuracy
@@ -437,6 +439,69 @@ def yolo_opset12(seed: int = 0) -> ir.Model:
     return yolo(seed=seed, opset=12)
 
 
+def _ghost_module(b: GraphBuilder, x: ir.Value, out: int, relu: bool) -> ir.Value:
+    """GhostNet's module: a 1x1 conv makes half the channels, a depthwise 3x3 copy of them
+    makes the other half ("cheap operation"), and the two are concatenated."""
+    half = out // 2
+    primary = b.batch_norm(b.conv(x, half, 1))
+    primary = b.relu(primary) if relu else primary
+    cheap = b.batch_norm(b.conv(primary, half, 3, groups=half))
+    cheap = b.relu(cheap) if relu else cheap
+    both = b.op("Concat", [primary, cheap], {"axis": 1}, channels=out)
+    # The reference code returns ``out[:, :oup]``, which exporters write as a Slice.
+    starts, ends, axes = (b.initializer(np.array([v], np.int64), "slice") for v in (0, out, 1))
+    return b.op("Slice", [both, starts, ends, axes], channels=out)
+
+
+GHOSTNET_BLOCKS = [(16, 16, 1), (48, 24, 2), (72, 24, 1), (72, 40, 2), (120, 40, 1),
+                   (240, 80, 2), (200, 80, 1), (480, 112, 1), (672, 160, 2), (960, 160, 1)]
+
+
+def ghostnet(seed: int = 0, size: int = 64, classes: int = 10) -> ir.Model:
+    """GhostNet-style (Han et al. 2020) bottlenecks: ghost module (expand, Relu) -> [dw 3x3
+    stride 2] -> ghost module (project) + shortcut (identity, or dw 3x3 + 1x1 when the shape
+    changes). Widths of GhostNet 1.0 without SE."""
+    b = GraphBuilder("ghostnet", seed=seed)
+    x = b.input("input", [BATCH, 3, size, size])
+    x = b.relu(_conv_bn(b, x, 16, 3, stride=2))
+    for hidden, out, stride in GHOSTNET_BLOCKS:
+        y = _ghost_module(b, x, hidden, relu=True)
+        if stride == 2:
+            y = _conv_bn(b, y, hidden, 3, stride=2, groups=hidden)
+        y = _ghost_module(b, y, out, relu=False)
+        shortcut = x
+        if stride != 1 or b.channels[x] != out:
+            cin = b.channels[x]
+            shortcut = _conv_bn(b, _conv_bn(b, x, cin, 3, stride=stride, groups=cin), out, 1)
+        x = b.add(y, shortcut)
+    x = b.relu(_conv_bn(b, x, 960, 1))
+    return _head(b, x, classes)
+
+
+REGNETX_STAGES = [(24, 1), (56, 1), (152, 4), (368, 7)]  # RegNetX-200MF widths, depths
+REGNETX_GROUP_WIDTH = 8
+
+
+def regnetx(seed: int = 0, size: int = 64, classes: int = 10) -> ir.Model:
+    """RegNetX-200MF-style (Radosavovic et al. 2020): X blocks of 1x1 -> grouped 3x3 with a
+    fixed group width of 8 -> 1x1, with residual Adds and 1x1 stride-2 projections."""
+    b = GraphBuilder("regnetx", seed=seed)
+    x = b.input("input", [BATCH, 3, size, size])
+    x = b.relu(_conv_bn(b, x, 32, 3, stride=2))
+    for width, depth in REGNETX_STAGES:
+        for block in range(depth):
+            stride = 2 if block == 0 else 1
+            y = b.relu(_conv_bn(b, x, width, 1))
+            y = b.relu(_conv_bn(b, y, width, 3, stride=stride,
+                                groups=width // REGNETX_GROUP_WIDTH))
+            y = _conv_bn(b, y, width, 1)
+            shortcut = x
+            if stride != 1 or b.channels[x] != width:
+                shortcut = _conv_bn(b, x, width, 1, stride=stride, pads=[0] * 4)
+            x = b.relu(b.add(y, shortcut))
+    return _head(b, x, classes)
+
+
 BUILDERS: dict[str, Callable[..., ir.Model]] = {
     "yolo": yolo,
     "yolo-opset12": yolo_opset12,
@@ -451,6 +516,8 @@ BUILDERS: dict[str, Callable[..., ir.Model]] = {
     "mobileone": mobileone,
     "repghost": repghost,
     "concatnet": concatnet,
+    "ghostnet": ghostnet,
+    "regnetx": regnetx,
 }
 REPARAM = ["repvgg", "acnet", "dbb", "mobileone", "repghost"]
 SMALL = ["resnet", "mobilenetv2", "vgg", "repvgg"]

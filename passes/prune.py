@@ -1,8 +1,8 @@
 """Structured channel pruning: remove whole channels, leaving a smaller dense model.
 
 The channel dependency graph (:mod:`lightir.analysis.channels`) decides which channels can
-only go together (residual Adds, Concat offsets, depthwise convs, SE gates, Flatten -> Gemm
-blocks). Within each prunable group, the least important channels are removed from every
+only go together (residual Adds, Concat offsets, depthwise convs, whole groups of a grouped
+conv, SE gates, Flatten -> Gemm blocks). Within each prunable group, the least important channels are removed from every
 layer they touch: the producing weight rows, BN parameters and biases, per-channel constants,
 and the consuming weight columns.
 
@@ -24,7 +24,7 @@ Budget:
   is its measured output error when pruned alone.
 
 Kept channel counts are rounded to a multiple of ``round`` (8 by default, what vectorized
-kernels like), and groups produced by the first layer or consumed by the last one are
+kernels like; a grouped conv's group of 8 channels is one step), and groups produced by the first layer or consumed by the last one are
 protected unless ``protect-first`` / ``protect-last`` are false.
 
 Repair after removal:
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -174,8 +174,15 @@ class Pruner:
         return scores
 
     # ------------------------------------------------------------------ budget
-    def keep_count(self, size: int, remove: int) -> int:
-        step = self.options.round
+    def step(self, group: ChannelGroup) -> int:
+        """Components per rounding step: a component of a grouped conv is a whole group of
+        channels (RegNetX: 8), already a multiple of what vectorized kernels like."""
+        component = group.components[0]
+        width = min(Counter(name for name, _ in component.channels).values())
+        return max(1, -(-self.options.round // width))
+
+    def keep_count(self, size: int, remove: int, step: int | None = None) -> int:
+        step = self.options.round if step is None else step
         if size <= step:
             return size
         keep = size - remove
@@ -209,7 +216,7 @@ class Pruner:
             wanted = {i: int(self.groups[i].size * self.options.ratio) for i in candidates}
         for i in candidates:
             size = self.groups[i].size
-            keep = self.keep_count(size, wanted.get(i, 0))
+            keep = self.keep_count(size, wanted.get(i, 0), self.step(self.groups[i]))
             order = np.argsort(scores[i], kind="stable")
             removal[i] = sorted(int(j) for j in order[: size - keep])
         return removal
@@ -233,7 +240,7 @@ class Pruner:
         macs_by_node = {n.name: node_macs(n, shapes) for n in self.model.graph}
         total = sum(macs_by_node.values())
         target = self.options.target_macs * total
-        step = self.options.round
+        steps = {i: self.step(self.groups[i]) for i in candidates}
         removed = {i: 0 for i in candidates}
         orders = {i: np.argsort(scores[i], kind="stable") for i in candidates}
         normalized = {i: scores[i] / (scores[i].mean() or 1.0) for i in candidates}
@@ -272,7 +279,7 @@ class Pruner:
         while current > target:
             best, best_cost, best_macs = None, math.inf, current
             for i in candidates:
-                size = self.groups[i].size
+                size, step = self.groups[i].size, steps[i]
                 if size - removed[i] - step < step:
                     continue
                 trial = dict(removed)
@@ -293,7 +300,7 @@ class Pruner:
             if best is None:
                 self.context.decline("target-macs", f"cannot reach {self.options.target_macs:g}")
                 break
-            removed[best] += step
+            removed[best] += steps[best]
             current = best_macs
         return {i: sorted(int(j) for j in orders[i][: removed[i]]) for i in candidates}
 

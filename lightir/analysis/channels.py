@@ -339,7 +339,22 @@ class ChannelGraph:
                     if not self._param_slices(node, (y.name, o), range(1, 3), 0, o):
                         return "bias not constant"
             return None
-        return f"grouped conv (group={group}) couples channels in blocks"
+        if cin % group or cout % group:
+            return f"grouped conv (group={group}) with {cin} -> {cout} channels"
+        # A grouped conv (RegNet's fixed group width, ResNeXt) loses whole groups: group k's
+        # input block, its weight rows and its output block go together, so the group
+        # width, which the architecture fixes, stays, and the group count drops.
+        width_in, width_out = cin // group, cout // group
+        for k in range(group):
+            anchor = k * width_out
+            for j in range(width_in):
+                self._tie(x, k * width_in + j, y, anchor)
+            for o in range(anchor, anchor + width_out):
+                self._tie(y, o, y, anchor)
+                self.producers[(y.name, o)].append((node, o))
+                if not self._param_slices(node, (y.name, o), range(1, 3), 0, o):
+                    return "bias not constant"
+        return None
 
     def _op_Gemm(self, node: ir.Node) -> str | None:
         x, y = node.inputs[0], node.outputs[0]

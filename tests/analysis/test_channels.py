@@ -183,3 +183,48 @@ def test_reductions_and_slices_over_channels_stay_frozen(se_axes, slice_axis, re
     b.output(_paddle_style_block(b, b.input("x", [1, 3, 8, 8]), se_axes, slice_axis), "out")
     graph, groups, frozen = analyse(b.build())
     assert any(reason in r for _, r in frozen)
+
+
+def _grouped_block(group_width=4, groups=4):
+    """A RegNet X block without the residual: 1x1 -> Relu -> grouped 3x3 -> Relu -> 1x1."""
+    b = GraphBuilder("xblock", seed=4)
+    x = b.input("x", [1, 3, 6, 6])
+    stem = b.relu(b.conv(x, 8, 3))
+    width = group_width * groups
+    y = b.relu(b.conv(stem, width, 1, pads=[0] * 4))
+    y = b.relu(b.conv(y, width, 3, groups=groups))
+    b.output(b.conv(y, 8, 1, pads=[0] * 4), "y")
+    return b.build()
+
+
+def test_a_grouped_conv_loses_whole_groups():
+    """RegNet's grouped convs (a fixed group width) were frozen, so pruning barely touched a
+    RegNetX (MACs 0.89 at ratio 0.3). A group's input block, rows and output block now form
+    one component: the width stays, the group count drops, and the result equals masking."""
+    model = _grouped_block()
+    graph, groups, _ = analyse(model)
+    block = groups[("conv_1", "conv_2")]
+    assert block.size == 4  # four groups, not sixteen channels
+    assert component_of(graph, "relu_1_out", 5) == (
+        {("relu_1_out", c) for c in range(4, 8)} | {("conv_1_out", c) for c in range(4, 8)}
+        | {("conv_2_out", c) for c in range(4, 8)} | {("relu_2_out", c) for c in range(4, 8)}
+    )
+    pruned = check_prune_equals_masking(
+        model, ratio=0.5, round=4, protect_first=False, protect_last=False
+    )
+    grouped = next(n for n in pruned.graph if n.name == "conv_2")
+    assert grouped.attributes.get_int("group") == 2
+    assert list(grouped.inputs[1].const_value.shape) == [8, 4, 3, 3]
+
+
+def test_a_grouped_conv_on_a_graph_input_keeps_its_groups():
+    """Removing a group removes its input block too: a grouped conv reading the graph input
+    (channels no pass may remove) keeps every group."""
+    b = GraphBuilder("on_input", seed=5)
+    x = b.input("x", [1, 8, 6, 6])
+    y = b.relu(b.conv(x, 8, 3, groups=2))
+    b.output(b.conv(b.relu(b.conv(y, 8, 1, pads=[0] * 4)), 4, 1, pads=[0] * 4), "y")
+    model = b.build()
+    _, groups, frozen = analyse(model)
+    assert not any("conv_0" in key for key in groups)
+    assert any("conv_0" in g.producer_nodes and "graph input" in r for g, r in frozen)
