@@ -17,6 +17,9 @@ report shows it as the ``canonicalize`` row). Each step computes the same functi
    well, so every initializer a pass adds would break the model. Such models are raised to
    IR version 4 (valid for every opset IR 3 allows), and initializers are no longer listed as
    inputs (they were not inputs a user could feed anyway: lightir never feeds them).
+5. **Two-input Sum becomes Add.** Old exports (the onnx test ShuffleNet, Caffe2 converts)
+   write residual additions as ``Sum``; ``a + b`` is the same rounding either way, and the
+   passes that know residual Adds (channel pruning, int8's QLinearAdd) then see them.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def canonicalize(model: ir.Model) -> dict[str, Any]:
     lifted = _lift_constants(model)
     if lifted:
         stats["constants_lifted"] = lifted
+    sums = _sums_as_adds(model)
+    if sums:
+        stats["sums_as_adds"] = sums
     identities = sum(1 for graph in model.graphs() for node in graph if node.op_type == "Identity")
     if identities:
         common_passes.IdentityEliminationPass()(model)
@@ -61,6 +67,27 @@ def canonicalize(model: ir.Model) -> dict[str, Any]:
     if stats:
         common_passes.RemoveUnusedNodesPass()(model)
     return stats
+
+
+def _sums_as_adds(model: ir.Model) -> int:
+    """Replace every two-input ``Sum`` by an ``Add`` of the same inputs; returns the count."""
+    count = 0
+    for graph in model.graphs():
+        for node in list(graph):
+            if node.op_type != "Sum" or node.domain not in ("", "ai.onnx"):
+                continue
+            if len(node.inputs) != 2 or any(v is None for v in node.inputs):
+                continue
+            add = ir.node("Add", list(node.inputs), name=node.name)
+            out, new = node.outputs[0], add.outputs[0]
+            if out.type is not None:
+                new.type, new.shape = out.type, out.shape
+            graph.insert_before(node, add)
+            out.replace_all_uses_with(new, replace_graph_outputs=True)
+            graph.remove(node, safe=True)
+            new.name = out.name
+            count += 1
+    return count
 
 
 def _symbolic_dims(model: ir.Model) -> list[str]:

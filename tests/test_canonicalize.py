@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 import lightir
@@ -93,3 +94,25 @@ def test_cli_accepts_non_positive_dims(tmp_path, dim):
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out.onnx").is_file()
+
+
+RESIDUAL_SUM = """<ir_version: 7, opset_import: ["" : 12]>
+g (float[1, 4, 6, 6] x) => (float[1, 4, 6, 6] y, float[1, 4, 6, 6] z) {
+  w = Constant <value = float[4, 4, 1, 1] {%s}> ()
+  c = Conv (x, w)
+  r = Relu (c)
+  y = Sum (r, x)
+  z = Sum (r, x, c)
+}"""
+
+
+def test_two_input_sum_becomes_add_and_three_inputs_stay():
+    """Old exports write residual additions as Sum: as Add, prune and int8 see them."""
+    weights = np.random.default_rng(2).standard_normal(16).round(3)
+    proto = onnx.parser.parse_model(RESIDUAL_SUM % ", ".join(map(str, weights)))
+    model = ir.serde.deserialize_model(proto)
+    result = lightir.optimize(model, "fold-bn")
+    assert result.report.ok, result.report.failures
+    assert result.report.canonicalize.stats["sums_as_adds"] == 1
+    kinds = {v.name: v.producer().op_type for v in result.model.graph.outputs}
+    assert kinds == {"y": "Add", "z": "Sum"}
