@@ -6,9 +6,17 @@ model's output of that layer. The input is the *current* model's input to it, so
 accumulated upstream is corrected rather than propagated. Layers are refit in topological
 order:
 
-    min_W ||X' W + b - Y||^2 + lam ||W||^2     (ridge; lam = 1e-4 * mean diag(X'^T X'))
+    min_W ||X' W + b - Y||^2 + lam ||W - W0||^2     (lam = 1e-4 * mean diag(X'^T X'))
 
-For a Conv, X' holds im2col patches at up to ``MAX_ROWS`` sampled output positions.
+The ridge pulls toward the layer's current weights ``W0`` (the pruned or approximated ones),
+not toward zero. With more samples than inputs the two agree to within lam; with fewer (a
+Gemm after a Flatten sees one row per image: MTCNN R-Net's 576 inputs, 24 calibration
+crops) a pull toward zero keeps only what lies in the samples' span and zeroes the rest of
+the layer, while the pull toward ``W0`` corrects the residual in that span and leaves the
+rest as it was.
+
+For a Conv, X' holds im2col patches at up to ``MAX_ROWS`` sampled output positions; for a
+MatMul on ``[..., C]`` activations every leading position is a row.
 
 When the layer's only consumer is a ReLU (or a Clip with constant bounds), ``through_act``
 fits what the network actually sees, ``act(X' W + b) ~ act(Y)``, as Zhang et al. (2016) do
@@ -72,11 +80,13 @@ def ridge_solve(
     y: np.ndarray,
     with_bias: bool = True,
     bounds: tuple[float, float] | None = None,
+    prior: np.ndarray | None = None,
 ) -> np.ndarray:
     """Solve ``[a, 1] @ w ~ y`` with ridge regularization (float64).
 
     With ``bounds`` (lo, hi), fit ``clip([a, 1] @ w, lo, hi) ~ clip(y, lo, hi)`` instead
-    (see the module docstring).
+    (see the module docstring). ``prior`` (the shape of the solution) is what the ridge pulls
+    toward; zero when None.
     """
     a = a.astype(np.float64)
     y = y.astype(np.float64)
@@ -90,7 +100,8 @@ def ridge_solve(
     gram = a.T @ a
     lam = RIDGE * float(np.mean(np.diag(gram))) if gram.size else 0.0
     gram[np.diag_indices_from(gram)] += lam
-    w = np.linalg.solve(gram, a.T @ y)
+    pull = 0.0 if prior is None else lam * (prior.astype(np.float64) * scale[:, None])
+    w = np.linalg.solve(gram, a.T @ y + pull)
     if bounds is not None:
         lo, hi = bounds
         below, above = y <= lo, y >= hi
@@ -98,7 +109,7 @@ def ridge_solve(
             prediction = a @ w
             target = np.where(below, np.minimum(prediction, lo), y)
             target = np.where(above, np.maximum(prediction, hi), target)
-            w = np.linalg.solve(gram, a.T @ target)
+            w = np.linalg.solve(gram, a.T @ target + pull)
     return w / scale[:, None]
 
 
@@ -130,10 +141,12 @@ def _refit_conv(node: ir.Node, x: np.ndarray, y: np.ndarray, bounds) -> None:
         return
     patches, (n, i, j) = conv_patches(x, node)
     target = y[n, :, i, j]  # (P, C_out)
-    solution = ridge_solve(patches, target, bounds=bounds)
     weight_value = node.inputs[1]
     shape = weight_value.const_value.shape.numpy()
     dtype = weight_value.const_value.numpy().dtype
+    current = weight_value.const_value.numpy().reshape(shape[0], -1).T
+    prior = np.concatenate([current, _bias(node, shape[0])[None, :]], axis=0)
+    solution = ridge_solve(patches, target, bounds=bounds, prior=prior)
     weight_value.const_value = ir.tensor(
         np.ascontiguousarray(solution[:-1].T.reshape(shape).astype(dtype)), name=weight_value.name
     )
@@ -142,12 +155,20 @@ def _refit_conv(node: ir.Node, x: np.ndarray, y: np.ndarray, bounds) -> None:
 
 def _refit_dense(node: ir.Node, x: np.ndarray, y: np.ndarray, bounds) -> None:
     has_bias = node.op_type == "Gemm"
-    solution = ridge_solve(
-        x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1), has_bias, bounds=bounds
-    )
-    matrix = solution[:-1] if has_bias else solution  # (F_in, F_out)
     weight_value = node.inputs[1]
     dtype = weight_value.const_value.numpy().dtype
+    current = weight_value.const_value.numpy().astype(np.float64)
+    if node.op_type == "Gemm":
+        alpha = node.attributes.get_float("alpha", 1.0)
+        current = (current.T if node.attributes.get_int("transB", 0) else current) * alpha
+        bias = _bias(node, current.shape[1]) * node.attributes.get_float("beta", 1.0)
+        prior = np.concatenate([current, bias[None, :]], axis=0)
+        rows_in, rows_out = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+    else:  # MatMul: every leading position of [..., C] is a sample of the same map
+        prior = current
+        rows_in, rows_out = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    solution = ridge_solve(rows_in, rows_out, has_bias, bounds=bounds, prior=prior)
+    matrix = solution[:-1] if has_bias else solution  # (F_in, F_out)
     if node.op_type == "Gemm":
         alpha = node.attributes.get_float("alpha", 1.0)
         stored = matrix.T if node.attributes.get_int("transB", 0) else matrix
@@ -160,6 +181,13 @@ def _refit_dense(node: ir.Node, x: np.ndarray, y: np.ndarray, bounds) -> None:
         weight_value.const_value = ir.tensor(
             np.ascontiguousarray(matrix.astype(dtype)), name=weight_value.name
         )
+
+
+def _bias(node: ir.Node, outputs: int) -> np.ndarray:
+    """The node's bias as float64 (zeros when it has none)."""
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        return np.broadcast_to(node.inputs[2].const_value.numpy().astype(np.float64), (outputs,))
+    return np.zeros(outputs)
 
 
 def _set_bias(node: ir.Node, bias: np.ndarray) -> None:

@@ -7,6 +7,11 @@ Steps:
    weight, Add, MaxPool, AveragePool, GlobalAveragePool, Concat) are calibrated on the
    calibration data (or synthesized inputs) with streamed histograms
    (:mod:`lightir.calibration`: ``minmax``, ``percentile``, ``entropy``, ``mse``).
+   ``percentile`` (99.99th of ``|x|``) is the default: against ``minmax``, with the same
+   automatic mixed precision, the evaluation mask IoU of PP-OCR's detectors went 0.931 ->
+   0.952 (v6 small), 0.935 -> 0.962 (seal), 0.964 -> 0.981 (v6 tiny), 0.971 -> 0.973 (v5),
+   ddddocr's char accuracy 0.980 -> 0.993, and PP-OCRv6 tiny rec was kept (char accuracy
+   1.000) where minmax was rolled back; classifiers and MTCNN R/O-Net were equal.
 3. Each such activation gets a QuantizeLinear -> DequantizeLinear pair with per-tensor uint8
    parameters. On this kind of x86 machine (AVX2, no VNNI), uint8 activations with int8
    weights (U8S8) ran 1.4-3.4x faster than int8 activations (S8S8) in onnxruntime
@@ -132,7 +137,7 @@ class ShuffleAsGather(RewriteRuleClassBase):
 class Options:
     """Options of int8."""
 
-    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
+    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "percentile"
     reduce_range: bool = False
     bias_correct: bool = True
     equalize: bool = False
@@ -167,6 +172,20 @@ def _is_head(value: ir.Value, depth: int = 0) -> bool:
         user.op_type in HEAD_OPS and any(_is_head(out, depth + 1) for out in user.outputs)
         for user, _ in value.uses()
     )
+
+
+def _halves(batches: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The samples of ``batches`` split in two halves (the second empty for one sample)."""
+    if all(len(next(iter(b.values()))) == 1 for b in batches):  # a fixed batch of one
+        return batches[::2], batches[1::2]
+    first, second = [], []
+    for batch in batches:
+        rows = len(next(iter(batch.values())))
+        cut = (rows + 1) // 2
+        first.append({k: v[:cut] for k, v in batch.items()})
+        if rows - cut:
+            second.append({k: v[cut:] for k, v in batch.items()})
+    return first, second
 
 
 def _weight_axis(node: ir.Node) -> int | None:
@@ -385,9 +404,10 @@ class Quantizer:
         ``(1 - score) / (1 - target)`` over outputs and criteria; it meets the targets at <= 1.
 
         When all-int8 misses, every quantizable op's sensitivity (the deficit when it alone
-        is int8, on two samples) ranks them, and the smallest ``k`` most sensitive ops kept
-        float that meets the targets is found by doubling, then bisection (at most half of
-        the ops are kept float).
+        is int8, on two samples) ranks them. The smallest ``k`` most sensitive ops kept float
+        that meets the targets on half of the samples is found by doubling, then bisection;
+        ``k`` then doubles until the other half meets them too (at most half of the ops are
+        kept float).
         """
         from lightir.ir_util import clone_model
         from lightir.onnx_bridge import OrtModel
@@ -423,9 +443,16 @@ class Quantizer:
         loss = {n: deficit({n}, one, one_reference) for n in names}
         ranked = sorted(loss, key=loss.get, reverse=True)
         limit = max(1, len(names) // 2)
+        # The count is chosen on one half of the samples and confirmed on the other: the
+        # smallest count that meets the targets on the samples it was chosen on sits at the
+        # edge, and verification runs on samples the pass never saw (PP-OCRv6 tiny rec: kept
+        # at top-1 0.99 on its own samples, 0.925 on the held-out ones, rolled back).
+        fit, confirm = _halves(batches)
+        fit_reference = OrtModel(self.model).run_all(fit)
+        confirm_reference = OrtModel(self.model).run_all(confirm) if confirm else []
 
-        def meets(count: int) -> bool:
-            return deficit(everything - set(ranked[:count])) <= 1.0
+        def meets(count: int, runs=fit, ref=fit_reference) -> bool:
+            return deficit(everything - set(ranked[:count]), runs, ref) <= 1.0
 
         low, high = 0, 1  # low misses; find the smallest high that meets
         while high < limit and not meets(high):
@@ -436,6 +463,8 @@ class Quantizer:
                 high = middle
             else:
                 low = middle
+        while confirm and high < limit and not meets(high, confirm, confirm_reference):
+            high = min(2 * high, limit)
         return set(ranked[:high])
 
     @staticmethod
