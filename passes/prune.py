@@ -29,11 +29,13 @@ protected unless ``protect-first`` / ``protect-last`` are false.
 
 Repair after removal:
 
-* ``reconstruct=true`` (needs ``--calib``): each consuming Conv / Gemm is refit, in
-  topological order, by ridge least squares on real activations. The refit maps the pruned
-  model's inputs to the original model's outputs (He et al. 2017; ThiNet).
-* without it (and unless ``compensate=false``), the removed channels' mean contribution is
-  folded into the consumer's bias.
+* unless ``compensate=false``, the removed channels' mean contribution is folded into the
+  consumer's bias.
+* ``reconstruct=true`` (needs ``--calib``): then each consuming Conv / Gemm is refit, in
+  topological order, by ridge least squares on real activations, pulled toward its
+  compensated weights. The refit maps the pruned model's inputs to the original model's
+  outputs (He et al. 2017; ThiNet); a layer whose refit does not generalize to held-out rows
+  keeps its compensated weights (:mod:`lightir.reconstruct`).
   The mean comes from calibration data when given, otherwise from the BN statistics feeding
   the channel (``E[relu(gamma z + beta)]`` for ``z ~ N(0, 1)``).
 """
@@ -348,7 +350,7 @@ class Pruner:
         self.consumers = sorted({n.name for c in removed_components for n, _ in c.consumers})
         compensation = (
             self._mean_contributions(removed_components)
-            if self.options.compensate and not self.options.reconstruct
+            if self.options.compensate
             else {}
         )
         deletions: dict[tuple[int, int], tuple[ir.Value, int, set[int]]] = {}
