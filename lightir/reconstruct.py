@@ -15,11 +15,14 @@ crops) a pull toward zero keeps only what lies in the samples' span and zeroes t
 the layer, while the pull toward ``W0`` corrects the residual in that span and leaves the
 rest as it was.
 
-The strength ``r`` is validated: the layer is fit on half of the rows at each r of
-``RIDGE_GRID`` (1e-4 ... 100) and scored on the other half; the best r is used for the fit
-on all rows, and a layer no r helps on the held-out half keeps its weights. A fixed small r
-interpolated layers with few rows per unknown (MTCNN R-Net's last conv: 144 patch rows for
-160 inputs; its box output fell from cosine 0.95 to 0.69).
+With at least two rows per unknown, ``r = 1e-4``. With fewer (a Gemm after a Flatten, a
+late conv on small crops) the fit is ill posed and ``r`` is validated: the layer is fit on
+half of the rows at each r of ``RIDGE_GRID`` (1e-4 ... 100) and scored on the other half;
+the best r is used for the fit on all rows, and a layer no r helps keeps its weights. A fixed
+small r interpolated MTCNN R-Net's last conv (144 patch rows for 160 inputs; its box output
+fell from cosine 0.95 to 0.69). Validating well-posed layers as well chose strong ridges
+that were better on held-out rows of the same images and worse on other images (PP-OCRv6
+tiny rec char accuracy 0.94 -> 0.85), so they keep the small one.
 
 For a Conv, X' holds im2col patches at up to ``MAX_ROWS`` sampled output positions; for a
 MatMul on ``[..., C]`` activations every leading position is a row.
@@ -147,8 +150,14 @@ RIDGE_GRID = (1e-4, 1e-2, 1.0, 1e2)
 
 
 def _validated_ridge(a, y, with_bias: bool, bounds, prior: np.ndarray) -> float | None:
-    """The ridge strength (a factor of ``RIDGE_GRID``) whose fit on the even rows does best on
-    the odd rows, or None when none beats ``prior`` there (see the module docstring)."""
+    """The ridge strength for this fit, or None to keep ``prior`` (see the module docstring).
+
+    With at least two rows per unknown the problem is well posed and ``RIDGE`` is used. With
+    fewer, the strength of ``RIDGE_GRID`` whose fit on the even rows does best on the odd rows
+    is chosen, or None when none beats ``prior`` there.
+    """
+    if a.shape[0] >= 2 * (a.shape[1] + with_bias):
+        return RIDGE
     if a.shape[0] < 4:
         return None
     held, target = a[1::2].astype(np.float64), y[1::2].astype(np.float64)
