@@ -44,7 +44,8 @@ class ModelCost:
         return asdict(self)
 
 
-def _fix_input_dims(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> None:
+def fix_input_dims(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Set the named graph inputs of ``proto`` to these concrete shapes (in place)."""
     for info in proto.graph.input:
         shape = input_shapes.get(info.name)
         if shape is None:
@@ -95,7 +96,7 @@ def node_macs(node: ir.Node, shapes: dict[str, tuple]) -> int:
 def model_cost(model: ir.Model, input_shapes: dict[str, tuple[int, ...]]) -> ModelCost:
     """Nodes, params, MACs (for ``input_shapes``) and bytes of ``model``."""
     proto, _ = weightless_proto(model)
-    _fix_input_dims(proto, input_shapes)
+    fix_input_dims(proto, input_shapes)
     shapes = infer_shapes(proto)
     nodes = macs = 0
     for graph in model.graphs():
