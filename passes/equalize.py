@@ -9,7 +9,8 @@ and ``r2_i`` the range of input channel i of W2. Both layers then have per-chann
 for depthwise convs, whose channel ranges vary widely.
 
 Pairs handled: a Conv (dense or depthwise) whose output reaches another Conv (dense or
-depthwise) directly or through a Relu / LeakyRelu, with no other consumer on the way. For a
+depthwise) directly or through a Relu / LeakyRelu / PRelu (a per-channel slope is unchanged
+by a per-channel positive scale), with no other consumer on the way. For a
 depthwise second layer, channel i of its input is its weight row i. The pass sweeps all pairs
 until the scales stop moving (``iterations``).
 
@@ -31,7 +32,7 @@ from lightir.registry import register_pass
 
 logger = logging.getLogger(__name__)
 
-HOMOGENEOUS = {"Relu", "LeakyRelu"}
+HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu"}  # act(x / s) = act(x) / s for s > 0
 
 
 @dataclass(frozen=True)

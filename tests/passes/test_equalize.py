@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import lightir
 from lightir.testing import GraphBuilder, assert_outputs_close, declines, op_types
@@ -18,14 +19,19 @@ def chain(activation="Relu", seed=0):
     w = y.producer().inputs[1]
     wide = w.const_value.numpy() * np.geomspace(0.01, 10, 8).reshape(-1, 1, 1, 1)
     w.const_value = lightir.onnx_bridge.ir.tensor(wide.astype(np.float32), name=w.name)
-    y = b.relu(y) if activation == "Relu" else b.relu6(y)
+    if activation == "PRelu":  # MTCNN's activation, with a per-channel slope
+        slope = b.initializer(np.linspace(0.05, 0.5, 8).reshape(8, 1, 1).astype(np.float32))
+        y = b.op("PRelu", [y, slope])
+    else:
+        y = b.relu(y) if activation == "Relu" else b.relu6(y)
     y = b.relu(b.conv(y, 8, 3, groups=8, bias=True))  # depthwise
     b.output(b.conv(y, 6, 1, pads=[0] * 4, bias=True), "out")
     return b.build()
 
 
-def test_equalize_balances_channel_ranges_exactly():
-    model = chain()
+@pytest.mark.parametrize("activation", ["Relu", "PRelu"])
+def test_equalize_balances_channel_ranges_exactly(activation):
+    model = chain(activation)
     result = lightir.optimize(model, "equalize")
     assert result.report.ok and result.report.records[0].stats["pairs"] == 2
     before = model.graph[0].inputs[1].const_value.numpy()
