@@ -291,8 +291,12 @@ def refit_layers(
         else:
             continue
         if not refit:
-            logger.info("kept %s %s: a refit on %d samples would not generalize", node.op_type,
-                        name, x.shape[0])
+            logger.info(
+                "kept %s %s: a refit on %d samples would not generalize",
+                node.op_type,
+                name,
+                x.shape[0],
+            )
             continue
         done[name] = "linear" if bounds is None else f"through clip{bounds}"
         logger.info("refit %s %s on %d samples (%s)", node.op_type, name, x.shape[0], done[name])

@@ -478,8 +478,10 @@ def soft_iou(reference: list, actual: list, class_axis: int | None = None) -> fl
         groups = [(ref, got)]
     else:
         groups = [
-            ([np.take(r, c, axis=class_axis) for r in ref],
-             [np.take(g, c, axis=class_axis) for g in got])
+            (
+                [np.take(r, c, axis=class_axis) for r in ref],
+                [np.take(g, c, axis=class_axis) for g in got],
+            )
             for c in range(ref[0].shape[class_axis])
         ]
     scores = []

@@ -379,8 +379,12 @@ def _conv_bn_silu(b: GraphBuilder, x: ir.Value, cout: int, kernel: int = 1, stri
 def _split(b: GraphBuilder, x: ir.Value, sizes: list[int]) -> list[ir.Value]:
     """Split on axis 1 with explicit sizes: an input from opset 13, an attribute before."""
     if b.opset >= 13:
-        node = b.op("Split", [x, b.initializer(np.array(sizes, np.int64), "split")], {"axis": 1},
-                    num_outputs=len(sizes)).producer()
+        node = b.op(
+            "Split",
+            [x, b.initializer(np.array(sizes, np.int64), "split")],
+            {"axis": 1},
+            num_outputs=len(sizes),
+        ).producer()
     else:
         node = b.op("Split", [x], {"axis": 1, "split": sizes}, num_outputs=len(sizes)).producer()
     for out, size in zip(node.outputs, sizes):
@@ -440,8 +444,10 @@ def yolo_opset12(seed: int = 0) -> ir.Model:
 
 
 def _ghost_module(b: GraphBuilder, x: ir.Value, out: int, relu: bool) -> ir.Value:
-    """GhostNet's module: a 1x1 conv makes half the channels, a depthwise 3x3 copy of them
-    makes the other half ("cheap operation"), and the two are concatenated."""
+    """GhostNet's module: a 1x1 conv's channels and their depthwise copy, concatenated.
+
+    The depthwise 3x3 "cheap operation" makes the second half of the channels.
+    """
     half = out // 2
     primary = b.batch_norm(b.conv(x, half, 1))
     primary = b.relu(primary) if relu else primary
@@ -453,14 +459,26 @@ def _ghost_module(b: GraphBuilder, x: ir.Value, out: int, relu: bool) -> ir.Valu
     return b.op("Slice", [both, starts, ends, axes], channels=out)
 
 
-GHOSTNET_BLOCKS = [(16, 16, 1), (48, 24, 2), (72, 24, 1), (72, 40, 2), (120, 40, 1),
-                   (240, 80, 2), (200, 80, 1), (480, 112, 1), (672, 160, 2), (960, 160, 1)]
+GHOSTNET_BLOCKS = [
+    (16, 16, 1),
+    (48, 24, 2),
+    (72, 24, 1),
+    (72, 40, 2),
+    (120, 40, 1),
+    (240, 80, 2),
+    (200, 80, 1),
+    (480, 112, 1),
+    (672, 160, 2),
+    (960, 160, 1),
+]
 
 
 def ghostnet(seed: int = 0, size: int = 64, classes: int = 10) -> ir.Model:
-    """GhostNet-style (Han et al. 2020) bottlenecks: ghost module (expand, Relu) -> [dw 3x3
-    stride 2] -> ghost module (project) + shortcut (identity, or dw 3x3 + 1x1 when the shape
-    changes). Widths of GhostNet 1.0 without SE."""
+    """GhostNet-style (Han et al. 2020) bottlenecks, widths of GhostNet 1.0 without SE.
+
+    Ghost module (expand, Relu) -> [dw 3x3 stride 2] -> ghost module (project) + shortcut
+    (identity, or dw 3x3 + 1x1 when the shape changes).
+    """
     b = GraphBuilder("ghostnet", seed=seed)
     x = b.input("input", [BATCH, 3, size, size])
     x = b.relu(_conv_bn(b, x, 16, 3, stride=2))
@@ -483,8 +501,11 @@ REGNETX_GROUP_WIDTH = 8
 
 
 def regnetx(seed: int = 0, size: int = 64, classes: int = 10) -> ir.Model:
-    """RegNetX-200MF-style (Radosavovic et al. 2020): X blocks of 1x1 -> grouped 3x3 with a
-    fixed group width of 8 -> 1x1, with residual Adds and 1x1 stride-2 projections."""
+    """RegNetX-200MF-style (Radosavovic et al. 2020) X blocks.
+
+    1x1 -> grouped 3x3 with a fixed group width of 8 -> 1x1, with residual Adds and 1x1
+    stride-2 projections.
+    """
     b = GraphBuilder("regnetx", seed=seed)
     x = b.input("input", [BATCH, 3, size, size])
     x = b.relu(_conv_bn(b, x, 32, 3, stride=2))
@@ -492,8 +513,7 @@ def regnetx(seed: int = 0, size: int = 64, classes: int = 10) -> ir.Model:
         for block in range(depth):
             stride = 2 if block == 0 else 1
             y = b.relu(_conv_bn(b, x, width, 1))
-            y = b.relu(_conv_bn(b, y, width, 3, stride=stride,
-                                groups=width // REGNETX_GROUP_WIDTH))
+            y = b.relu(_conv_bn(b, y, width, 3, stride=stride, groups=width // REGNETX_GROUP_WIDTH))
             y = _conv_bn(b, y, width, 1)
             shortcut = x
             if stride != 1 or b.channels[x] != width:

@@ -255,8 +255,10 @@ def accurate_reductions(mod):
     import tvm
     from tvm import relax
 
-    ops = {name: tvm.ir.Op.get(f"relax.{name}") for name in
-           ("nn.softmax", "nn.log_softmax", "sum", "mean")}
+    ops = {
+        name: tvm.ir.Op.get(f"relax.{name}")
+        for name in ("nn.softmax", "nn.log_softmax", "sum", "mean")
+    }
 
     def is_f32(expr) -> bool:
         info = getattr(expr, "ty", None)  # TVM 0.27: .ty / relax.TensorType (was struct_info)

@@ -81,8 +81,16 @@ WEIGHTED = {"Conv", "Gemm", "MatMul"}
 ACTIVATION_OPS = {"Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat"}
 ABSORBED = {"Relu", "Clip"}
 # Ops that mean a model is quantized already (static QDQ, dynamic, or integer kernels).
-QUANTIZED = {"QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
-             "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"}
+QUANTIZED = {
+    "QuantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "DynamicQuantizeLSTM",
+    "DynamicQuantizeMatMul",
+}
 # Concat inputs whose value ranges differ more than this are not put under one scale.
 MIXED_RANGE = 8.0
 # Ops that only squash or move values at the end of a model: what feeds them is a "head".
@@ -93,8 +101,9 @@ MOVES = (SAME_SCALE - {"MaxPool"}) | {"Gather"}
 
 
 class ShuffleAsGather(RewriteRuleClassBase):
-    """A channel shuffle ``Reshape(N,g,C/g,...) -> Transpose(0,2,1,...) -> Reshape(N,C,...)``
-    becomes one ``Gather(axis=1)`` with the permutation: exactly the same values.
+    """A channel shuffle becomes one ``Gather(axis=1)``: exactly the same values.
+
+    ``Reshape(N,g,C/g,...) -> Transpose(0,2,1,...) -> Reshape(N,C,...)`` permutes channels.
 
     onnxruntime runs integer convolutions in NHWC and cancels the layout transposes between
     them; it moves a Gather to NHWC but not a 5-D Transpose, so int8 ShuffleNet spent 4.5 of
@@ -180,8 +189,11 @@ def _is_head(value: ir.Value, depth: int = 0) -> bool:
 
 
 def _op_costs(model: ir.Model, names: list[str], batch: dict) -> dict[str, float]:
-    """Work of each named op for one sample of ``batch``: MACs, or output elements when the
-    op multiplies nothing (Add, pools, Concat); 1 where shapes cannot be inferred."""
+    """Work of each named op for one sample of ``batch``.
+
+    MACs, or output elements when the op multiplies nothing (Add, pools, Concat); 1 where
+    shapes cannot be inferred.
+    """
     from lightir.analysis.cost import fix_input_dims, node_macs
     from lightir.onnx_bridge import infer_shapes, weightless_proto
 
@@ -202,8 +214,10 @@ def _op_costs(model: ir.Model, names: list[str], batch: dict) -> dict[str, float
 
 
 def _smallest(ok, low: int, limit: int) -> int | None:
-    """The smallest count in (low, limit] with ``ok(count)``, by doubling then bisection
-    (``ok`` is taken to be monotone), or None when ``ok(limit)`` fails."""
+    """The smallest count in (low, limit] with ``ok(count)``, or None if ``ok(limit)`` fails.
+
+    Doubling, then bisection; ``ok`` is taken to be monotone.
+    """
     high = max(1, 2 * low)
     while not ok(min(high, limit)):
         if high >= limit:
@@ -483,7 +497,9 @@ class Quantizer:
         if deficit(everything) <= 1.0:
             return set()
         # Ranking needs an order, not a precise figure: two samples suffice.
-        one = [{k: v[:2] for k, v in batches[0].items()}]
+        # A model with a fixed batch dim takes whole batches only.
+        fixed = not all(spec.dynamic_batch for spec in input_specs(self.model))
+        one = batches[:1] if fixed else [{k: v[:2] for k, v in batches[0].items()}]
         one_reference = OrtModel(self.model).run_all(one)
         loss = {n: deficit({n}, one, one_reference) for n in names}
         limit = max(1, len(names) // 2)
@@ -491,7 +507,7 @@ class Quantizer:
         # smallest count that meets the targets on the samples it was chosen on sits at the
         # edge, and verification runs on samples the pass never saw (PP-OCRv6 tiny rec: kept
         # at top-1 0.99 on its own samples, 0.925 on the held-out ones, rolled back).
-        fit, confirm = _halves(batches)
+        fit, confirm = (batches[::2], batches[1::2]) if fixed else _halves(batches)
         fit_reference = OrtModel(self.model).run_all(fit)
         confirm_reference = OrtModel(self.model).run_all(confirm) if confirm else []
 

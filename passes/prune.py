@@ -2,9 +2,9 @@
 
 The channel dependency graph (:mod:`lightir.analysis.channels`) decides which channels can
 only go together (residual Adds, Concat offsets, depthwise convs, whole groups of a grouped
-conv, SE gates, Flatten -> Gemm blocks). Within each prunable group, the least important channels are removed from every
-layer they touch: the producing weight rows, BN parameters and biases, per-channel constants,
-and the consuming weight columns.
+conv, SE gates, Flatten -> Gemm blocks). Within each prunable group, the least important
+channels are removed from every layer they touch: the producing weight rows, BN parameters
+and biases, per-channel constants, and the consuming weight columns.
 
 Importance (``criterion``), summed over the group's producing layers:
 
@@ -24,8 +24,9 @@ Budget:
   is its measured output error when pruned alone.
 
 Kept channel counts are rounded to a multiple of ``round`` (8 by default, what vectorized
-kernels like; a grouped conv's group of 8 channels is one step), and groups produced by the first layer or consumed by the last one are
-protected unless ``protect-first`` / ``protect-last`` are false.
+kernels like; a grouped conv's group of 8 channels is one step), and groups produced by the
+first layer or consumed by the last one are protected unless ``protect-first`` /
+``protect-last`` are false.
 
 Repair after removal:
 
@@ -177,8 +178,11 @@ class Pruner:
 
     # ------------------------------------------------------------------ budget
     def step(self, group: ChannelGroup) -> int:
-        """Components per rounding step: a component of a grouped conv is a whole group of
-        channels (RegNetX: 8), already a multiple of what vectorized kernels like."""
+        """Components per rounding step.
+
+        A component of a grouped conv is a whole group of channels (RegNetX: 8), already a
+        multiple of what vectorized kernels like.
+        """
         component = group.components[0]
         width = min(Counter(name for name, _ in component.channels).values())
         return max(1, -(-self.options.round // width))
@@ -349,9 +353,7 @@ class Pruner:
             return {"channels_removed": 0}
         self.consumers = sorted({n.name for c in removed_components for n, _ in c.consumers})
         compensation = (
-            self._mean_contributions(removed_components)
-            if self.options.compensate
-            else {}
+            self._mean_contributions(removed_components) if self.options.compensate else {}
         )
         deletions: dict[tuple[int, int], tuple[ir.Value, int, set[int]]] = {}
         for component in removed_components:

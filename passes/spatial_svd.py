@@ -48,6 +48,7 @@ class SpatialMethod(LowRankMethod):
         (sh, sw), (top, left, bottom, right) = layer.geometry["strides"], layer.geometry["pads"]
         first = ConvStep(vertical, 1, (sh, 1), (top, 0, bottom, 0), (1, 1), None)
         second = ConvStep(horizontal, 1, (1, sw), (0, left, 0, right), (1, 1), layer.bias)
+
         def make_dense():
             return np.einsum(
                 "riy,orx->oiyx", vertical[..., 0], horizontal[:, :, 0, :], optimize=True

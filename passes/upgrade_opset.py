@@ -68,7 +68,5 @@ class UpgradeOpset(Pass):
             quiet.setLevel(level)
         after = opset_of(model)
         if after < self.options.version:
-            raise PassDeclined(
-                f"the version converter left opset {after} < {self.options.version}"
-            )
+            raise PassDeclined(f"the version converter left opset {after} < {self.options.version}")
         return PassResult(model, modified=True, stats={"opset": f"{before} -> {after}"})

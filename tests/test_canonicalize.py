@@ -87,8 +87,17 @@ def test_cli_accepts_non_positive_dims(tmp_path, dim):
 
     path = conv_bn_model(tmp_path, batch_dim=dim)
     done = subprocess.run(
-        [sys.executable, "-m", "lightir.cli", str(path), "-p", "reparam", "-o",
-         str(tmp_path / "out.onnx"), "-q"],
+        [
+            sys.executable,
+            "-m",
+            "lightir.cli",
+            str(path),
+            "-p",
+            "reparam",
+            "-o",
+            str(tmp_path / "out.onnx"),
+            "-q",
+        ],
         capture_output=True,
         text=True,
     )

@@ -158,8 +158,13 @@ def mutation_shift_class_scores(model, context):
     about 1e-3 are 1.6e-5 of the output's scale, under the exact bound (2.9e-5), but 1e-3
     of their own, which the per-part check sees.
     """
-    head = next(n for n in model.graph if n.op_type == "Concat" and n.outputs[0].uses()
-                and n.outputs[0].uses()[0][0].op_type == "Reshape")
+    head = next(
+        n
+        for n in model.graph
+        if n.op_type == "Concat"
+        and n.outputs[0].uses()
+        and n.outputs[0].uses()[0][0].op_type == "Reshape"
+    )
     conv = head.inputs[1].producer().inputs[0].producer()
     bias = conv.inputs[2]
     bias.const_value = ir.tensor(bias.const_value.numpy() + np.float32(0.004))

@@ -49,8 +49,12 @@ def _model(head: str, classes_last: bool = False):
 
 @pytest.mark.parametrize(
     "head, classes_last, has_iou",
-    [("Sigmoid", False, True), ("Softmax", False, True), ("Softmax", True, False),
-     ("Relu", False, False)],
+    [
+        ("Sigmoid", False, True),
+        ("Softmax", False, True),
+        ("Softmax", True, False),
+        ("Relu", False, False),
+    ],
 )
 def test_soft_iou_is_reported_for_probability_maps_only(head, classes_last, has_iou):
     model = _model(head, classes_last)

@@ -67,8 +67,19 @@ def run_cell(name: str, key: str, folder: Path, timeout: int) -> dict:
     target = TARGETS.get(key)
     out = folder / f"{name}.{key}.{'so' if target else 'onnx'}"
     report = folder / f"{name}.{key}.report.json"  # NAME.json is the library metadata
-    command = [sys.executable, "-m", "lightir.cli", str(source), "-p", pipeline, "-o", str(out),
-               "--report", str(report), "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "lightir.cli",
+        str(source),
+        "-p",
+        pipeline,
+        "-o",
+        str(out),
+        "--report",
+        str(report),
+        "-q",
+    ]
     if not key.endswith("-synth"):
         command += ["--calib", str(calib)]
     if target:
@@ -100,11 +111,18 @@ def run_cell(name: str, key: str, folder: Path, timeout: int) -> dict:
         cell["status"] = "changed" if "changed" in statuses else "unchanged"
     final = data.get("final") or {}
     original = data.get("original") or {}
-    cell.update(nodes=final.get("nodes"), macs=final.get("macs"), params=final.get("params"),
-                macs_ratio=_ratio(final.get("macs"), original.get("macs")),
-                params_ratio=_ratio(final.get("params"), original.get("params")))
-    exact = [float(r["tolerance"].split("<=")[1]) for r in records
-             if r["contract"] == "exact" and r.get("tolerance", "").startswith("rel<=")]
+    cell.update(
+        nodes=final.get("nodes"),
+        macs=final.get("macs"),
+        params=final.get("params"),
+        macs_ratio=_ratio(final.get("macs"), original.get("macs")),
+        params_ratio=_ratio(final.get("params"), original.get("params")),
+    )
+    exact = [
+        float(r["tolerance"].split("<=")[1])
+        for r in records
+        if r["contract"] == "exact" and r.get("tolerance", "").startswith("rel<=")
+    ]
     cell["max_exact_tolerance"] = max(exact) if exact else None
     if target:
         meta = out.with_suffix(".json")
@@ -167,8 +185,10 @@ def render(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+
         def fmt(value, spec=".3f"):
             return "-" if value is None else format(value, spec)
+
         lines.append(
             f"| {row['model']} | {row['pipeline']} | {row['status']} "
             f"| {fmt(row.get('macs_ratio'))} "

@@ -89,25 +89,41 @@ WHEELS = {
 # Photographs from scikit-image's data: the evaluation face (astronaut, Eileen Collins) and
 # calibration images that share no source with it.
 PHOTOS = {
-    "astronaut": ("skimage/data/astronaut.png",
-                  "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
-    "camera": ("skimage/data/camera.png",
-               "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a"),
-    "coffee": ("skimage/data/coffee.png",
-               "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"),
-    "chelsea": ("skimage/data/chelsea.png",
-                "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
-    "motorcycle": ("skimage/data/motorcycle_left.png",
-                   "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179"),
+    "astronaut": (
+        "skimage/data/astronaut.png",
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    ),
+    "camera": (
+        "skimage/data/camera.png",
+        "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a",
+    ),
+    "coffee": (
+        "skimage/data/coffee.png",
+        "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+    ),
+    "chelsea": (
+        "skimage/data/chelsea.png",
+        "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+    ),
+    "motorcycle": (
+        "skimage/data/motorcycle_left.png",
+        "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+    ),
 }
 # facenet-pytorch's MTCNN weights (PyTorch state dicts), exported by tools/export_mtcnn.py.
 MTCNN_WEIGHTS = {
-    "pnet": ("facenet_pytorch/data/pnet.pt",
-             "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
-    "rnet": ("facenet_pytorch/data/rnet.pt",
-             "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
-    "onet": ("facenet_pytorch/data/onet.pt",
-             "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
+    "pnet": (
+        "facenet_pytorch/data/pnet.pt",
+        "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
+    ),
+    "rnet": (
+        "facenet_pytorch/data/rnet.pt",
+        "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
+    ),
+    "onet": (
+        "facenet_pytorch/data/onet.pt",
+        "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
+    ),
 }
 
 FONT = (
@@ -414,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         entry = MODELS[name]
         cached = entry.wheel is None or (cache_dir() / entry.wheel / entry.member).is_file()
-        print(f"{name:<20} {entry.task:<16} {'cached' if cached else 'not fetched':<12} "
-              f"{entry.origin}")
+        print(
+            f"{name:<20} {entry.task:<16} {'cached' if cached else 'not fetched':<12} "
+            f"{entry.origin}"
+        )
     return 0
 
 

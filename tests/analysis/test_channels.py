@@ -174,10 +174,13 @@ def test_erf_gelu_se_reduce_mean_pow_and_spatial_slice_keep_channels():
     assert any(name.startswith("slice") for name, _ in members)
 
 
-@pytest.mark.parametrize("se_axes, slice_axis, reason", [
-    ([1], 2, "reduces the channel axis"),
-    ([2, 3], 1, "slices the channel axis"),
-])
+@pytest.mark.parametrize(
+    "se_axes, slice_axis, reason",
+    [
+        ([1], 2, "reduces the channel axis"),
+        ([2, 3], 1, "slices the channel axis"),
+    ],
+)
 def test_reductions_and_slices_over_channels_stay_frozen(se_axes, slice_axis, reason):
     b = GraphBuilder("paddle", seed=5)
     b.output(_paddle_style_block(b, b.input("x", [1, 3, 8, 8]), se_axes, slice_axis), "out")
@@ -206,8 +209,10 @@ def test_a_grouped_conv_loses_whole_groups():
     block = groups[("conv_1", "conv_2")]
     assert block.size == 4  # four groups, not sixteen channels
     assert component_of(graph, "relu_1_out", 5) == (
-        {("relu_1_out", c) for c in range(4, 8)} | {("conv_1_out", c) for c in range(4, 8)}
-        | {("conv_2_out", c) for c in range(4, 8)} | {("relu_2_out", c) for c in range(4, 8)}
+        {("relu_1_out", c) for c in range(4, 8)}
+        | {("conv_1_out", c) for c in range(4, 8)}
+        | {("conv_2_out", c) for c in range(4, 8)}
+        | {("relu_2_out", c) for c in range(4, 8)}
     )
     pruned = check_prune_equals_masking(
         model, ratio=0.5, round=4, protect_first=False, protect_last=False
