@@ -463,10 +463,11 @@ class Quantizer:
         ``(1 - score) / (1 - target)`` over outputs and criteria; it meets the targets at <= 1.
 
         When all-int8 misses, every quantizable op's sensitivity (the deficit when it alone
-        is int8, on two samples) ranks them. The smallest ``k`` most sensitive ops kept float
-        that meets the targets on half of the samples is found by doubling, then bisection;
-        ``k`` then doubles until the other half meets them too (at most half of the ops are
-        kept float).
+        is int8, on two samples) is measured, and the ops are ranked by sensitivity per MAC
+        (sensitivity alone when that ranking cannot meet the targets). The smallest ``k`` of
+        the ranking kept float that meets the targets on half of the samples is found by
+        doubling, then bisection, and raised the same way until the other half meets them
+        too (at most half of the ops are kept float).
         """
         from lightir.ir_util import clone_model
         from lightir.onnx_bridge import OrtModel
@@ -525,9 +526,9 @@ class Quantizer:
                 count = _smallest(both, count, limit)
             return count
 
-        # Sensitivity per unit of work first: keeping a 6% conv float costs more speed than
-        # keeping an Add float (PP-OCRv6 small det by sensitivity alone: 64% of its MACs
-        # float, slower than fp32). Sensitivity alone when that cannot meet the targets.
+        # Sensitivity per unit of work first: keeping a conv with 6% of the MACs float costs
+        # more speed than keeping an Add float. Sensitivity alone when that cannot meet the
+        # targets.
         costs = _op_costs(self.model, names, batches[0])
         by_value = sorted(names, key=lambda n: loss[n] / costs[n], reverse=True)
         by_loss = sorted(names, key=loss.get, reverse=True)
