@@ -222,7 +222,14 @@ class Pruner:
             wanted = {i: int(self.groups[i].size * self.options.ratio) for i in candidates}
         for i in candidates:
             size = self.groups[i].size
-            keep = self.keep_count(size, wanted.get(i, 0), self.step(self.groups[i]))
+            step = self.step(self.groups[i])
+            keep = self.keep_count(size, wanted.get(i, 0), step)
+            if keep == size and wanted.get(i, 0):
+                self.context.decline(
+                    f"channels of {', '.join(self.groups[i].producer_nodes)}",
+                    f"removing {wanted[i]} of {size} rounds back to {size} at round="
+                    f"{self.options.round}; a smaller round (or a larger ratio) prunes it",
+                )
             order = np.argsort(scores[i], kind="stable")
             removal[i] = sorted(int(j) for j in order[: size - keep])
         return removal

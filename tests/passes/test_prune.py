@@ -216,3 +216,18 @@ def test_equal_split_without_sizes_stays_frozen():
     b.output(b.global_avg_pool(b.add(first, second)), "out")
     result = lightir.optimize(b.build(), "prune{ratio=0.5}", verify="structural")
     assert any("equal split" in d for d in declines(result))
+
+
+def test_a_group_that_rounds_back_to_its_size_says_so():
+    """MTCNN's PNet: 20% of 16 channels rounds back to 16 at round=8, so prune is unchanged;
+    --explain says why and what would prune it, and round=1 does."""
+    b = GraphBuilder("narrow", seed=2)
+    x = b.input("x", [1, 3, 12, 12])
+    y = b.relu(b.conv(b.relu(b.conv(b.relu(b.conv(x, 16, 3)), 16, 3)), 16, 3))
+    b.output(b.conv(y, 4, 1, pads=[0] * 4), "y")
+    model = b.build()
+    result = lightir.optimize(model, "prune{ratio=0.2}", tolerances=ANY_OUTPUT)
+    assert result.report.records[0].status == "unchanged"
+    assert any("rounds back to 16 at round=8" in d for d in declines(result))
+    finer = lightir.optimize(model, "prune{ratio=0.2,round=1}", tolerances=ANY_OUTPUT)
+    assert finer.report.records[0].status == "changed"
