@@ -76,6 +76,12 @@ def energy_rank(singular: np.ndarray, energy: float) -> int:
     return int(np.searchsorted(cumulative, energy - 1e-12) + 1)
 
 
+def truncation_error(singular: np.ndarray, rank: int) -> float:
+    """Relative Frobenius error of keeping the first ``rank`` singular values (Eckart-Young)."""
+    total = float(np.sum(singular**2))
+    return float(np.sqrt(np.sum(singular[rank:] ** 2) / total)) if total > 0 else 0.0
+
+
 def svd_factors(
     matrix: np.ndarray, rank: int, decomposition: tuple | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -90,9 +96,7 @@ def svd_factors(
     u, s, vt = decomposition
     root = np.sqrt(s[:rank])
     left, right = u[:, :rank] * root, root[:, None] * vt[:rank]
-    total = float(np.sum(s**2))
-    error = float(np.sqrt(np.sum(s[rank:] ** 2) / total)) if total > 0 else 0.0
-    return left, right, error
+    return left, right, truncation_error(s, rank)
 
 
 def spatial_matrix(weight: np.ndarray) -> np.ndarray:
@@ -117,9 +121,7 @@ def spatial_factors(
     vertical = (u[:, :rank] * root).T.reshape(rank, cin, kh, 1)
     horizontal = (root[:, None] * vt[:rank]).reshape(rank, cout, kw).transpose(1, 0, 2)
     horizontal = horizontal.reshape(cout, rank, 1, kw)
-    total = float(np.sum(s**2))
-    error = float(np.sqrt(np.sum(s[rank:] ** 2) / total)) if total > 0 else 0.0
-    return vertical, horizontal, error
+    return vertical, horizontal, truncation_error(s, rank)
 
 
 def _unfold(tensor: np.ndarray, mode: int) -> np.ndarray:

@@ -188,6 +188,20 @@ class LowRankMethod:
         """The chain for ``rank`` (:meth:`Factorization.dense`: the approximated weight)."""
         raise NotImplementedError
 
+    def decomposition(self, layer: Layer, matrix: np.ndarray) -> tuple:
+        """``np.linalg.svd(matrix)``, computed once per layer weight.
+
+        A budget search tries dozens of ranks of one weight, and one SVD serves them all.
+        """
+        cache = self.__dict__.setdefault("_decompositions", {})
+        key = id(layer.weight)
+        if key not in cache:  # the entry holds the weight, so its id is not reused
+            cache[key] = (
+                layer.weight,
+                np.linalg.svd(matrix.astype(np.float64), full_matrices=False),
+            )
+        return cache[key][1]
+
     def budget_ranks(self, grid: list[int]) -> list[int]:
         """Ranks the whole-model budget tries (all of the grid by default)."""
         return grid

@@ -194,13 +194,10 @@ def _op_costs(model: ir.Model, names: list[str], batch: dict) -> dict[str, float
     MACs, or output elements when the op multiplies nothing (Add, pools, Concat); 1 where
     shapes cannot be inferred.
     """
-    from lightir.analysis.cost import fix_input_dims, node_macs
-    from lightir.onnx_bridge import infer_shapes, weightless_proto
+    from lightir.analysis.cost import inferred_shapes, node_macs
 
-    proto, _ = weightless_proto(model)
-    fix_input_dims(proto, {k: (1, *np.shape(v)[1:]) for k, v in batch.items()})
     try:
-        shapes = infer_shapes(proto)
+        shapes = inferred_shapes(model, {k: (1, *np.shape(v)[1:]) for k, v in batch.items()})
     except Exception:  # noqa: BLE001 - a ranking aid: sensitivity alone still works
         shapes = {}
     costs = {}

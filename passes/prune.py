@@ -238,18 +238,11 @@ class Pruner:
         self, candidates: list[int], scores: dict[int, np.ndarray]
     ) -> dict[int, list[int]]:
         """Greedy removal in ``round``-sized steps until the MAC target is met."""
-        from lightir.analysis.cost import node_macs
-        from lightir.onnx_bridge import infer_shapes, weightless_proto
+        from lightir.analysis.cost import inferred_shapes, node_macs
 
         specs = input_specs(self.model)
         shapes_in = {s.name: tuple(d if isinstance(d, int) else 1 for d in s.shape) for s in specs}
-        proto, _ = weightless_proto(self.model)
-        for info in proto.graph.input:
-            if info.name in shapes_in:
-                for dim, size in zip(info.type.tensor_type.shape.dim, shapes_in[info.name]):
-                    dim.Clear()
-                    dim.dim_value = size
-        shapes = infer_shapes(proto)
+        shapes = inferred_shapes(self.model, shapes_in)
         macs_by_node = {n.name: node_macs(n, shapes) for n in self.model.graph}
         total = sum(macs_by_node.values())
         target = self.options.target_macs * total

@@ -22,9 +22,6 @@ class SpatialMethod(LowRankMethod):
 
     name = "spatial-svd"
 
-    def __init__(self) -> None:
-        self._decompositions: dict[int, tuple] = {}  # one SVD per weight, whatever the rank
-
     def layer(self, node: ir.Node):
         return spatial_conv_layer(node)
 
@@ -38,13 +35,8 @@ class SpatialMethod(LowRankMethod):
         return energy_rank(np.linalg.svd(matrix, compute_uv=False), energy)
 
     def factorize(self, layer, rank: int) -> Factorization:
-        key = id(layer.weight)
-        if key not in self._decompositions:
-            decomposition = np.linalg.svd(spatial_matrix(layer.weight), full_matrices=False)
-            self._decompositions[key] = (layer.weight, decomposition)  # holds the id's owner
-        vertical, horizontal, error = spatial_factors(
-            layer.weight, rank, self._decompositions[key][1]
-        )
+        decomposition = self.decomposition(layer, spatial_matrix(layer.weight))
+        vertical, horizontal, error = spatial_factors(layer.weight, rank, decomposition)
         (sh, sw), (top, left, bottom, right) = layer.geometry["strides"], layer.geometry["pads"]
         first = ConvStep(vertical, 1, (sh, 1), (top, 0, bottom, 0), (1, 1), None)
         second = ConvStep(horizontal, 1, (1, sw), (0, left, 0, right), (1, 1), layer.bias)

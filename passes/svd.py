@@ -22,9 +22,6 @@ class SvdMethod(LowRankMethod):
 
     name = "svd"
 
-    def __init__(self) -> None:
-        self._decompositions: dict[int, tuple] = {}  # one SVD per weight, whatever the rank
-
     def layer(self, node: ir.Node):
         layer = dense_layer(node)
         if layer is None:
@@ -42,11 +39,7 @@ class SvdMethod(LowRankMethod):
 
     def factorize(self, layer, rank: int) -> Factorization:
         matrix = layer.weight[:, :, 0, 0]
-        key = id(layer.weight)
-        if key not in self._decompositions:
-            decomposition = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
-            self._decompositions[key] = (layer.weight, decomposition)  # holds the id's owner
-        left, right, error = svd_factors(matrix, rank, self._decompositions[key][1])
+        left, right, error = svd_factors(matrix, rank, self.decomposition(layer, matrix))
         first = ConvStep(
             right[:, :, None, None],
             1,

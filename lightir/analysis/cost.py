@@ -44,7 +44,7 @@ class ModelCost:
         return asdict(self)
 
 
-def fix_input_dims(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> None:
+def _fix_input_dims(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> None:
     """Set the named graph inputs of ``proto`` to these concrete shapes (in place)."""
     for info in proto.graph.input:
         shape = input_shapes.get(info.name)
@@ -93,11 +93,16 @@ def node_macs(node: ir.Node, shapes: dict[str, tuple]) -> int:
     return 0
 
 
+def inferred_shapes(model: ir.Model, input_shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Every value's shape that onnx shape inference finds with the inputs at these shapes."""
+    proto, _ = weightless_proto(model)
+    _fix_input_dims(proto, input_shapes)
+    return infer_shapes(proto)
+
+
 def model_cost(model: ir.Model, input_shapes: dict[str, tuple[int, ...]]) -> ModelCost:
     """Nodes, params, MACs (for ``input_shapes``) and bytes of ``model``."""
-    proto, _ = weightless_proto(model)
-    fix_input_dims(proto, input_shapes)
-    shapes = infer_shapes(proto)
+    shapes = inferred_shapes(model, input_shapes)
     nodes = macs = 0
     for graph in model.graphs():
         for node in graph:
