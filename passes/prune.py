@@ -6,7 +6,18 @@ conv, SE gates, Flatten -> Gemm blocks). Within each prunable group, the least i
 channels are removed from every layer they touch: the producing weight rows, BN parameters
 and biases, per-channel constants, and the consuming weight columns.
 
-Importance (``criterion``), summed over the group's producing layers:
+Importance (``criterion``; ``auto``, the default, is ``output-error`` with calibration data
+and ``l1`` without):
+
+* ``output-error``: the output error the removal leaves in the consuming layers, measured on
+  the calibration data and chosen greedily, one channel at a time
+  (:class:`lightir.reconstruct.RemovalCost`). With ``reconstruct=true`` it is the error left
+  after the refit (optimal brain surgeon: a channel whose contribution the others can take
+  over costs little, however large its weights); without, the error left after the bias
+  compensation (ThiNet). On PP-OCRv6 small rec at ``ratio=0.2,reconstruct=true`` it took the
+  top-1 agreement per position from 0.897 (``l1``, rolled back) to 0.981.
+
+Otherwise summed over the group's producing layers:
 
 * ``l1`` / ``l2``: mean absolute value / root mean square of the producing weight rows;
 * ``bn-gamma``: ``|gamma|`` of the BatchNormalization on the channel (network slimming);
@@ -60,7 +71,7 @@ from lightir.errors import UsageError
 from lightir.ir_util import clone_model
 from lightir.onnx_bridge import capture
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
-from lightir.reconstruct import refit_layers
+from lightir.reconstruct import Moments, RemovalCost, layer_matrix, layer_rows, refit_layers
 from lightir.registry import register_pass
 from lightir.rewrite import unique_name
 
@@ -72,7 +83,9 @@ class Options:
     """Options of prune (pipeline keys use dashes: ``target-macs``)."""
 
     ratio: float = 0.3
-    criterion: Literal["l1", "l2", "bn-gamma", "activation", "entropy"] = "l1"
+    criterion: Literal["auto", "l1", "l2", "bn-gamma", "activation", "entropy", "output-error"] = (
+        "auto"
+    )
     scope: Literal["uniform", "global"] = "uniform"
     target_macs: float = 0.0
     round: int = 8
@@ -113,6 +126,7 @@ class Pruner:
             for group, reason in frozen:
                 context.decline(f"channels of {', '.join(group.producer_nodes)}", reason)
         self.batches = None
+        self.moments: dict[str, tuple[Moments, int]] = {}
         if context.calibration is not None:
             self.batches = list(context.calibration.batches(batch_size=16, limit=64))
 
@@ -132,12 +146,20 @@ class Pruner:
         return None
 
     # ------------------------------------------------------------------ importance
-    def importance(self, group: ChannelGroup) -> np.ndarray:
+    def importance(self, group: ChannelGroup, limit: int | None = None) -> np.ndarray:
         criterion = self.options.criterion
-        if criterion in ("activation", "entropy"):
+        if criterion == "auto":
+            criterion = "l1" if self.batches is None else "output-error"
+        if criterion in ("activation", "entropy", "output-error"):
             if self.batches is None:
                 raise UsageError(f"prune{{criterion={criterion}}} needs calibration data (--calib)")
-            return self._data_importance(group, criterion)
+            if criterion == "output-error":
+                scores = self._output_error_importance(group, limit)
+                if scores is not None:
+                    return scores
+                criterion = "l1"
+            else:
+                return self._data_importance(group, criterion)
         scores = np.zeros(group.size)
         for i, component in enumerate(group.components):
             if criterion == "bn-gamma":
@@ -176,6 +198,120 @@ class Pruner:
                     scores[i] += float(-(p * np.log(p)).sum())
         return scores
 
+    MAX_SELECTION_COLUMNS = 4608  # a 512-channel 3x3 conv; wider layers fall back to l1
+    CAPTURE_BYTES = 1 << 30  # activations held at once while the moments are taken
+
+    def _selection_consumers(self, group: ChannelGroup) -> dict[str, ir.Node] | None:
+        """The group's consuming layers, or None when one cannot be costed (see below)."""
+        nodes = {node.name: node for c in group.components for node, _ in c.consumers}
+        for node in nodes.values():
+            weight = node.inputs[1].const_value
+            if node.op_type == "Conv":
+                shape = node.inputs[0].shape
+                columns = weight.size // weight.shape[0]
+                if shape is None or shape.rank() != 4:
+                    return None
+            else:
+                trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+                columns = weight.shape[1 if trans_b else 0]
+            if columns > self.MAX_SELECTION_COLUMNS:
+                return None
+        return nodes or None
+
+    def _prepare_moments(self, groups: list[ChannelGroup]) -> None:
+        """Row moments of every consumer the groups' selection needs, on the calibration data.
+
+        Activations are captured a few values at a time (``CAPTURE_BYTES``, sized on one
+        sample) and reduced to :class:`Moments` at once, so one run of the model serves many
+        groups and no more than a chunk of activations is held.
+        """
+        nodes: dict[str, ir.Node] = {}
+        for group in groups:
+            nodes.update(self._selection_consumers(group) or {})
+        by_input: dict[str, list[ir.Node]] = defaultdict(list)
+        for node in nodes.values():
+            if node.name not in self.moments:
+                by_input[node.inputs[0].name].append(node)
+        if not by_input:
+            return
+        first = {name: array[:1] for name, array in self.batches[0].items()}
+        probe = capture(self.model, sorted(by_input), [first])
+        samples = sum(len(next(iter(batch.values()))) for batch in self.batches)
+        chunks: list[list[str]] = [[]]
+        held = 0
+        for name in sorted(by_input):
+            size = probe[name].nbytes * samples
+            if chunks[-1] and held + size > self.CAPTURE_BYTES:
+                chunks.append([])
+                held = 0
+            chunks[-1].append(name)
+            held += size
+        del probe
+        for chunk in chunks:
+            values = capture(self.model, chunk, self.batches)
+            for name in chunk:
+                for node in by_input[name]:
+                    rows, per_channel = layer_rows(node, values[name])
+                    self.moments[node.name] = (Moments.of(rows), per_channel)
+            del values
+
+    def _output_error_importance(
+        self, group: ChannelGroup, limit: int | None = None
+    ) -> np.ndarray | None:
+        """Greedy removal order by the consumers' output error (:class:`RemovalCost`).
+
+        Each step removes the component whose removal adds the least relative output error,
+        summed over the group's consuming layers, with the refit (``reconstruct=true``) or the
+        bias compensation accounted for. The score of a component is the error accumulated
+        when it goes, so lower scores go first; after ``limit`` removals the rest are ranked
+        by their cost as the next one. None (use ``l1``) when a consumer is not a 2-D Conv,
+        Gemm or rank-2 MatMul, or is wider than ``MAX_SELECTION_COLUMNS`` columns.
+        """
+        nodes = self._selection_consumers(group)
+        if nodes is None:
+            logger.info("prune: %s ranked by l1 (consumer not costed)", group.producer_nodes)
+            return None
+        self._prepare_moments([group])
+        columns: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for k, component in enumerate(group.components):
+            for node, index in component.consumers:
+                columns[node.name][k].append(index)
+        layers = []
+        for name, node in nodes.items():
+            moments, per_channel = self.moments[name]
+            blocks = {
+                k: np.concatenate([np.arange(c * per_channel, (c + 1) * per_channel) for c in cs])
+                for k, cs in columns[name].items()
+            }
+            layers.append(
+                RemovalCost(moments, layer_matrix(node), blocks, refit=self.options.reconstruct)
+            )
+        remaining = list(range(group.size))
+        scores = np.zeros(group.size)
+        total = 0.0
+        steps = group.size - 1 if limit is None else min(limit, group.size - 1)
+
+        def added() -> np.ndarray:
+            result = np.zeros(len(remaining))
+            position = {k: p for p, k in enumerate(remaining)}
+            for layer in layers:
+                present = [k for k in remaining if k in layer.blocks]
+                if present:
+                    result[[position[k] for k in present]] += layer.costs(present)
+            return result
+
+        for _ in range(steps):
+            costs = added()
+            pick = int(np.argmin(costs))
+            total += max(float(costs[pick]), 0.0)
+            chosen = remaining.pop(pick)
+            scores[chosen] = total
+            for layer in layers:
+                if chosen in layer.blocks:
+                    layer.remove(chosen)
+        scores[remaining] = total + np.maximum(added(), 0.0) + 1e-12
+        return scores
+
     # ------------------------------------------------------------------ budget
     def step(self, group: ChannelGroup) -> int:
         """Components per rounding step.
@@ -204,7 +340,20 @@ class Pruner:
                 self.context.decline(f"channels of {', '.join(group.producer_nodes)}", reason)
                 continue
             candidates.append(index)
-        scores = {i: self.importance(self.groups[i]) for i in candidates}
+        uniform = not self.options.target_macs and self.options.scope == "uniform"
+        limits = {}
+        for i in candidates:
+            size = self.groups[i].size
+            wanted = int(size * self.options.ratio)
+            limits[i] = size - self.keep_count(size, wanted, self.step(self.groups[i]))
+        if self.batches is not None and self.options.criterion in ("auto", "output-error"):
+            self._prepare_moments([self.groups[i] for i in candidates if not uniform or limits[i]])
+        scores = {
+            i: self.importance(self.groups[i], limits[i] if uniform else None)
+            if limits[i] or not uniform
+            else np.zeros(self.groups[i].size)  # nothing goes: no order needed
+            for i in candidates
+        }
         if self.options.target_macs:
             return self._plan_macs(candidates, scores)
         removal: dict[int, list[int]] = {}

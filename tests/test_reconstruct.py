@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightir.reconstruct import RIDGE, _validated_ridge, ridge_solve
+from lightir.reconstruct import RIDGE, Moments, RemovalCost, _validated_ridge, ridge_solve
 
 
 def _problem(rows: int, inputs: int = 64, outputs: int = 8, seed: int = 0):
@@ -41,3 +41,72 @@ def test_a_well_posed_refit_uses_the_small_ridge_and_an_exact_layer_keeps_its_we
     _, (x, _), _ = _problem(rows=16)
     exact = np.concatenate([x, np.ones((16, 1))], axis=1) @ prior
     assert _validated_ridge(x, exact, True, None, prior) is None  # nothing a refit could add
+
+
+def _residual(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean squared residual of the least-squares fit of y on [x, 1]."""
+    a = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    w = np.linalg.lstsq(a, y, rcond=None)[0]
+    return float(np.mean((a @ w - y) ** 2))
+
+
+def _correlated_layer(seed: int = 1):
+    """Six channels of two columns each; channel 3 is nearly channel 0 plus channel 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2000, 12)) + 0.5
+    x[:, 6:8] = x[:, 0:2] + x[:, 2:4] + 0.01 * rng.standard_normal((2000, 2))
+    weight = rng.standard_normal((12, 5))
+    weight[6:8] *= 4.0  # the redundant channel has the largest weights: l1 keeps it
+    blocks = {k: np.arange(2 * k, 2 * k + 2) for k in range(6)}
+    return x, weight, blocks
+
+
+def test_removal_cost_with_refit_is_the_refit_residual_and_follows_each_removal():
+    """The OBS cost of removing a channel is what the least-squares refit cannot recover,
+    and after a removal the next costs are those of the layer refit without it."""
+    x, weight, blocks = _correlated_layer()
+    y = x @ weight
+    cost = RemovalCost(Moments.of(x), weight, blocks, refit=True)
+    variance = float(np.sum(np.var(y, axis=0))) / y.shape[1]
+
+    def expected(removed):
+        keep = np.concatenate([blocks[k] for k in range(6) if k not in removed])
+        return _residual(x[:, keep], y) / variance
+
+    first = cost.costs(range(6))
+    # atol: the selection's ridge (RIDGE x mean diagonal of the Gram) costs ~1e-4 of the
+    # variance, which a plain least-squares residual does not have.
+    np.testing.assert_allclose(first, [expected({k}) for k in range(6)], rtol=1e-2, atol=5e-4)
+    assert int(np.argmin(first)) in (0, 1, 3)  # any one of the dependent three, not by weight
+    chosen = int(np.argmin(first))
+    cost.remove(chosen)
+    rest = [k for k in range(6) if k != chosen]
+    after = first[chosen] + cost.costs(rest)
+    np.testing.assert_allclose(after, [expected({chosen, k}) for k in rest], rtol=1e-2, atol=1e-6)
+
+
+def test_removal_cost_without_refit_is_the_variance_of_what_the_set_contributed():
+    x, weight, blocks = _correlated_layer()
+    cost = RemovalCost(Moments.of(x), weight, blocks, refit=False)
+    variance = float(np.sum(np.var(x @ weight, axis=0))) / weight.shape[1]
+
+    def expected(removed):
+        columns = np.concatenate([blocks[k] for k in removed])
+        return float(np.sum(np.var(x[:, columns] @ weight[columns], axis=0))) / 5 / variance
+
+    np.testing.assert_allclose(cost.costs(range(6)), [expected([k]) for k in range(6)], rtol=1e-9)
+    cost.remove(2)
+    total = expected([2]) + cost.costs([0, 4])
+    np.testing.assert_allclose(total, [expected([2, 0]), expected([2, 4])], rtol=1e-9)
+
+
+def test_an_ill_posed_layer_is_costed_without_the_refit():
+    """Fewer than two rows per unknown: the refit would keep the weights (see
+    ``_validated_ridge``), so the removal is costed as the compensation alone."""
+    x, weight, blocks = _correlated_layer()
+    few = x[:10]
+    assert not RemovalCost(Moments.of(few), weight, blocks, refit=True).refit
+    np.testing.assert_allclose(
+        RemovalCost(Moments.of(few), weight, blocks, refit=True).costs(range(6)),
+        RemovalCost(Moments.of(few), weight, blocks, refit=False).costs(range(6)),
+    )

@@ -231,3 +231,54 @@ def test_a_group_that_rounds_back_to_its_size_says_so():
     assert any("rounds back to 16 at round=8" in d for d in declines(result))
     finer = lightir.optimize(model, "prune{ratio=0.2,round=1}", tolerances=ANY_OUTPUT)
     assert finer.report.records[0].status == "changed"
+
+
+def _model_with_copies():
+    """Eight channels: 0-3 with small weights, 4-5 large, 6-7 twice 4-5 (relu keeps the
+    factor, so a copy carries nothing the consumer cannot get from its original)."""
+    rng = np.random.default_rng(7)
+    weight = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    weight[:4] *= 0.3
+    weight[6:] = 2 * weight[4:6]
+    b = GraphBuilder("copies", seed=7)
+    x = b.input("x", [1, 3, 12, 12])
+    w = b.initializer(weight, "w")
+    b.output(b.conv(b.relu(b.conv(x, 8, 3, weight=w)), 4, 1, pads=[0] * 4), "out")
+    return b.build(), CalibrationData({"x": rng.standard_normal((32, 3, 12, 12)).astype("f")})
+
+
+def test_output_error_removes_the_copies_that_l1_keeps():
+    model, calib = _model_with_copies()
+    options = "prune{{ratio=0.25,round=1,protect-first=false,protect-last=false,{}}}"
+    kept = {}
+    for criterion in ("l1", "output-error"):
+        result = lightir.optimize(
+            model,
+            options.format(f"criterion={criterion},reconstruct=true"),
+            calib=calib,
+            tolerances=ANY_OUTPUT,
+        )
+        assert result.report.ok, result.report.failures
+        first = result.model.graph[0].inputs[1].const_value.numpy()
+        original = model.graph[0].inputs[1].const_value.numpy()
+        kept[criterion] = {
+            c for c in range(8) if any(np.array_equal(original[c], row) for row in first)
+        }
+        kept[criterion, "cos"] = result.report.records[0].vs_original[0].cosine
+    assert len(kept["l1"]) == len(kept["output-error"]) == 6
+    assert {0, 1, 2, 3} <= kept["output-error"]  # one of each pair went, every unique one stays
+    assert not {0, 1, 2, 3} <= kept["l1"]  # l1 drops small unique channels instead
+    assert kept["output-error", "cos"] > 0.9999 > kept["l1", "cos"]
+
+
+def test_output_error_needs_data_and_auto_falls_back_to_l1_without_it():
+    model, _ = _model_with_copies()
+    options = "prune{ratio=0.25,round=1,protect-first=false,protect-last=false"
+    failed = lightir.optimize(model, options + ",criterion=output-error}")
+    assert "needs calibration data" in failed.report.failures[0]
+    auto = lightir.optimize(model, options + "}", tolerances=ANY_OUTPUT)
+    l1 = lightir.optimize(model, options + ",criterion=l1}", tolerances=ANY_OUTPUT)
+    np.testing.assert_array_equal(
+        auto.model.graph[0].inputs[1].const_value.numpy(),
+        l1.model.graph[0].inputs[1].const_value.numpy(),
+    )
