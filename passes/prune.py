@@ -39,6 +39,15 @@ kernels like; a grouped conv's group of 8 channels is one step), and groups prod
 first layer or consumed by the last one are protected unless ``protect-first`` /
 ``protect-last`` are false.
 
+``round=16`` matches onnxruntime's NCHWc channel block on AVX-512 (8 with AVX2): a count
+between two blocks is padded up, so channels removed below a block boundary save MACs on paper
+and no time there. Measured on the AVX-512 VNNI machine at ``ratio=0.2,reconstruct=true``
+(``tools/README.md``): MTCNN R-Net runs at 1.00 of the original with ``round=8`` (MACs
+0.875) and at 0.88 with ``round=16`` (MACs 0.75). 16 is not the default because rounding to
+nearest with a coarse step overshoots the ratio on narrow layers (48 -> 32 channels at 0.2):
+R-Net's face decisions then agree on 0.81 of the crops, and O-Net and PP-OCRv6 small det,
+kept at ``round=8``, are rolled back at 16.
+
 Repair after removal:
 
 * unless ``compensate=false``, the removed channels' mean contribution is folded into the

@@ -6,8 +6,9 @@ interleaved in a shuffled order, and the median of the repeats gives the latency
 gap between the MACs ratio and the latency ratio is what users see when pruned models are not
 faster; the rounding column shows which channel multiple closes it.
 
-Part 2 (``--accuracy``): the trained digits fixture, pruned at several ratios with no repair,
-with bias compensation (the default), and with least-squares reconstruction. Calibration
+Part 2 (``--accuracy``): the trained digits fixture, pruned at several ratios; channels
+chosen by ``l1`` or by ``output-error`` on the calibration data, repaired by nothing, by the
+bias compensation, or by least-squares reconstruction. Calibration
 uses the first 200 test images; accuracy is measured on the other 250. Channel counts are
 rounded to multiples of 4 here (the fixture's layers have only 16-48 channels).
 
@@ -66,15 +67,16 @@ def part_accuracy(ratios) -> None:
     model = zoo.build("digits")
     base = zoo.accuracy(model, eval_images, eval_labels)
     print(f"digits fixture: accuracy {base:.3f} on 250 held-out images before pruning")
-    print(
-        f"{'ratio':>5} {'MACs':>6} {'params':>7} {'no repair':>10} {'compensate':>11} "
-        f"{'reconstruct':>12}"
-    )
+    # Selection (l1 on weights, or output-error on the calibration data) and repair
+    # (nothing, the bias compensation, the least-squares refit), each pair side by side.
     variants = {
-        "no repair": ("compensate=false", None),
-        "compensate": ("compensate=true", None),
-        "reconstruct": ("reconstruct=true", calib),
+        "l1 raw": ("criterion=l1,compensate=false", None),
+        "l1 comp": ("criterion=l1", None),
+        "out-err comp": ("criterion=output-error", calib),
+        "l1 refit": ("criterion=l1,reconstruct=true", calib),
+        "out-err refit": ("criterion=output-error,reconstruct=true", calib),
     }
+    print(f"{'ratio':>5} {'MACs':>6} {'params':>7} " + " ".join(f"{k:>13}" for k in variants))
     for ratio in ratios:
         row, costs = [], None
         for options, data in variants.values():
@@ -91,8 +93,7 @@ def part_accuracy(ratios) -> None:
             )
             row.append(zoo.accuracy(result.model, eval_images, eval_labels))
         print(
-            f"{ratio:>5} {costs[0]:>6.3f} {costs[1]:>7.3f} {row[0]:>10.3f} {row[1]:>11.3f} "
-            f"{row[2]:>12.3f}",
+            f"{ratio:>5} {costs[0]:>6.3f} {costs[1]:>7.3f} " + " ".join(f"{a:>13.3f}" for a in row),
             flush=True,
         )
 
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--models", nargs="*", default=["resnet", "mobilenetv2", "vgg", "resnet50"])
     parser.add_argument("--ratios", nargs="*", type=float, default=[0.3, 0.5])
-    parser.add_argument("--rounds", nargs="*", type=int, default=[1, 8])
+    parser.add_argument("--rounds", nargs="*", type=int, default=[1, 8, 16])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=21)
     args = parser.parse_args()
