@@ -379,7 +379,7 @@ class RemovalCost:
     ) -> None:
         mean, second = moments.mean, moments.second
         covariance = second - np.outer(mean, mean)
-        self.energy = float(np.einsum("io,ij,jo->", weight, covariance, weight)) or 1.0
+        self.energy = float(np.sum(weight * (covariance @ weight))) or 1.0  # BLAS, not einsum
         self.blocks = blocks
         self.refit = refit and moments.posed
         if self.refit:
@@ -407,7 +407,7 @@ class RemovalCost:
             solved = np.linalg.solve(block, w)
             result = np.einsum("mbo,mbo->m", w, solved)
         else:
-            own = np.einsum("mbo,mbc,mco->m", w, self.covariance[square], w)
+            own = np.einsum("mbo,mbo->m", w, self.covariance[square] @ w)
             result = own + 2 * np.einsum("mbo,mbo->m", w, self.removed_sum[index])
         return result / self.energy
 
@@ -417,8 +417,8 @@ class RemovalCost:
         if self.refit:
             columns = self.inverse[:, g]
             solve = np.linalg.inv(self.inverse[np.ix_(g, g)])
-            self.weight = self.weight - columns @ (solve @ self.weight[g])
-            self.inverse = self.inverse - columns @ solve @ columns.T
+            self.weight -= columns @ (solve @ self.weight[g])
+            self.inverse -= (columns @ solve) @ columns.T  # in place: n x n, once per step
             self.weight[g] = 0.0
         else:
             self.removed_sum += self.covariance[:, g] @ self.weight[g]
