@@ -422,3 +422,37 @@ class RemovalCost:
             self.weight[g] = 0.0
         else:
             self.removed_sum += self.covariance[:, g] @ self.weight[g]
+
+
+def removal_order(layers: Sequence[RemovalCost], size: int, limit: int | None) -> np.ndarray:
+    """Scores of ``size`` candidates from greedy removal, lowest first to go.
+
+    Each step removes the candidate whose removal adds the least error summed over
+    ``layers``. A candidate's score is the error accumulated when it went; after ``limit``
+    removals (all but one when None) the rest score that total plus their cost as the next.
+    """
+    remaining = list(range(size))
+    scores = np.zeros(size)
+    total = 0.0
+    steps = size - 1 if limit is None else min(limit, size - 1)
+
+    def added() -> np.ndarray:
+        result = np.zeros(len(remaining))
+        position = {k: p for p, k in enumerate(remaining)}
+        for layer in layers:
+            present = [k for k in remaining if k in layer.blocks]
+            if present:
+                result[[position[k] for k in present]] += layer.costs(present)
+        return result
+
+    for _ in range(steps):
+        costs = added()
+        pick = int(np.argmin(costs))
+        total += max(float(costs[pick]), 0.0)
+        chosen = remaining.pop(pick)
+        scores[chosen] = total
+        for layer in layers:
+            if chosen in layer.blocks:
+                layer.remove(chosen)
+    scores[remaining] = total + np.maximum(added(), 0.0) + 1e-12
+    return scores

@@ -80,7 +80,14 @@ from lightir.errors import UsageError
 from lightir.ir_util import clone_model
 from lightir.onnx_bridge import capture
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
-from lightir.reconstruct import Moments, RemovalCost, layer_matrix, layer_rows, refit_layers
+from lightir.reconstruct import (
+    Moments,
+    RemovalCost,
+    layer_matrix,
+    layer_rows,
+    refit_layers,
+    removal_order,
+)
 from lightir.registry import register_pass
 from lightir.rewrite import unique_name
 
@@ -295,31 +302,7 @@ class Pruner:
             layers.append(
                 RemovalCost(moments, layer_matrix(node), blocks, refit=self.options.reconstruct)
             )
-        remaining = list(range(group.size))
-        scores = np.zeros(group.size)
-        total = 0.0
-        steps = group.size - 1 if limit is None else min(limit, group.size - 1)
-
-        def added() -> np.ndarray:
-            result = np.zeros(len(remaining))
-            position = {k: p for p, k in enumerate(remaining)}
-            for layer in layers:
-                present = [k for k in remaining if k in layer.blocks]
-                if present:
-                    result[[position[k] for k in present]] += layer.costs(present)
-            return result
-
-        for _ in range(steps):
-            costs = added()
-            pick = int(np.argmin(costs))
-            total += max(float(costs[pick]), 0.0)
-            chosen = remaining.pop(pick)
-            scores[chosen] = total
-            for layer in layers:
-                if chosen in layer.blocks:
-                    layer.remove(chosen)
-        scores[remaining] = total + np.maximum(added(), 0.0) + 1e-12
-        return scores
+        return removal_order(layers, group.size, limit)
 
     # ------------------------------------------------------------------ budget
     def step(self, group: ChannelGroup) -> int:
