@@ -117,7 +117,7 @@ def new_initializer(op, root: ir.Node, suffix: str, array, dtype: ir.DataType | 
 
 
 def emit_conv(op, root: ir.Node, source: ir.Value, kernel) -> ir.Value:
-    """A Conv of ``source`` computing ``kernel`` (a :class:`~lightir.conv_algebra.ConvKernel`)."""
+    """A Conv of ``source`` computing ``kernel`` (a ``ConvKernel``)."""
     return op.Conv(
         source,
         new_initializer(op, root, "merged_weight", kernel.weight, source.dtype),

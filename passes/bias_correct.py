@@ -25,8 +25,8 @@ import onnx_ir as ir
 from lightir.analysis.bn_stats import bn_output_means
 from lightir.onnx_bridge import Probe
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.quant.codes import symmetric_codes, weight_axis
 from lightir.registry import register_pass
-from lightir.weight_codes import symmetric_codes, weight_axis
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank import ConvStep, Factorization, cp_factors
-from lightir.lowrank_pass import LowRankMethod, LowRankOptions, run_lowrank, spatial_conv_layer
+from lightir.lowrank.driver import LowRankMethod, LowRankOptions, run_lowrank, spatial_conv_layer
+from lightir.lowrank.factor import ConvStep, Factorization, cp_factors
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import onnx_ir.passes.common as common_passes
 
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.quant.codes import quantize_weights
 from lightir.registry import register_pass
-from lightir.weight_codes import quantize_weights
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A tree of Adds whose leaves are linear maps of one input ``x`` (Conv kxk, 1x1, 1xk / kx1,
 identity, AveragePool, each optionally followed by BatchNormalization or a per-channel
 Mul/Add, and 1x1 -> kxk or 1x1 -> AveragePool sequences) equals one convolution of ``x``
-(see :mod:`lightir.conv_algebra` for the algebra). Each branch kernel is placed in the
+(see :mod:`lightir.analysis.conv_algebra` for the algebra). Each branch kernel is placed in the
 smallest window covering all of them, grouped branches are re-expressed at the gcd of their
 group counts, and weights and biases are summed. Per-channel constant leaves of the Add tree
 join the bias. Leaves that read other inputs stay in an Add with the merged Conv.
@@ -29,8 +29,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
-from lightir.branches import LINEAR_OPS, Branch, classify, constant, per_channel, reaches
-from lightir.conv_algebra import ConvKernel, NotExact
+from lightir.analysis.branches import LINEAR_OPS, Branch, classify, constant, per_channel, reaches
+from lightir.analysis.conv_algebra import ConvKernel, NotExact
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
 from lightir.rewrite import apply_rules, emit_conv, skip

@@ -1,10 +1,11 @@
 """Merge chains of linear layers with no nonlinearity between them.
 
 Convolutions. A chain of Conv, per-channel Mul/Add by a constant and inference
-BatchNormalization becomes one Conv (:func:`lightir.branches.classify` reads the chain and
-:mod:`lightir.conv_algebra` composes it). Covered chains are 1x1 -> kxk, kxk -> 1x1, kxk -> kxk
-when the second conv does not pad, and constant scales and shifts on either side. Where the
-second conv zero-pads the first's non-zero bias, the chain is left alone: that is not exact.
+BatchNormalization becomes one Conv (:func:`lightir.analysis.branches.classify` reads the
+chain and :mod:`lightir.analysis.conv_algebra` composes it). Covered chains are 1x1 -> kxk,
+kxk -> 1x1, kxk -> kxk when the second conv does not pad, and constant scales and shifts on
+either side. Where the second conv zero-pads the first's non-zero bias, the chain is left
+alone: that is not exact.
 
 Fully connected. ``y = x @ A1 + c1`` then ``z = y @ A2 + c2`` becomes
 ``z = x @ (A1 A2) + (c1 A2 + c2)``. Each step is a Gemm (alpha, beta and transB folded into
@@ -28,8 +29,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
+from lightir.analysis.branches import classify, constant
 from lightir.analysis.cost import node_macs
-from lightir.branches import classify, constant
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
 from lightir.rewrite import apply_rules, emit_conv, new_initializer, skip

@@ -11,9 +11,9 @@ and ``l1`` without):
 
 * ``output-error``: the output error the removal leaves in the consuming layers, measured on
   the calibration data and chosen greedily, one channel at a time
-  (:class:`lightir.reconstruct.RemovalCost`). With ``reconstruct=true`` it is the error left
-  after the refit (optimal brain surgeon: a channel whose contribution the others can take
-  over costs little, however large its weights); without, the error left after the bias
+  (:class:`lightir.analysis.reconstruct.RemovalCost`). With ``reconstruct=true`` it is the
+  error left after the refit (optimal brain surgeon: a channel whose contribution the others
+  can take over costs little, however large its weights); without, the error left after the bias
   compensation (ThiNet). On PP-OCRv6 small rec at ``ratio=0.2,reconstruct=true`` it took the
   top-1 agreement per position from 0.897 (``l1``, rolled back) to 0.981.
 
@@ -56,7 +56,7 @@ Repair after removal:
   topological order, by ridge least squares on real activations, pulled toward its
   compensated weights. The refit maps the pruned model's inputs to the original model's
   outputs (He et al. 2017; ThiNet); a layer whose refit does not generalize to held-out rows
-  keeps its compensated weights (:mod:`lightir.reconstruct`).
+  keeps its compensated weights (:mod:`lightir.analysis.reconstruct`).
   The mean comes from calibration data when given, otherwise from the BN statistics feeding
   the channel (``E[relu(gamma z + beta)]`` for ``z ~ N(0, 1)``).
 """
@@ -75,12 +75,7 @@ import onnx_ir.passes.common as common_passes
 
 from lightir.analysis.bn_stats import bn_output_means
 from lightir.analysis.channels import ChannelGraph, ChannelGroup, Component
-from lightir.data import input_specs
-from lightir.errors import UsageError
-from lightir.ir_util import clone_model
-from lightir.onnx_bridge import capture
-from lightir.pass_base import Contract, Pass, PassContext, PassResult
-from lightir.reconstruct import (
+from lightir.analysis.reconstruct import (
     Moments,
     RemovalCost,
     layer_matrix,
@@ -88,6 +83,11 @@ from lightir.reconstruct import (
     refit_layers,
     removal_order,
 )
+from lightir.data import input_specs
+from lightir.errors import UsageError
+from lightir.ir_util import clone_model
+from lightir.onnx_bridge import capture
+from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 from lightir.rewrite import unique_name
 

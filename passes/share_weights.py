@@ -24,8 +24,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.quant.codes import entropy_bytes, gathered_weight
 from lightir.registry import register_pass
-from lightir.weight_codes import entropy_bytes, gathered_weight
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank import ConvStep, Factorization, energy_rank, spatial_factors, spatial_matrix
-from lightir.lowrank_pass import LowRankMethod, LowRankOptions, run_lowrank, spatial_conv_layer
+from lightir.lowrank.driver import LowRankMethod, LowRankOptions, run_lowrank, spatial_conv_layer
+from lightir.lowrank.factor import (
+    ConvStep,
+    Factorization,
+    energy_rank,
+    spatial_factors,
+    spatial_matrix,
+)
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 

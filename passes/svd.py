@@ -3,7 +3,7 @@
 ``W (out x in) ~ U_r S_r V_r^T``: a first layer ``in -> r`` (``sqrt(S_r) V_r^T``) and a second
 ``r -> out`` (``U_r sqrt(S_r)``) carrying the bias. Cheaper when ``r (in + out) < in * out``.
 Rank policies, rounding, the MAC budget and the refit are described in
-:mod:`lightir.lowrank_pass`.
+:mod:`lightir.lowrank.driver`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank import ConvStep, Factorization, energy_rank, svd_factors
-from lightir.lowrank_pass import LowRankMethod, LowRankOptions, conv_layer, dense_layer, run_lowrank
+from lightir.lowrank.driver import (
+    LowRankMethod,
+    LowRankOptions,
+    conv_layer,
+    dense_layer,
+    run_lowrank,
+)
+from lightir.lowrank.factor import ConvStep, Factorization, energy_rank, svd_factors
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 

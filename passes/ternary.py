@@ -15,8 +15,8 @@ import numpy as np
 import onnx_ir.passes.common as common_passes
 
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.quant.codes import dequantized_weight, eligible_weights
 from lightir.registry import register_pass
-from lightir.weight_codes import dequantized_weight, eligible_weights
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank import ConvStep, Factorization, energy_rank, mode_bases, tucker2_factors
-from lightir.lowrank_pass import LowRankMethod, LowRankOptions, conv_layer, run_lowrank
+from lightir.lowrank.driver import LowRankMethod, LowRankOptions, conv_layer, run_lowrank
+from lightir.lowrank.factor import ConvStep, Factorization, energy_rank, mode_bases, tucker2_factors
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 

@@ -1,10 +1,10 @@
-"""Differential fuzzing of every pass on random valid models (see lightir.fuzzing).
+"""Differential fuzzing of every pass on random valid models (see lightir.testing.fuzz).
 
 Each graph is generated from its seed, every pass and named pipeline runs on it through
 lightir.optimize, and the result is judged against onnxruntime on the original model with
 inputs the verifier never saw. Failures are shrunk to a minimal model, saved as
 ``<out>/<pass>-<seed>.onnx`` and listed; copy one to tests/fixtures/fuzz/ to make it a
-regression test (tests/test_fuzz.py runs every file there).
+regression test (tests/testing/test_fuzz.py runs every file there).
 
     python tools/fuzz.py --graphs 2000 --jobs 2
     python tools/fuzz.py --graphs 1 --first 1234 --passes fold-bn   # replay one seed
@@ -42,7 +42,7 @@ def run_seed(seed: int, pipelines: list[str], out_dir: str | None, do_shrink: bo
     _setup()
     import onnx_ir as ir
 
-    from lightir.fuzzing import check_pass, random_model, shrink
+    from lightir.testing.fuzz import check_pass, random_model, shrink
 
     started = time.perf_counter()
     try:

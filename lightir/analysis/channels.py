@@ -35,7 +35,7 @@ import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
-from lightir.branches import NONLINEAR_OPS
+from lightir.analysis.branches import NONLINEAR_OPS
 
 logger = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ def test_shared_or_dynamic_weights_stay_float():
 
 
 def test_calibration_memory_is_flat():
-    from lightir.calibration import TensorHistogram
+    from lightir.quant.calibration import TensorHistogram
 
     hist = TensorHistogram()
     rng = np.random.default_rng(0)

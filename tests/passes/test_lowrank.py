@@ -7,9 +7,9 @@ import pytest
 
 import lightir
 from lightir import zoo
+from lightir.analysis.reconstruct import clamp_after, ridge_solve
 from lightir.data import CalibrationData
-from lightir.lowrank import Unstable, cp_factors, svd_factors, tucker2_factors
-from lightir.reconstruct import clamp_after, ridge_solve
+from lightir.lowrank.factor import Unstable, cp_factors, svd_factors, tucker2_factors
 from lightir.testing import GraphBuilder, assert_outputs_close, declines, op_types
 
 RNG = np.random.default_rng(0)
@@ -191,7 +191,7 @@ def test_tol_policy_needs_data_and_meets_the_layer_tolerance():
 
 def test_cp_budget_search_fits_the_chosen_ranks_fully():
     """The target-macs search compares 20-sweep CP fits; the kept layers get the full fit."""
-    from lightir.lowrank import cp_factors
+    from lightir.lowrank.factor import cp_factors
     from lightir.zoo import build
 
     result = lightir.optimize("zoo:digits", "cp{target-macs=0.6}", tolerances={"cp": "cos:-1"})

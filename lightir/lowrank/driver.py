@@ -1,4 +1,6 @@
-"""The machinery shared by the low-rank passes (svd, spatial-svd, tucker, cp).
+"""The driver shared by the low-rank passes (svd, spatial-svd, tucker, cp).
+
+:mod:`.factor` does the arithmetic; this module decides and rewrites.
 
 Eligibility, rank policies, rewriting a layer into its chain, the whole-model MAC budget,
 and the data-driven refit.
@@ -21,7 +23,8 @@ and ``--calib``, the last layer of every chain is refit by least squares. Its in
 factorized model's, its target the original model's output of that layer, so errors do not
 accumulate from layer to layer (the asymmetric reconstruction of Zhang et al.). With
 ``refit-act=true``, a layer whose only consumer is a ReLU or Clip is fit through it: outputs
-the activation zeroes only need to stay non-positive (:func:`lightir.reconstruct.ridge_solve`).
+the activation zeroes only need to stay non-positive
+(:func:`lightir.analysis.reconstruct.ridge_solve`).
 It is off by default: on the digits fixture it lowers every layer's post-activation error on
 held-out images, yet top-1 accuracy drops (tools/README.md, low-rank section).
 
@@ -38,12 +41,12 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from lightir.analysis.reconstruct import conv_patches, refit_layers
 from lightir.errors import UsageError
 from lightir.ir_util import clone_model
-from lightir.lowrank import ConvStep, Factorization, Unstable, chain_macs, chain_params
+from lightir.lowrank.factor import ConvStep, Factorization, Unstable, chain_macs, chain_params
 from lightir.onnx_bridge import capture
 from lightir.pass_base import PassContext, PassResult
-from lightir.reconstruct import conv_patches, refit_layers
 from lightir.rewrite import unique_name, unique_node_name
 
 logger = logging.getLogger(__name__)

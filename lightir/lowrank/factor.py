@@ -1,4 +1,4 @@
-"""Low-rank factorizations of layer weights and the machinery the four low-rank passes share.
+"""Low-rank factorizations of one layer's weights (the arithmetic; :mod:`.driver` applies them).
 
 Decompositions (numpy only; each is a few SVDs or a short ALS loop, so tensorly, which would
 bring a backend system for the same arithmetic, is not needed):

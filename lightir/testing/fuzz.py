@@ -395,7 +395,7 @@ class _Generator:
                 outputs.append(candidate)
         for index, value in enumerate(outputs):
             self.b.output(value, f"output{index}")
-        model = self.b.build(producer="lightir.fuzzing")
+        model = self.b.build(producer="lightir.testing.fuzz")
         for value in model.graph.outputs:
             if value.type is None or value.shape is None:
                 raise AssertionError(f"generator bug: output {value.name} has no inferred type")

@@ -3,8 +3,8 @@
 :func:`classify` walks from a value towards the graph inputs through ops that are linear maps
 of one feature map (Conv with constant weights, inference BatchNormalization, AveragePool that
 counts padding, Mul/Add by per-channel constants) and returns the input it reaches and the
-:class:`~lightir.conv_algebra.ConvKernel` that maps it to the value. It stops at the first op
-that is not such a map, at an intermediate result that has another consumer, or at a weight
+:class:`~lightir.analysis.conv_algebra.ConvKernel` that maps it to the value. It stops at the
+first op that is not such a map, at an intermediate result that has another consumer, or at a weight
 that another node shares; the reason it stopped is kept so passes can explain a decline.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from lightir.conv_algebra import ConvKernel, NotExact
+from lightir.analysis.conv_algebra import ConvKernel, NotExact
 
 NONLINEAR_OPS = {
     "Relu",

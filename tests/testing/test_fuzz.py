@@ -14,11 +14,11 @@ import onnx_ir as ir
 import pytest
 
 import lightir
-from lightir.fuzzing import check_pass, random_model, shrink
 from lightir.registry import all_passes, all_pipelines
+from lightir.testing.fuzz import check_pass, random_model, shrink
 from lightir.verify import exact_tolerance
 
-FIXTURES = Path(__file__).parent / "fixtures" / "fuzz"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "fuzz"
 EXACT_GRAPHS = 200  # exact passes are cheap and the ones that must never be wrong
 LOSSY_GRAPHS = 100
 

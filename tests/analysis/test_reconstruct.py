@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightir.reconstruct import RIDGE, Moments, RemovalCost, _validated_ridge, ridge_solve
+from lightir.analysis.reconstruct import RIDGE, Moments, RemovalCost, _validated_ridge, ridge_solve
 
 
 def _problem(rows: int, inputs: int = 64, outputs: int = 8, seed: int = 0):
