@@ -10,12 +10,13 @@ Public API::
 
 from __future__ import annotations
 
-from lightir.errors import InputError, LightirError, PassFailedError, UsageError
+from lightir.errors import InputError, LightirError, PassDeclined, PassFailedError, UsageError
 from lightir.io import load, save
-from lightir.manager import Instrument, PassRecord, Report, Result, optimize
+from lightir.manager import Instrument, Result, optimize
 from lightir.pass_base import EXACT, Contract, NoOptions, Pass, PassContext, PassResult
 from lightir.pipeline import format_pipeline, parse_pipeline
 from lightir.registry import load_pass_plugin, register_pass, register_pipeline
+from lightir.report import PassRecord, Report
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "NoOptions",
     "Pass",
     "PassContext",
+    "PassDeclined",
     "PassFailedError",
     "PassRecord",
     "PassResult",

@@ -10,8 +10,9 @@ from typing import TextIO
 import onnx_ir as ir
 
 from lightir import io as lightir_io
-from lightir.manager import Instrument, PassRecord
+from lightir.manager import Instrument
 from lightir.pass_base import Pass
+from lightir.report import PassRecord
 
 logger = logging.getLogger(__name__)
 

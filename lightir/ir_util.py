@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 
@@ -22,3 +23,20 @@ def clone_model(model: ir.Model) -> ir.Model:
             if value.shape is not None:
                 value.shape = value.shape.copy()
     return copy
+
+
+def opset_of(model: ir.Model) -> int:
+    """The model's ai.onnx opset version (0 when it imports none)."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+def constant(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant array; None for a computed value or a graph input."""
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    return value.const_value.numpy()
+
+
+def node_label(node: ir.Node) -> str:
+    """The node's name, or its op and first output for an unnamed node (for messages)."""
+    return node.name or f"{node.op_type}->{node.outputs[0].name}"

@@ -113,7 +113,7 @@ def as_graph_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
     return result
 
 
-def check_structure(proto: onnx.ModelProto) -> None:
+def onnx_check(proto: onnx.ModelProto) -> None:
     """Run ``onnx.checker`` with strict shape inference on a weightless model proto."""
     onnx.checker.check_model(as_graph_inputs(proto), full_check=True)
 
@@ -147,18 +147,21 @@ class OrtModel:
     """
 
     def __init__(
-        self, model: ir.Model, *, threads: int = 0, optimize: bool = False, probes: bool = False
+        self,
+        model: ir.Model,
+        *,
+        threads: int = 0,
+        optimize: bool = False,
+        probes: Mapping[str, ir.Value] | None = None,
     ) -> None:
-        """Open a session; ``probes`` also returns the values before squashing output ops.
+        """Open a session; ``probes`` (``{key: value}``) also returns those inner values.
 
-        Probes (:func:`lightir.verify.probe_values`) come back under keys such as
-        ``"scores <before Sigmoid>"``.
+        The verifier probes the values before squashing output ops
+        (:func:`lightir.verify.probe_values`), under keys such as ``"scores <before Sigmoid>"``.
         """
-        from lightir.verify import probe_values
-
         extra = {
             key: value
-            for key, value in (probe_values(model) if probes else {}).items()
+            for key, value in (probes or {}).items()
             if value.dtype is not None and value.name
         }
         outputs = model.graph.outputs

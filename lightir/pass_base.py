@@ -128,8 +128,9 @@ class Pass:
 
     Subclasses set ``name`` through :func:`lightir.register_pass`, may set ``Options`` to a
     frozen dataclass whose fields are the pipeline keys (``prune{ratio=0.3}``), may set
-    ``min_opset`` when they emit ops or attributes older opsets lack, and implement
-    :meth:`run`, which changes the model in place through onnx-ir and returns a
+    ``min_opset`` when they emit ops or attributes older opsets lack and ``prerequisites``
+    when they work on what other passes leave, may state preconditions in :meth:`requires`,
+    and implement :meth:`run`, which changes the model in place through onnx-ir and returns a
     :class:`PassResult`. The first line of the class docstring is the pass's summary.
     """
 
@@ -140,9 +141,24 @@ class Pass:
     # The ai.onnx opset the ops and attributes this pass emits need. The pass manager raises
     # an older model to it first, as a verified ``upgrade-opset`` step named in the report.
     min_opset: ClassVar[int | None] = None
+    # Passes that must have run before this one (``int8`` quantizes folded convolutions, so
+    # ``fold-bn``). The pass manager runs each first, as its own verified step in the report,
+    # unless it already ran earlier in the pipeline.
+    prerequisites: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
+
+    def requires(self, model: ir.Model, context: PassContext) -> None:
+        """Check the pass's preconditions; the default has none.
+
+        Raise :class:`~lightir.errors.UsageError` for what the command must change (no
+        ``--calib`` where the pass needs data, options that contradict each other): the pass
+        manager checks every pass this way on the input model before any work, and the CLI
+        exits 2 with the message. Raise :class:`~lightir.errors.PassDeclined` for what this
+        model lacks: checked again right before the pass runs, it records the pass as declined
+        with the reason and the run goes on.
+        """
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Rewrite ``model`` in place."""

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,8 @@ from typing import Any
 from lightir import registry
 from lightir.errors import UsageError
 from lightir.pass_base import Pass, option_fields
+
+logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 
@@ -126,8 +130,19 @@ def _validate(name: str, raw_options: dict[str, str]) -> PassSpec:
     fields = {f.name: f for f in option_fields(pass_cls.Options)}
     hints = typing.get_type_hints(pass_cls.Options) if fields else {}
     options: dict[str, Any] = {}
+    renamed = getattr(pass_cls.Options, "RENAMED", {})  # old key -> new key, both dashed
     for dashed, raw in raw_options.items():
+        if dashed in renamed:
+            logger.warning(
+                "pass %r: option %r is now %r; the old name will be removed",
+                name,
+                dashed,
+                renamed[dashed],
+            )
+            dashed = renamed[dashed]
         key = dashed.replace("-", "_")
+        if key in options:
+            raise UsageError(f"pass {name!r}: option {dashed!r} is given twice")
         if key not in fields:
             known = sorted(f.replace("_", "-") for f in fields) or ["(this pass takes no options)"]
             raise UsageError(
@@ -143,7 +158,7 @@ def _validate(name: str, raw_options: dict[str, str]) -> PassSpec:
 def _convert(pass_name: str, key: str, raw: str, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin is typing.Union and len(args) == 1:
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
         if raw.lower() in ("none", "null"):
             return None
         hint, origin = args[0], typing.get_origin(args[0])

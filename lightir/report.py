@@ -1,9 +1,109 @@
-"""Human-readable rendering of a :class:`~lightir.manager.Report`."""
+"""What a run did (:class:`Report`, one :class:`PassRecord` per step) and its renderings."""
 
 from __future__ import annotations
 
-from lightir.manager import Report
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightir.analysis.cost import ModelCost
+from lightir.pass_base import Pass
 from lightir.verify import OutputMetrics
+
+
+@dataclass
+class PassRecord:
+    """What happened in one pass."""
+
+    index: int
+    name: str
+    contract: str
+    status: str  # "changed", "unchanged", "rolled-back"
+    seconds: float
+    verify_seconds: float
+    cost: ModelCost
+    tolerance: str = ""
+    vs_previous: list[OutputMetrics] = field(default_factory=list)
+    vs_original: list[OutputMetrics] = field(default_factory=list)
+    message: str = ""
+    declines: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    # Why a rolled-back pass failed: raised, structure, runtime, outputs or contract
+    # (:class:`lightir.verify.Verdict`); empty otherwise.
+    failure: str = ""
+
+    @classmethod
+    def begin(cls, index: int, pass_: Pass, cost: ModelCost) -> PassRecord:
+        """The record of a pass about to run (unchanged until it says otherwise)."""
+        return cls(index, pass_.name, pass_.contract.describe(), "unchanged", 0.0, 0.0, cost)
+
+    def as_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return {
+            "index": self.index,
+            "pass": self.name,
+            "contract": self.contract,
+            "status": self.status,
+            "seconds": self.seconds,
+            "verify_seconds": self.verify_seconds,
+            "cost": self.cost.as_dict(),
+            "tolerance": self.tolerance,
+            "vs_previous": [m.as_dict() for m in self.vs_previous],
+            "vs_original": [m.as_dict() for m in self.vs_original],
+            "message": self.message,
+            "declines": self.declines,
+            "stats": self.stats,
+            "failure": self.failure,
+        }
+
+
+@dataclass
+class Report:
+    """The whole run: the pipeline, each pass, the accumulated drift and the verdict."""
+
+    model: str
+    pipeline: str
+    verify: str
+    inputs: str
+    original: ModelCost
+    records: list[PassRecord] = field(default_factory=list)
+    final: ModelCost | None = None
+    drift: list[OutputMetrics] = field(default_factory=list)
+    seconds: float = 0.0
+    verify_seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+    rounding_noise: float = 0.0
+    canonicalize: PassRecord | None = None  # import canonicalization, before the passes
+
+    @property
+    def ok(self) -> bool:
+        """No pass was rolled back and no check failed."""
+        return not self.failures
+
+    def record(self, name: str) -> PassRecord:
+        """The last record of the pass called ``name`` (a KeyError when it did not run)."""
+        for record in reversed(self.records):
+            if record.name == name:
+                return record
+        raise KeyError(f"no pass {name!r} in this run: {[r.name for r in self.records]}")
+
+    def as_dict(self) -> dict:
+        """Plain dict for ``--report FILE.json``."""
+        return {
+            "model": self.model,
+            "pipeline": self.pipeline,
+            "verify": self.verify,
+            "inputs": self.inputs,
+            "ok": self.ok,
+            "failures": self.failures,
+            "seconds": self.seconds,
+            "verify_seconds": self.verify_seconds,
+            "rounding_noise": self.rounding_noise,
+            "original": self.original.as_dict(),
+            "canonicalize": self.canonicalize.as_dict() if self.canonicalize else None,
+            "final": self.final.as_dict() if self.final else None,
+            "passes": [r.as_dict() for r in self.records],
+            "drift": [m.as_dict() for m in self.drift],
+        }
 
 
 def _si(number: float) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -51,6 +52,22 @@ def skip(result, reason: str):
     return result.fail(NOT_A_CANDIDATE + reason)
 
 
+@dataclass(frozen=True)
+class Decline:
+    """Why a rewrite does not fire at a match, as a rule's planning step returns it.
+
+    ``silent``: the match is not a candidate at all (no branches to merge), so ``--explain``
+    says nothing; otherwise the reason is shown.
+    """
+
+    reason: str
+    silent: bool = False
+
+    def fail(self, result):
+        """Fail the rule's ``MatchResult`` with this reason (quietly when ``silent``)."""
+        return skip(result, self.reason) if self.silent else result.fail(self.reason)
+
+
 def apply_rules(
     model: ir.Model,
     rules: Sequence[RewriteRule] | RewriteRuleSet,
@@ -88,6 +105,21 @@ def unique_name(graph: ir.Graph, base: str) -> str:
     for node in graph:
         taken.update(o.name for o in node.outputs)
     return _fresh(base, taken)
+
+
+def add_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
+    """Register ``array`` as a new initializer of ``graph``, named ``base`` or a fresh variant.
+
+    Rules create theirs with :func:`new_initializer` (the rewriter's ``op.initializer``);
+    everything else with this.
+    """
+    name = unique_name(graph, base)
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:  # np.ascontiguousarray would make a scalar 1-D
+        array = np.ascontiguousarray(array)
+    value = ir.val(name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
 
 
 def unique_node_name(graph: ir.Graph, base: str) -> str:

@@ -64,13 +64,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
-from lightir.pass_base import Contract, describe_bounds
+from lightir.errors import InputError
+from lightir.ir_util import clone_model
+from lightir.onnx_bridge import OrtModel, onnx_check, weightless_proto
+from lightir.pass_base import Contract, Pass, describe_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -331,9 +335,6 @@ def rounding_noise(
     ``reference`` holds the model's outputs (and probes, when the model is run with them);
     ``scales`` are the outputs' natural scales.
     """
-    from lightir.ir_util import clone_model
-    from lightir.onnx_bridge import OrtModel
-
     rng = np.random.default_rng(seed)
     worst = 0.0
     for _ in range(draws):
@@ -352,7 +353,7 @@ def rounding_noise(
             moved = np.nextafter(weights, direction.astype(np.float32))
             value.const_value = ir.tensor(moved, name=value.name)
         try:
-            probes = any(PROBE_MARK in name for name in reference[0])
+            probes = probe_values(copy) if any(PROBE_MARK in k for k in reference[0]) else None
             outputs = OrtModel(copy, threads=threads, probes=probes).run_all(batches)
         except Exception as exc:  # the estimate is an aid: never fail a run over it
             logger.warning("rounding-noise estimate skipped: %s", exc)
@@ -625,7 +626,6 @@ def check_input_model(model: ir.Model) -> None:
     """
     import onnx
 
-    from lightir.errors import InputError
     from lightir.io import iter_tensors
 
     newest = onnx.defs.onnx_opset_version()
@@ -672,3 +672,244 @@ def _claim_name(names: dict[str, ir.Value], value: ir.Value, graph: ir.Graph) ->
     if other is not None and other is not value:
         raise StructureError(f"two values are named '{value.name}' in graph '{graph.name}'")
     names[value.name] = value
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for reports."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def check_structure(model: ir.Model) -> None:
+    """IR invariants, then ``onnx.checker`` with strict shape inference; raises on a violation."""
+    check_ir_invariants(model)
+    proto, _ = weightless_proto(model)
+    onnx_check(proto)
+
+
+def check_input(model: ir.Model, name: str) -> None:
+    """Refuse an input model no pass can work on, with an :class:`InputError` naming ``name``."""
+    try:
+        check_input_model(model)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from exc
+    try:
+        check_structure(model)
+    except Exception as exc:
+        raise InputError(
+            f"{name}: the input model is not a valid ONNX model ({first_line(exc)}); "
+            "fix or re-export it"
+        ) from exc
+
+
+def pipeline_budget(
+    passes: Sequence[Pass], model: ir.Model, tolerances: Mapping[str, float], noise: float = 0.0
+) -> Tolerance:
+    """What a whole pipeline may move the outputs by.
+
+    The sum of the passes' relative bounds (the triangle inequality) and the smallest of their
+    cosine bounds.
+    """
+    rel, cosines = 0.0, []
+    for pass_ in passes:
+        tol = tolerance_for(pass_.contract, model, tolerances.get(pass_.name), noise)
+        rel += tol.rel_error if tol.rel_error is not None else math.inf
+        if tol.min_cosine is not None:
+            cosines.append(tol.min_cosine)
+    return Tolerance(rel, min(cosines) if cosines else None)
+
+
+VERIFY_MODES = ("each", "end", "structural")
+
+
+@dataclass
+class Verdict:
+    """What the verifier found about one step: accepted when ``failure`` is None.
+
+    ``kind`` says which check failed: ``structure`` (IR invariants or ``onnx.checker``),
+    ``runtime`` (onnxruntime cannot run the model), ``outputs`` (the graph outputs changed) or
+    ``contract`` (a bound was broken); it is empty when the step was accepted.
+    """
+
+    failure: str | None = None
+    kind: str = ""
+    tolerance: str = ""
+    vs_previous: list[OutputMetrics] = field(default_factory=list)
+    vs_original: list[OutputMetrics] = field(default_factory=list)
+    outputs: list[dict[str, np.ndarray]] | None = None
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the step keeps its model."""
+        return self.failure is None
+
+
+class Verifier:
+    """The verification of one run, built once: inputs, reference outputs, scales, noise.
+
+    ``mode`` is ``each`` (structure and numbers after every pass), ``end`` (structure after
+    every pass, numbers once at the end) or ``structural`` (no onnxruntime run). Each pass is
+    compared with the last accepted model (:meth:`check`, then :meth:`accept`), so a pass
+    costs one onnxruntime run; :meth:`finish` compares the result with the original.
+    """
+
+    def __init__(
+        self,
+        batches: list[dict[str, np.ndarray]],
+        *,
+        mode: str = "each",
+        threads: int = 0,
+        tolerances: Mapping[str, float] | None = None,
+        name: str = "<model>",
+    ) -> None:
+        self.batches, self.mode, self.threads, self.name = batches, mode, threads, name
+        self.tolerances = dict(tolerances or {})
+        self.scales: dict[str, OutputInfo] = {}
+        self.original: list[dict[str, np.ndarray]] | None = None
+        self.current: list[dict[str, np.ndarray]] | None = None
+        self.noise = 0.0
+        self.seconds = 0.0
+
+    def run(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
+        """The model's outputs, and the values before its squashing heads, on the inputs."""
+        probes = probe_values(model)
+        return OrtModel(model, threads=self.threads, probes=probes).run_all(self.batches)
+
+    def start(
+        self, source: ir.Model, model: ir.Model, canonicalized: bool, *, exact: bool, seed: int
+    ) -> tuple[ir.Model, Verdict | None]:
+        """Take the reference outputs; returns the model to start from and the import verdict.
+
+        ``model`` is ``source`` after import canonicalization; when ``canonicalized``, that
+        step is verified like an exact pass against the model as given (the canonical form
+        is the reference when onnxruntime cannot run the model as given, and the verdict's
+        ``tolerance`` says so). A failed canonicalization keeps ``source``. The rounding noise
+        is measured when an ``exact`` pass will run.
+        """
+        t0 = time.perf_counter()
+        self.scales = output_scales(model)
+        verdict = None
+        if canonicalized:
+            model, verdict = self._start_canonical(source, model)
+        elif self.mode != "structural":
+            self.original = self._reference(model)
+        self.current = self.original
+        if self.original is not None and exact:
+            self.noise = rounding_noise(
+                model,
+                self.batches,
+                self.original,
+                seed=seed,
+                threads=self.threads,
+                scales=self.scales,
+            )
+        self.seconds += time.perf_counter() - t0
+        return model, verdict
+
+    def _start_canonical(self, source: ir.Model, model: ir.Model) -> tuple[ir.Model, Verdict]:
+        reference, note = None, ""
+        if self.mode != "structural":
+            try:
+                reference = self.run(source)
+            except Exception as exc:
+                note = (
+                    f"onnxruntime cannot run the model as given ({first_line(exc)}); "
+                    "its canonical form is the reference"
+                )
+        self.current = self.original = reference
+        verdict = self._judge(model, Contract.exact(), None, numbers=reference is not None)
+        if not verdict.accepted:
+            if reference is None:
+                raise InputError(
+                    f"{self.name}: import canonicalization {verdict.failure}; "
+                    "rolled back (a lightir bug)"
+                )
+            verdict.outputs = reference
+            return source, verdict
+        if reference is None and self.mode != "structural":
+            verdict.outputs = self._reference(model)
+        self.original, verdict.note = verdict.outputs, note
+        return model, verdict
+
+    def _reference(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
+        try:
+            return self.run(model)
+        except Exception as exc:
+            raise InputError(
+                f"{self.name}: onnxruntime cannot run the input model "
+                f"({first_line(exc)}); fix the model or use --verify structural"
+            ) from exc
+
+    def check(self, model: ir.Model, pass_: Pass) -> Verdict:
+        """Judge ``model`` after ``pass_`` against the last accepted model (not yet accepted)."""
+        t0 = time.perf_counter()
+        override = self.tolerances.get(pass_.name)
+        verdict = self._judge(model, pass_.contract, override, numbers=self.mode == "each")
+        verdict.seconds = time.perf_counter() - t0
+        self.seconds += verdict.seconds
+        return verdict
+
+    def _judge(self, model, contract: Contract, override, *, numbers: bool) -> Verdict:
+        tolerance = tolerance_for(contract, model, override, self.noise)
+        verdict = Verdict(tolerance=tolerance.describe(), outputs=self.current)
+        try:
+            check_structure(model)
+        except Exception as exc:
+            return self._fail(
+                verdict, "structure", f"broke the model structure ({first_line(exc)})"
+            )
+        if not numbers or self.current is None:
+            return verdict
+        try:
+            outputs = self.run(model)
+        except Exception as exc:
+            reason = f"made a model onnxruntime cannot run ({first_line(exc)})"
+            return self._fail(verdict, "runtime", reason)
+        before, after = _graph_outputs(self.current[0]), _graph_outputs(outputs[0])
+        if before != after:
+            return self._fail(
+                verdict, "outputs", f"changed the model outputs from {before} to {after}"
+            )
+        verdict.vs_previous = compare_outputs(self.current, outputs, self.scales)
+        if self.original is not None:
+            verdict.vs_original = compare_outputs(self.original, outputs, self.scales)
+        problems = violations(verdict.vs_previous, tolerance)
+        if problems:
+            reason = f"broke its {contract.describe()} contract: {'; '.join(problems)}"
+            return self._fail(verdict, "contract", reason)
+        verdict.outputs = outputs
+        return verdict
+
+    @staticmethod
+    def _fail(verdict: Verdict, kind: str, failure: str) -> Verdict:
+        verdict.kind, verdict.failure = kind, failure
+        return verdict
+
+    def accept(self, verdict: Verdict) -> None:
+        """Make the checked model the reference of the next pass."""
+        if verdict.outputs is not None:
+            self.current = verdict.outputs
+
+    def finish(self, model: ir.Model, passes: Sequence[Pass]) -> tuple[list[OutputMetrics], str]:
+        """The drift of the final ``model`` from the original, and the failure (``""``: none).
+
+        In ``end`` mode this is the one numeric check, against the pipeline's budget
+        (:func:`pipeline_budget`).
+        """
+        if self.original is None:
+            return [], ""
+        if self.mode != "end":
+            drift = compare_outputs(self.original, self.current, self.scales)
+            return drift, ""
+        t0 = time.perf_counter()
+        drift = compare_outputs(self.original, self.run(model), self.scales)
+        self.seconds += time.perf_counter() - t0
+        budget = pipeline_budget(passes, model, self.tolerances, self.noise)
+        problems = violations(drift, budget)
+        return drift, f"final check failed: {'; '.join(problems)}" if problems else ""
+
+
+def _graph_outputs(outputs: Mapping[str, np.ndarray]) -> list[str]:
+    return [name for name in outputs if PROBE_MARK not in name]

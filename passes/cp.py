@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank.driver import LowRankMethod, LowRankOptions, run_lowrank, spatial_conv_layer
+from lightir.lowrank.driver import LowRankMethod, LowRankOptions, LowRankPass, spatial_conv_layer
 from lightir.lowrank.factor import ConvStep, Factorization, cp_factors
-from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.pass_base import Contract
 from lightir.registry import register_pass
 
 SEARCH_SWEEPS = 20
@@ -83,11 +83,11 @@ class CpMethod(LowRankMethod):
 
 
 @register_pass("cp", contract=Contract.lossy(min_cosine=0.9))
-class Cp(Pass):
+class Cp(LowRankPass):
     """CP: 1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1, with a divergence guard."""
 
     Options = CpOptions
 
-    def run(self, model: ir.Model, context: PassContext) -> PassResult:
-        """Factorize every eligible conv per the rank policy."""
-        return run_lowrank(CpMethod(self.options.sweeps), model, self.options, context)
+    def method(self) -> LowRankMethod:
+        """The factorization."""
+        return CpMethod(self.options.sweeps)

@@ -26,17 +26,12 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
+from lightir.ir_util import constant
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
 from lightir.rewrite import apply_rules, new_initializer
 
 logger = logging.getLogger(__name__)
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return value.const_value.numpy()
 
 
 class _FoldIntoLinear(RewriteRuleClassBase):
@@ -60,14 +55,14 @@ class _FoldIntoLinear(RewriteRuleClassBase):
         if any(out.uses() or out.is_graph_output() for out in bn.outputs[1:]):
             return result.fail("BatchNormalization's running-statistics outputs are used")
         for value in bn.inputs[1:5]:
-            if _const(value) is None:
+            if constant(value) is None:
                 return result.fail(f"BN parameter '{value.name}' is not a constant")
-        if len(linear.inputs) < 2 or _const(linear.inputs[1]) is None:
+        if len(linear.inputs) < 2 or constant(linear.inputs[1]) is None:
             return result.fail(f"{self.op_type} weight is not a constant")
         for value in linear.inputs[1:3]:
             if value is None:
                 continue
-            if _const(value) is None:
+            if constant(value) is None:
                 return result.fail(f"{self.op_type} input '{value.name}' is not a constant")
             others = [n.name for n, _ in value.uses() if n is not linear]
             if others:

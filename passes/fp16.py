@@ -22,7 +22,7 @@ import onnx_ir.passes.common as common_passes
 
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
-from lightir.rewrite import unique_name, unique_node_name
+from lightir.rewrite import add_initializer, unique_name, unique_node_name
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +130,7 @@ class Float16(Pass):
         def half_constant(value: ir.Value) -> ir.Value:
             if id(value) not in converted:
                 array = value.const_value.numpy().astype(np.float16)
-                name = unique_name(graph, f"{value.name}_fp16")
-                new = ir.val(name, const_value=ir.tensor(array, name=name))
-                graph.register_initializer(new)
-                converted[id(value)] = new
+                converted[id(value)] = add_initializer(graph, f"{value.name}_fp16", array)
             return converted[id(value)]
 
         half = {id(n) for n in half_nodes}

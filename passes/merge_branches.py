@@ -29,11 +29,12 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
-from lightir.analysis.branches import LINEAR_OPS, Branch, classify, constant, per_channel, reaches
+from lightir.analysis.branches import LINEAR_OPS, Branch, classify, per_channel, reaches
 from lightir.analysis.conv_algebra import ConvKernel, NotExact
+from lightir.ir_util import constant
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
-from lightir.rewrite import apply_rules, emit_conv, skip
+from lightir.rewrite import Decline, apply_rules, emit_conv
 
 logger = logging.getLogger(__name__)
 
@@ -102,17 +103,17 @@ class MergeBranches(RewriteRuleClassBase):
     def check(self, context, a, b, out: ir.Value) -> MatchResult:
         result = MatchResult()
         plan = self.plan(out.producer())
-        if isinstance(plan, str):
-            return skip(result, plan[1:]) if plan.startswith("~") else result.fail(plan)
+        if isinstance(plan, Decline):
+            return plan.fail(result)
         self._plan = plan
         return result
 
     def plan(self, root: ir.Node):
-        """Decide what to merge at ``root``: (group, bias leaves, other leaves) or a reason."""
+        """Decide what to merge at ``root``: (group, kernel, other leaves) or a :class:`Decline`."""
         out = root.outputs[0]
         channels = out.shape[1] if out.shape is not None and len(out.shape) == 4 else None
         if not isinstance(channels, int):
-            return "~output is not a rank-4 tensor with known channels"
+            return Decline("output is not a rank-4 tensor with known channels", silent=True)
         leaves, _, _ = add_tree_leaves(root)
         branches: list[Branch] = []
         biases: list[ir.Value] = []
@@ -153,7 +154,7 @@ class MergeBranches(RewriteRuleClassBase):
             for branch in group[1:]:
                 kernel = kernel.add(branch.kernel)
         except NotExact as reason:
-            return f"branches of '{group[0].source.name}' cannot merge exactly: {reason}"
+            return Decline(f"branches of '{group[0].source.name}' cannot merge exactly: {reason}")
         # What the branches cost as they are: each Conv's own MACs and weights, not those of
         # the kernel a chain (1x1 -> depthwise kxk) collapses to, which can be dense.
         cout = kernel.weight.shape[0]
@@ -161,7 +162,7 @@ class MergeBranches(RewriteRuleClassBase):
         branch_params = sum(_conv_cost(n)[1] for b in group for n in b.nodes)
         merged_params = kernel.weight.size + kernel.bias.size
         if kernel.macs_per_output > branch_macs or merged_params > branch_params:
-            return (
+            return Decline(
                 f"merging the branches of '{group[0].source.name}' would cost more "
                 f"({kernel.macs_per_output} vs {branch_macs:.0f} MACs per output, "
                 f"{merged_params} vs {branch_params} parameters)"
@@ -172,8 +173,8 @@ class MergeBranches(RewriteRuleClassBase):
         return group, kernel, rest
 
     @staticmethod
-    def _why_not(branches: list[Branch]) -> str:
-        """A reason worth showing, or a silent one (prefixed ``~``).
+    def _why_not(branches: list[Branch]) -> Decline:
+        """A reason worth showing, or a silent one.
 
         A stop matters when, without it, the branch would have reached an input that another
         branch reads; a nonlinearity matters when it lies on the path between two sources.
@@ -183,16 +184,16 @@ class MergeBranches(RewriteRuleClassBase):
             if branch.stop and branch.wanted_source is not None:
                 wanted = branch.wanted_source
                 if any(_on_path(wanted, s) for s in sources - {branch.source}):
-                    return branch.stop
+                    return Decline(branch.stop)
         for branch in branches:
             for other in sources - {branch.source}:
                 nonlinear = reaches(branch.source, other)
                 if nonlinear is not None:
-                    return (
+                    return Decline(
                         f"{nonlinear.op_type} '{nonlinear.name}' (not linear) sits inside a "
                         f"branch from '{other.name}'"
                     )
-        return "~no two linear branches read the same input"
+        return Decline("no two linear branches read the same input", silent=True)
 
     def rewrite(self, op, a, b, out):
         group, kernel, rest = self._plan

@@ -29,8 +29,9 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
-from lightir.analysis.branches import classify, constant
+from lightir.analysis.branches import classify
 from lightir.analysis.cost import node_macs
+from lightir.ir_util import constant
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
 from lightir.rewrite import apply_rules, emit_conv, new_initializer, skip
@@ -100,7 +101,7 @@ class MergeConvChain(_RootedRule):
         result = MatchResult()
         branch = classify(out)
         if branch is None or len(branch.nodes) < 2 or not branch.has_conv:
-            if branch is not None and branch.stop and "exactly" in branch.stop:
+            if branch is not None and branch.inexact:
                 return result.fail(branch.stop)
             return skip(result, "not a chain of two or more linear ops with a Conv")
         out_shape = _static_shape(out)

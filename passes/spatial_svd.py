@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank.driver import LowRankMethod, LowRankOptions, run_lowrank, spatial_conv_layer
+from lightir.lowrank.driver import LowRankMethod, LowRankPass, spatial_conv_layer
 from lightir.lowrank.factor import (
     ConvStep,
     Factorization,
@@ -19,7 +19,7 @@ from lightir.lowrank.factor import (
     spatial_factors,
     spatial_matrix,
 )
-from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.pass_base import Contract
 from lightir.registry import register_pass
 
 
@@ -58,11 +58,9 @@ class SpatialMethod(LowRankMethod):
 
 
 @register_pass("spatial-svd", contract=Contract.lossy(min_cosine=0.9))
-class SpatialSvd(Pass):
+class SpatialSvd(LowRankPass):
     """Spatial SVD: kxk Conv -> kx1 Conv (rank channels) -> 1xk Conv."""
 
-    Options = LowRankOptions
-
-    def run(self, model: ir.Model, context: PassContext) -> PassResult:
-        """Factorize every eligible conv per the rank policy."""
-        return run_lowrank(SpatialMethod(), model, self.options, context)
+    def method(self) -> LowRankMethod:
+        """The factorization."""
+        return SpatialMethod()

@@ -13,13 +13,12 @@ import onnx_ir as ir
 
 from lightir.lowrank.driver import (
     LowRankMethod,
-    LowRankOptions,
+    LowRankPass,
     conv_layer,
     dense_layer,
-    run_lowrank,
 )
 from lightir.lowrank.factor import ConvStep, Factorization, energy_rank, svd_factors
-from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.pass_base import Contract
 from lightir.registry import register_pass
 
 
@@ -64,11 +63,9 @@ class SvdMethod(LowRankMethod):
 
 
 @register_pass("svd", contract=Contract.lossy(min_cosine=0.9))
-class Svd(Pass):
+class Svd(LowRankPass):
     """Truncated SVD of Gemm / MatMul / 1x1 Conv weights into two thinner layers."""
 
-    Options = LowRankOptions
-
-    def run(self, model: ir.Model, context: PassContext) -> PassResult:
-        """Factorize every eligible layer per the rank policy."""
-        return run_lowrank(SvdMethod(), model, self.options, context)
+    def method(self) -> LowRankMethod:
+        """The factorization."""
+        return SvdMethod()

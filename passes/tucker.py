@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank.driver import LowRankMethod, LowRankOptions, conv_layer, run_lowrank
+from lightir.lowrank.driver import LowRankMethod, LowRankOptions, LowRankPass, conv_layer
 from lightir.lowrank.factor import ConvStep, Factorization, energy_rank, mode_bases, tucker2_factors
-from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.pass_base import Contract
 from lightir.registry import register_pass
 
 
@@ -81,11 +81,11 @@ class TuckerMethod(LowRankMethod):
 
 
 @register_pass("tucker", contract=Contract.lossy(min_cosine=0.9))
-class Tucker(Pass):
+class Tucker(LowRankPass):
     """Tucker-2: 1x1 reduce -> kxk core -> 1x1 expand (HOSVD + HOOI)."""
 
     Options = TuckerOptions
 
-    def run(self, model: ir.Model, context: PassContext) -> PassResult:
-        """Factorize every eligible conv per the rank policy."""
-        return run_lowrank(TuckerMethod(self.options.sweeps), model, self.options, context)
+    def method(self) -> LowRankMethod:
+        """The factorization."""
+        return TuckerMethod(self.options.sweeps)

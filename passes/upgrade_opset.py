@@ -17,6 +17,7 @@ import onnx_ir as ir
 from onnxscript.version_converter import convert_version
 
 from lightir.errors import PassDeclined
+from lightir.ir_util import opset_of
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
 
@@ -35,11 +36,6 @@ class Options:
         newest = onnx.defs.onnx_opset_version()
         if not 7 <= self.version <= newest:
             raise ValueError(f"version must be in 7..{newest}, got {self.version}")
-
-
-def opset_of(model: ir.Model) -> int:
-    """The model's ai.onnx opset version (0 when it imports none)."""
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
 @register_pass("upgrade-opset", contract="exact")

@@ -74,7 +74,7 @@ def test_ir_version_3_model_is_raised_and_int8_writes_a_valid_model(tmp_path):
     report = result.report
     assert report.ok, report.failures
     assert report.canonicalize.stats["ir_version"] == "3 -> 4"
-    assert [r.name for r in report.records] == ["upgrade-opset", "int8"]
+    assert [r.name for r in report.records] == ["fold-bn", "upgrade-opset", "int8"]
     assert report.records[-1].status == "changed"
     lightir.save(result.model, tmp_path / "q.onnx")
     onnx.checker.check_model(onnx.load(tmp_path / "q.onnx"), full_check=True)

@@ -110,6 +110,8 @@ def make_bad_inputs(tmp_path):
         "no-pipeline": ([good], "no pipeline"),
         "bad-flag": ([good, "-p", "fold-bn", "--verify", "sometimes"], "invalid choice"),
         "same-output": ([good, "-p", "fold-bn", "-o", good], "is the input model"),
+        "refit-no-calib": ([good, "-p", "fold-bn,prune{refit=true}"], "needs calibration data"),
+        "tol-no-calib": ([good, "-p", "svd{tol=0.1}"], "svd{tol} needs calibration data"),
     }
 
 
@@ -126,6 +128,8 @@ def make_bad_inputs(tmp_path):
         "no-pipeline",
         "bad-flag",
         "same-output",
+        "refit-no-calib",
+        "tol-no-calib",
     ],
 )
 def test_bad_input_one_line_exit_2_no_output(tmp_path, case):

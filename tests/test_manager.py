@@ -169,3 +169,39 @@ def test_passes_never_touch_the_callers_model_types_or_shapes():
     assert result.report.ok, result.report.failures
     assert [(v.name, v.dtype, v.shape) for n in model.graph for v in n.outputs] == before
     assert [(v.name, v.dtype, v.shape) for v in model.graph.outputs] == outputs
+
+
+# A model onnxruntime cannot run (an op of an unknown domain): any onnxruntime run on it fails.
+UNRUNNABLE = """<ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>
+g (float[1, 3, 8, 8] x) => (float[1, 3, 8, 8] y) {
+    h = Relu(x)
+    y = com.example.Foo(h)
+}"""
+
+
+def test_context_preconditions_fail_before_any_onnxruntime_run():
+    from lightir.testing import from_text
+
+    model = from_text(UNRUNNABLE)
+    with pytest.raises(lightir.InputError, match="onnxruntime cannot run the input model"):
+        lightir.optimize(model, "fold-bn")  # what the first onnxruntime run says
+    for pipeline in ("prune{refit=true}", "tucker{tol=0.1}", "cleanup,spatial-svd{refit=true}"):
+        with pytest.raises(UsageError, match="needs calibration data"):
+            lightir.optimize(model, pipeline)
+
+
+def test_a_model_dependent_precondition_is_a_decline(throwaway_passes):
+    @lightir.register_pass("needs-lstm", contract="exact")
+    class NeedsLstm(lightir.Pass):
+        """Declines models without an LSTM."""
+
+        def requires(self, model, context):
+            if not any(n.op_type == "LSTM" for n in model.graph):
+                raise lightir.PassDeclined("the model has no LSTM")
+
+        def run(self, model, context):
+            raise AssertionError("run() is not reached when requires() declines")
+
+    result = lightir.optimize("zoo:vgg", "fold-bn,needs-lstm")
+    assert result.report.ok and result.report.record("needs-lstm").status == "declined"
+    assert "the model has no LSTM" in result.report.record("needs-lstm").message

@@ -40,7 +40,7 @@ PIPELINES = {
     "fold-bn,cleanup-synth": ("fold-bn,cleanup", False),
     "int8": ("int8", True),
     "prune0.2": ("prune{ratio=0.2}", True),
-    "prune0.2+rec": ("prune{ratio=0.2,reconstruct=true}", True),
+    "prune0.2+rec": ("prune{ratio=0.2,refit=true}", True),
     "svd0.7": ("svd{target-macs=0.7,refit=true}", True),
     "tucker0.7": ("tucker{target-macs=0.7,refit=true}", True),
     "spatial0.7": ("spatial-svd{target-macs=0.7,refit=true}", True),

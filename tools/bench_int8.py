@@ -166,7 +166,7 @@ def compression_report() -> None:
     rows = [
         ("vgg", "fold-bn,prune{ratio=0.3},share-weights{bits=4}", None),
         ("digits", "fold-bn,share-weights{bits=4}", None),
-        ("digits", "fold-bn,prune{ratio=0.3,reconstruct=true},share-weights{bits=4}", calib),
+        ("digits", "fold-bn,prune{ratio=0.3,refit=true},share-weights{bits=4}", calib),
         ("digits", "fold-bn,sparsify{ratio=0.5},share-weights{bits=4}", None),
         ("digits", "fold-bn,ternary", None),
         ("digits", "fold-bn,binary", None),

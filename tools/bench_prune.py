@@ -73,8 +73,8 @@ def part_accuracy(ratios) -> None:
         "l1 raw": ("criterion=l1,compensate=false", None),
         "l1 comp": ("criterion=l1", None),
         "out-err comp": ("criterion=output-error", calib),
-        "l1 refit": ("criterion=l1,reconstruct=true", calib),
-        "out-err refit": ("criterion=output-error,reconstruct=true", calib),
+        "l1 refit": ("criterion=l1,refit=true", calib),
+        "out-err refit": ("criterion=output-error,refit=true", calib),
     }
     print(f"{'ratio':>5} {'MACs':>6} {'params':>7} " + " ".join(f"{k:>13}" for k in variants))
     for ratio in ratios:

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from lightir.analysis.conv_algebra import ConvKernel, NotExact
+from lightir.ir_util import constant
 
 NONLINEAR_OPS = {
     "Relu",
@@ -49,18 +50,12 @@ class Branch:
     nodes: list[ir.Node] = field(default_factory=list)
     stop: str | None = None  # why the walk did not go further back, if it matters
     wanted_source: ir.Value | None = None  # where the walk would have gone without the stop
+    inexact: bool = False  # it stopped because the next step cannot compose exactly
 
     @property
     def has_conv(self) -> bool:
         """Whether a Conv is among the replaced ops."""
         return any(n.op_type == "Conv" for n in self.nodes)
-
-
-def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The value's constant array, if it is a constant that is not a graph input."""
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return value.const_value.numpy()
 
 
 def channels_of(value: ir.Value) -> int | None:
@@ -220,6 +215,7 @@ def _extend(value: ir.Value, node: ir.Node, source: ir.Value, step: ConvKernel) 
     if inner is None or not inner.nodes:
         if inner is not None:
             here.stop, here.wanted_source = inner.stop, inner.wanted_source
+            here.inexact = inner.inexact
         return here
     try:
         kernel = inner.kernel.then(step)
@@ -229,9 +225,11 @@ def _extend(value: ir.Value, node: ir.Node, source: ir.Value, step: ConvKernel) 
             f"{first.op_type} '{first.name}' -> {node.op_type} '{node.name}' cannot merge "
             f"exactly: {reason}"
         )
-        here.wanted_source = inner.source
+        here.wanted_source, here.inexact = inner.source, True
         return here
-    return Branch(value, inner.source, kernel, [*inner.nodes, node], inner.stop)
+    return Branch(
+        value, inner.source, kernel, [*inner.nodes, node], inner.stop, inexact=inner.inexact
+    )
 
 
 def reaches(value: ir.Value, target: ir.Value, depth: int = 6) -> ir.Node | None:

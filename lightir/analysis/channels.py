@@ -36,6 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from lightir.analysis.branches import NONLINEAR_OPS
+from lightir.ir_util import constant, node_label
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Component:
 class ChannelGroup:
     """Components produced by the same layers (for example one residual stage)."""
 
-    producer_nodes: tuple[str, ...]
+    producer_nodes: tuple[str, ...]  # the producing layers' labels, for messages
     components: list[Component] = field(default_factory=list)
 
     @property
@@ -101,17 +102,18 @@ class ChannelGroup:
         return len(self.components)
 
 
+def _axis(node: ir.Node, value: ir.Value) -> int:
+    """The node's ``axis`` attribute, made non-negative against ``value``'s rank."""
+    rank = len(value.shape) if value.shape is not None else 0
+    axis = node.attributes.get_int("axis", 0)
+    return axis + rank if axis < 0 else axis
+
+
 def _channels(value: ir.Value | None) -> int | None:
     if value is None or value.shape is None or len(value.shape) < 2:
         return None
     dim = value.shape[1]
     return dim if isinstance(dim, int) else None
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return value.const_value.numpy()
 
 
 class ChannelGraph:
@@ -161,7 +163,7 @@ class ChannelGraph:
             value = node.inputs[i] if i < len(node.inputs) else None
             if value is None:
                 continue
-            if _const(value) is None:
+            if constant(value) is None:
                 return False
             if any(user is not node for user, _ in value.uses()):
                 return False
@@ -202,7 +204,7 @@ class ChannelGraph:
                 if not self._param_slices(node, (y.name, c), range(1, 5), 0, c):
                     return "statistics are not constant or are shared"
         if node.op_type == "PRelu":
-            slope = _const(node.inputs[1])
+            slope = constant(node.inputs[1])
             count = _channels(y)
             if slope is None:
                 return "slope is not constant"
@@ -219,7 +221,7 @@ class ChannelGraph:
         return None
 
     def _op_Pad(self, node: ir.Node) -> str | None:
-        pads = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        pads = constant(node.inputs[1]) if len(node.inputs) > 1 else None
         if pads is None:
             return "pads are not constant"
         rank = len(pads) // 2
@@ -240,7 +242,7 @@ class ChannelGraph:
             return "channel count unknown"
         rank = len(out.shape)
         for value in node.inputs:
-            array = _const(value)
+            array = constant(value)
             if array is not None:
                 shape = (1,) * (rank - array.ndim) + array.shape
                 if shape[1] == count and count > 1:
@@ -262,7 +264,7 @@ class ChannelGraph:
     _op_Add = _op_Sub = _op_Mul = _op_Div = _op_binary
 
     def _op_Pow(self, node: ir.Node) -> str | None:
-        exponent = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        exponent = constant(node.inputs[1]) if len(node.inputs) > 1 else None
         if exponent is None or exponent.size != 1:
             return "exponent is not a constant scalar"
         return None if self._tie_all(node.inputs[0], node.outputs[0]) else "channels unknown"
@@ -275,7 +277,7 @@ class ChannelGraph:
         rank = len(x.shape)
         axes = node.attributes.get_ints("axes", None)
         if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-            given = _const(node.inputs[1])
+            given = constant(node.inputs[1])
             if given is None:
                 return "axes are not constant"
             axes = [int(a) for a in given.ravel()]
@@ -294,18 +296,18 @@ class ChannelGraph:
         if x.shape is None:
             return "rank unknown"
         rank = len(x.shape)
-        starts = _const(node.inputs[1]) if len(node.inputs) > 1 else None
-        ends = _const(node.inputs[2]) if len(node.inputs) > 2 else None
+        starts = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        ends = constant(node.inputs[2]) if len(node.inputs) > 2 else None
         if starts is None or ends is None:
             return "starts or ends are not constant"
         axes_value = node.inputs[3] if len(node.inputs) > 3 else None
-        axes = _const(axes_value) if axes_value is not None else np.arange(len(starts))
+        axes = constant(axes_value) if axes_value is not None else np.arange(len(starts))
         if axes is None:
             return "axes are not constant"
         for axis, start, end in zip(axes.ravel(), starts.ravel(), ends.ravel()):
             axis = int(axis) + rank if axis < 0 else int(axis)
             if axis == 1 and not (start == 0 and end >= np.iinfo(np.int32).max):
-                steps = _const(node.inputs[4]) if len(node.inputs) > 4 else None
+                steps = constant(node.inputs[4]) if len(node.inputs) > 4 else None
                 count = _channels(x)
                 whole = start == 0 and count is not None and end >= count
                 if not whole or (steps is not None and np.any(steps != 1)):
@@ -314,7 +316,7 @@ class ChannelGraph:
 
     def _op_Conv(self, node: ir.Node) -> str | None:
         x, y = node.inputs[0], node.outputs[0]
-        weight = _const(node.inputs[1])
+        weight = constant(node.inputs[1])
         cin, cout = self._add_value(x), self._add_value(y)
         if weight is None or cin is None or cout is None:
             return "weight not constant or channels unknown"
@@ -358,14 +360,14 @@ class ChannelGraph:
 
     def _op_Gemm(self, node: ir.Node) -> str | None:
         x, y = node.inputs[0], node.outputs[0]
-        weight = _const(node.inputs[1])
+        weight = constant(node.inputs[1])
         fin, fout = self._add_value(x), self._add_value(y)
         if weight is None or fin is None or fout is None or node.attributes.get_int("transA", 0):
             return "weight not constant, transA, or features unknown"
         if any(u is not node for u, _ in node.inputs[1].uses()):
             return "weight is shared"
         trans_b = node.attributes.get_int("transB", 0)
-        bias = _const(node.inputs[2]) if len(node.inputs) > 2 else None
+        bias = constant(node.inputs[2]) if len(node.inputs) > 2 else None
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             if (
                 bias is None
@@ -385,7 +387,7 @@ class ChannelGraph:
 
     def _op_MatMul(self, node: ir.Node) -> str | None:
         x, y = node.inputs[0], node.outputs[0]
-        weight = _const(node.inputs[1])
+        weight = constant(node.inputs[1])
         if weight is None or weight.ndim != 2 or x.shape is None or len(x.shape) != 2:
             return "not a rank-2 input times a constant matrix"
         if any(u is not node for u, _ in node.inputs[1].uses()):
@@ -405,7 +407,7 @@ class ChannelGraph:
         return self._tie_blocks(node.inputs[0], node.outputs[0])
 
     def _op_Reshape(self, node: ir.Node) -> str | None:
-        target = _const(node.inputs[1])
+        target = constant(node.inputs[1])
         if target is None or len(target) != 2 or target[1] != -1:
             return "reshape target is not [N, -1]"
         return self._tie_blocks(node.inputs[0], node.outputs[0])
@@ -427,19 +429,23 @@ class ChannelGraph:
 
     def _op_Concat(self, node: ir.Node) -> str | None:
         out = node.outputs[0]
-        rank = len(out.shape) if out.shape is not None else 0
-        axis = node.attributes.get_int("axis", 0)
-        axis = axis + rank if axis < 0 else axis
-        if axis != 1:
+        if _axis(node, out) != 1:
             return None if all(self._tie_all(v, out) for v in node.inputs) else "channels differ"
-        self._add_value(out)
+        return self._tie_pieces(out, node.inputs, "operand")
+
+    def _tie_pieces(self, whole: ir.Value, pieces, what: str) -> str | None:
+        """Channel ``offset + c`` of ``whole`` is channel ``c`` of each piece in turn."""
+        self._add_value(whole)
         offset = 0
-        for value in node.inputs:
+        for value in pieces:
             count = self._add_value(value)
             if count is None:
-                return "operand channels unknown"
+                return f"{what} channels unknown"
             for c in range(count):
-                self._tie(value, c, out, offset + c)
+                if what == "operand":
+                    self._tie(value, c, whole, offset + c)
+                else:
+                    self._tie(whole, offset + c, value, c)
             offset += count
         return None
 
@@ -452,21 +458,9 @@ class ChannelGraph:
             split_axis = node.attributes.get_int("axis", 0)
             if split_axis in (1, 1 - len(x.shape or [])):
                 return "equal split (no sizes input): the halves must stay equal"
-        rank = len(x.shape) if x.shape is not None else 0
-        axis = node.attributes.get_int("axis", 0)
-        axis = axis + rank if axis < 0 else axis
-        if axis != 1:
+        if _axis(node, x) != 1:
             return None if all(self._tie_all(x, v) for v in node.outputs) else "channels differ"
-        self._add_value(x)
-        offset = 0
-        for value in node.outputs:
-            count = self._add_value(value)
-            if count is None:
-                return "output channels unknown"
-            for c in range(count):
-                self._tie(x, offset + c, value, c)
-            offset += count
-        return None
+        return self._tie_pieces(x, node.outputs, "output")
 
     # ------------------------------------------------------------------ queries
     def components(self) -> list[Component]:
@@ -491,13 +485,16 @@ class ChannelGraph:
 
     def groups(self) -> tuple[list[ChannelGroup], list[tuple[ChannelGroup, str]]]:
         """Prunable groups and frozen groups (with their reason)."""
-        by_key: dict[tuple[str, ...], ChannelGroup] = {}
-        reasons: dict[tuple[str, ...], str] = {}
+        by_key: dict[frozenset | str, ChannelGroup] = {}
+        reasons: dict[frozenset | str, str] = {}
         for component in self.components():
-            key = tuple(sorted({n.name for n, _ in component.producers})) or (
-                component.channels[0][0],
-            )
-            group = by_key.setdefault(key, ChannelGroup(key))
+            # The producing nodes themselves (names may be missing or repeated).
+            producers = frozenset(n for n, _ in component.producers)
+            key = producers or component.channels[0][0]
+            if key not in by_key:
+                label = tuple(sorted(node_label(n) for n in producers)) or (key,)
+                by_key[key] = ChannelGroup(label)
+            group = by_key[key]
             group.components.append(component)
             if component.frozen:
                 reasons.setdefault(key, component.frozen)

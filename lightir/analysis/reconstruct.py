@@ -50,6 +50,7 @@ import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
 from lightir.onnx_bridge import capture
+from lightir.rewrite import add_initializer
 
 logger = logging.getLogger(__name__)
 
@@ -250,9 +251,7 @@ def _set_bias(node: ir.Node, bias: np.ndarray) -> None:
         old = value.const_value.numpy()
         value.const_value = ir.tensor(bias.reshape(old.shape).astype(old.dtype), name=value.name)
         return
-    name = f"{node.name}_refit_bias"
-    value = ir.val(name, const_value=ir.tensor(bias, name=name))
-    node.graph.register_initializer(value)
+    value = add_initializer(node.graph, f"{node.name or node.op_type.lower()}_refit_bias", bias)
     node.resize_inputs(3)
     node.replace_input_with(2, value)
 
@@ -260,30 +259,29 @@ def _set_bias(node: ir.Node, bias: np.ndarray) -> None:
 def refit_layers(
     original: ir.Model,
     current: ir.Model,
-    node_names: Sequence[str],
+    pairs: Sequence[tuple[ir.Node, ir.Node]],
     batches: Sequence[Mapping[str, np.ndarray]],
-    kept_outputs: Mapping[str, np.ndarray] | None = None,
+    kept_outputs: Mapping[ir.Node, np.ndarray] | None = None,
     through_act: bool = False,
-) -> dict[str, str]:
-    """Refit the named Conv / Gemm / MatMul layers of ``current`` to ``original``'s outputs.
+) -> dict[ir.Node, str]:
+    """Refit Conv / Gemm / MatMul layers of ``current`` to ``original``'s outputs.
 
-    Both models must name those nodes and their output values alike. ``kept_outputs`` maps a
-    layer whose own outputs were pruned to the original output channels it still has. With
-    ``through_act``, a layer followed only by a ReLU / Clip is fit through it.
-    Returns the refit layers, each with "linear" or the activation it was fit through; a layer
-    whose refit would not generalize (see the module docstring) is left as it is and absent.
+    ``pairs`` holds each layer of ``current`` with its counterpart in ``original``, whose
+    output it is fit to. ``kept_outputs`` maps a layer whose own outputs were pruned to the
+    original output channels it still has. With ``through_act``, a layer followed only by a
+    ReLU / Clip is fit through it. Returns the refit layers, each with "linear" or the
+    activation it was fit through; a layer whose refit would not generalize (see the module
+    docstring) is left as it is and absent.
     """
-    by_name = {node.name: node for node in current.graph}
-    originals = {node.name: node for node in original.graph}
-    order = [n.name for n in current.graph if n.name in set(node_names)]
-    targets = capture(original, [originals[n].outputs[0].name for n in order], batches)
+    position = {node: i for i, node in enumerate(current.graph)}
+    pairs = sorted(pairs, key=lambda pair: position[pair[0]])
+    targets = capture(original, [twin.outputs[0].name for _, twin in pairs], batches)
     done = {}
-    for name in order:
-        node = by_name[name]
+    for node, twin in pairs:
         x = capture(current, [node.inputs[0].name], batches)[node.inputs[0].name]
-        y = targets[originals[name].outputs[0].name]
-        if kept_outputs and name in kept_outputs:
-            y = y[:, kept_outputs[name]]
+        y = targets[twin.outputs[0].name]
+        if kept_outputs and node in kept_outputs:
+            y = y[:, kept_outputs[node]]
         bounds = clamp_after(node) if through_act else None
         if node.op_type == "Conv":
             refit = _refit_conv(node, x, y, bounds)
@@ -295,12 +293,14 @@ def refit_layers(
             logger.info(
                 "kept %s %s: a refit on %d samples would not generalize",
                 node.op_type,
-                name,
+                node.name,
                 x.shape[0],
             )
             continue
-        done[name] = "linear" if bounds is None else f"through clip{bounds}"
-        logger.info("refit %s %s on %d samples (%s)", node.op_type, name, x.shape[0], done[name])
+        done[node] = "linear" if bounds is None else f"through clip{bounds}"
+        logger.info(
+            "refit %s %s on %d samples (%s)", node.op_type, node.name, x.shape[0], done[node]
+        )
     return done
 
 

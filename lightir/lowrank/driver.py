@@ -41,13 +41,14 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from lightir.analysis.budget import allocate
 from lightir.analysis.reconstruct import conv_patches, refit_layers
 from lightir.errors import UsageError
 from lightir.ir_util import clone_model
 from lightir.lowrank.factor import ConvStep, Factorization, Unstable, chain_macs, chain_params
 from lightir.onnx_bridge import capture
-from lightir.pass_base import PassContext, PassResult
-from lightir.rewrite import unique_name, unique_node_name
+from lightir.pass_base import Pass, PassContext, PassResult
+from lightir.rewrite import add_initializer, unique_name, unique_node_name
 
 logger = logging.getLogger(__name__)
 
@@ -225,14 +226,33 @@ class LowRankMethod:
         return full
 
 
+class LowRankPass(Pass):
+    """Base of the low-rank passes: the context check and the run; subclasses give ``method``."""
+
+    Options = LowRankOptions
+
+    def method(self) -> LowRankMethod:
+        """The factorization this pass applies."""
+        raise NotImplementedError
+
+    def requires(self, model: ir.Model, context: PassContext) -> None:
+        """``tol`` and ``refit`` need ``--calib``."""
+        if context.calibration is None and (self.options.tol or self.options.refit):
+            option = "tol" if self.options.tol else "refit=true"
+            raise UsageError(f"{self.name}{{{option}}} needs calibration data: pass --calib")
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Factorize every eligible layer per the rank policy."""
+        return run_lowrank(self.method(), model, self.options, context)
+
+
 def run_lowrank(
     method: LowRankMethod, model: ir.Model, options: LowRankOptions, context: PassContext
 ) -> PassResult:
     """Choose ranks, rewrite the layers, refit when asked; report per-layer figures."""
-    if (options.tol or options.refit) and context.calibration is None:
-        raise UsageError(f"{method.name}{{tol/refit}} needs calibration data: pass --calib")
     common_passes.ShapeInferencePass()(model)
     original = clone_model(model) if context.calibration is not None else None
+    twins = dict(zip(model.graph, original.graph)) if original is not None else {}
     layers = []
     for node in list(model.graph):
         layer = method.layer(node)
@@ -256,8 +276,13 @@ def run_lowrank(
             if factorization is not None:
                 chosen[layer.node.name] = (layer, factorization)
     report = {}
+    names: dict[ir.Node, str] = {}  # the last node of each chain -> the layer's name
+    pairs = []  # (the last node of each chain, the layer in the original model)
     for name, (layer, factorization) in chosen.items():
-        _rewrite(layer, factorization, model)
+        last = _rewrite(layer, factorization, model)
+        names[last] = name
+        if original is not None:
+            pairs.append((last, twins[layer.node]))
         report[name] = {
             "rank": factorization.rank,
             "weight_error": round(factorization.error, 5),
@@ -271,28 +296,25 @@ def run_lowrank(
         common_passes.ShapeInferencePass()(model)
     stats = {"factorized": len(chosen), "layers": report}
     if options.refit and chosen:
-        fits = refit_layers(original, model, list(chosen), batches, through_act=options.refit_act)
-        for name, how in fits.items():
-            report[name]["refit"] = how
+        fits = refit_layers(original, model, pairs, batches, through_act=options.refit_act)
+        for node, how in fits.items():
+            report[names[node]]["refit"] = how
         stats["refit_layers"] = len(fits)
     if batches and chosen:
-        for name, error in _output_errors(original, model, list(chosen), batches).items():
-            report[name]["output_error"] = round(error, 5)
+        for node, error in _output_errors(original, model, pairs, batches).items():
+            report[names[node]]["output_error"] = round(error, 5)
     return PassResult(model, modified=bool(chosen), stats=stats)
 
 
-def _output_errors(original, model, names, batches) -> dict[str, float]:
-    """Relative L2 error of each named layer's output, factorized model vs original."""
-    outputs = {node.name: node.outputs[0].name for node in model.graph if node.name in names}
-    values = list(outputs.values())
-    before = capture(original, values, batches)
-    after = capture(model, values, batches)
-    return {
-        name: float(
-            np.linalg.norm(after[value] - before[value]) / (np.linalg.norm(before[value]) or 1.0)
-        )
-        for name, value in outputs.items()
-    }
+def _output_errors(original, model, pairs, batches) -> dict[ir.Node, float]:
+    """Relative L2 error of each layer's output, factorized model vs original."""
+    before = capture(original, [twin.outputs[0].name for _, twin in pairs], batches)
+    after = capture(model, [node.outputs[0].name for node, _ in pairs], batches)
+    errors = {}
+    for node, twin in pairs:
+        a, b = after[node.outputs[0].name], before[twin.outputs[0].name]
+        errors[node] = float(np.linalg.norm(a - b) / (np.linalg.norm(b) or 1.0))
+    return errors
 
 
 def _grid(method: LowRankMethod, layer: Layer, step: int) -> list[int]:
@@ -370,7 +392,7 @@ def _tol_rank(method, layer, grid, tol, model, batches) -> int | None:
 
 
 def _budget(method, model, layers, options, context) -> dict:
-    """Greedy whole-model allocation: least weight error added per MAC saved."""
+    """Ranks for ``target-macs``: least weight error added per MAC saved (shared allocator)."""
     from lightir.analysis.cost import model_cost
     from lightir.data import concrete_shape, input_specs
 
@@ -390,37 +412,25 @@ def _budget(method, model, layers, options, context) -> dict:
                 points.append(factorization)
         if points:
             curves[layer.node.name] = (layer, points)
-    state = {name: -1 for name in curves}  # index into points; -1 = not factorized
-    current = total
-    while current > target:
-        best, best_cost = None, np.inf
-        for name, (layer, points) in curves.items():
-            index = state[name]
-            if index + 1 >= len(points):
-                continue
-            before_macs = (
-                layer.macs
-                if index < 0
-                else chain_macs(points[index].steps, layer.height, layer.width)
-            )
-            before_error = 0.0 if index < 0 else points[index].error
-            nxt = points[index + 1]
-            saved = before_macs - chain_macs(nxt.steps, layer.height, layer.width)
-            if saved <= 0:
-                continue
-            cost = (nxt.error**2 - before_error**2) / saved
-            if cost < best_cost:
-                best, best_cost = name, cost
-        if best is None:
-            context.decline("target-macs", f"cannot reach {options.target_macs:g}")
-            break
-        layer, points = curves[best]
-        index = state[best]
-        before = (
-            layer.macs if index < 0 else chain_macs(points[index].steps, layer.height, layer.width)
-        )
-        state[best] = index + 1
-        current -= before - chain_macs(points[index + 1].steps, layer.height, layer.width)
+
+    def propose(name: str, levels: dict, current: float) -> tuple[float, float] | None:
+        layer, points = curves[name]
+        index = levels[name] - 1  # into points; -1 = not factorized
+        if index + 1 >= len(points):
+            return None
+        height, width = layer.height, layer.width
+        before_macs = layer.macs if index < 0 else chain_macs(points[index].steps, height, width)
+        before_error = 0.0 if index < 0 else points[index].error
+        nxt = points[index + 1]
+        saved = before_macs - chain_macs(nxt.steps, height, width)
+        if saved <= 0:
+            return None
+        return (nxt.error**2 - before_error**2) / saved, current - saved
+
+    levels, met = allocate(curves, total, target, propose)
+    if not met:
+        context.decline("target-macs", f"cannot reach {options.target_macs:g}")
+    state = {name: level - 1 for name, level in levels.items()}
     chosen = {}
     for name, index in state.items():
         if index < 0:
@@ -433,8 +443,11 @@ def _budget(method, model, layers, options, context) -> dict:
     return chosen
 
 
-def _rewrite(layer: Layer, factorization: Factorization, model: ir.Model) -> None:
-    """Replace the layer's node by its chain; the last node keeps its name and output."""
+def _rewrite(layer: Layer, factorization: Factorization, model: ir.Model) -> ir.Node:
+    """Replace the layer's node by its chain; returns the chain's last node.
+
+    The last node keeps the layer's name and output name.
+    """
     node, graph = layer.node, layer.node.graph
     dtype = node.inputs[1].const_value.numpy().dtype
     value = node.inputs[0]
@@ -445,16 +458,16 @@ def _rewrite(layer: Layer, factorization: Factorization, model: ir.Model) -> Non
         w_name = unique_name(graph, f"{base}_weight")
         if layer.dense:
             matrix = step.weight[:, :, 0, 0].T.astype(dtype)  # (in, out)
-            inputs = [value, _initializer(graph, w_name, matrix)]
+            inputs = [value, add_initializer(graph, w_name, matrix)]
             if last and layer.bias is not None:
-                inputs.append(_initializer(graph, f"{base}_bias", layer.bias.astype(dtype)))
+                inputs.append(add_initializer(graph, f"{base}_bias", layer.bias.astype(dtype)))
                 new = ir.node("Gemm", inputs, name=unique_node_name(graph, base))
             else:
                 new = ir.node("MatMul", inputs, name=unique_node_name(graph, base))
         else:
-            inputs = [value, _initializer(graph, w_name, step.weight.astype(dtype))]
+            inputs = [value, add_initializer(graph, w_name, step.weight.astype(dtype))]
             if step.bias is not None:
-                inputs.append(_initializer(graph, f"{base}_bias", step.bias.astype(dtype)))
+                inputs.append(add_initializer(graph, f"{base}_bias", step.bias.astype(dtype)))
             new = ir.node(
                 "Conv",
                 inputs,
@@ -477,15 +490,9 @@ def _rewrite(layer: Layer, factorization: Factorization, model: ir.Model) -> Non
     # The last node takes the original's name and output name (refit and reports use them).
     new_nodes[-1].name = node.name
     value.name = old_name
+    return new_nodes[-1]
 
 
 def method_tag(factorization: Factorization) -> str:
     """Short tag of the method in generated names."""
     return factorization.extra.get("tag", "f")
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    name = unique_name(graph, name)
-    value = ir.val(name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-    graph.register_initializer(value)
-    return value

@@ -48,8 +48,6 @@ class Factorization:
     steps: list[ConvStep]
     error: float  # ||W - W_r||_F / ||W||_F
     rank: int
-    params: int = 0
-    macs_per_position: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def dense(self) -> np.ndarray:
@@ -237,9 +235,3 @@ def chain_macs(steps: list[ConvStep], height: int, width: int) -> int:
 def chain_params(steps: list[ConvStep]) -> int:
     """Weights and biases of a chain."""
     return sum(s.weight.size + (0 if s.bias is None else s.bias.size) for s in steps)
-
-
-def rank_grid(full: int, step: int) -> list[int]:
-    """Candidate ranks: multiples of ``step`` below ``full`` (and 1.. when ``full`` is small)."""
-    grid = list(range(step, full, step)) or list(range(1, full))
-    return grid

@@ -16,14 +16,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from lightir.rewrite import unique_name, unique_node_name
-
-
-def _initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
-    name = unique_name(graph, base)
-    value = ir.val(name, const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
+from lightir.rewrite import add_initializer, unique_name, unique_node_name
 
 
 def symmetric_codes(weight: np.ndarray, axis: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +48,7 @@ def dequantized_weight(
     )
     q.const_value.name = q.name
     graph.register_initializer(q)
-    s = _initializer(graph, f"{base}_scale", scale.astype(np.float32))
+    s = add_initializer(graph, f"{base}_scale", scale.astype(np.float32))
     z_name = unique_name(graph, f"{base}_zero_point")
     z = ir.val(
         z_name, const_value=ir.tensor(np.zeros(scale.shape, np.int8), dtype=dtype, name=z_name)
@@ -79,9 +72,9 @@ def gathered_weight(node: ir.Node, index: int, codebook: np.ndarray, labels: np.
     """Replace ``node.inputs[index]`` by ``Reshape(Gather(codebook, Cast(labels)), shape)``."""
     graph = node.graph
     base = node.inputs[index].name
-    book = _initializer(graph, f"{base}_codebook", codebook.astype(np.float32))
-    codes = _initializer(graph, f"{base}_codes", labels.astype(np.uint8).ravel())
-    shape = _initializer(graph, f"{base}_shape", np.array(labels.shape, np.int64))
+    book = add_initializer(graph, f"{base}_codebook", codebook.astype(np.float32))
+    codes = add_initializer(graph, f"{base}_codes", labels.astype(np.uint8).ravel())
+    shape = add_initializer(graph, f"{base}_shape", np.array(labels.shape, np.int64))
     cast = ir.node(
         "Cast",
         [codes],

@@ -82,7 +82,7 @@ def test_keep_fp32_names_and_auto():
     model = lightir.optimize("zoo:vgg", "fold-bn").model
     first = next(n.name for n in model.graph if n.op_type == "Conv")
     kept = lightir.optimize(model, f"int8{{keep-fp32={first}}}")
-    stats = kept.report.records[0].stats
+    stats = kept.report.record("int8").stats
     assert stats["float_ops"] == [first] and first not in stats["int8_ops"]
     conv = next(n for n in kept.model.graph if n.name == first)
     assert conv.inputs[1].const_value is not None  # still a float weight, no DequantizeLinear
@@ -90,12 +90,12 @@ def test_keep_fp32_names_and_auto():
     assert any("names no quantizable node" in d for r in unknown.report.records for d in r.declines)
     auto = lightir.optimize(model, "int8{keep-fp32=auto,auto-cosine=0.999999}")
     assert auto.report.ok
-    quantizable = len(auto.report.records[0].stats["int8_ops"]) + len(
-        auto.report.records[0].stats["float_ops"]
+    quantizable = len(auto.report.record("int8").stats["int8_ops"]) + len(
+        auto.report.record("int8").stats["float_ops"]
     )
-    assert 1 <= len(auto.report.records[0].stats["float_ops"]) <= quantizable // 2
+    assert 1 <= len(auto.report.record("int8").stats["float_ops"]) <= quantizable // 2
     plain = lightir.optimize(model, "int8")  # auto by default: all-int8 already meets 0.99
-    assert plain.report.records[0].stats["float_ops"] == []
+    assert plain.report.record("int8").stats["float_ops"] == []
 
 
 def test_near_zero_weights_with_a_bias_do_not_overflow_the_int32_bias():
@@ -115,7 +115,7 @@ def test_near_zero_weights_with_a_bias_do_not_overflow_the_int32_bias():
         if v.const_value.dtype == lightir.onnx_bridge.ir.DataType.INT32
     ]
     assert biases and all(np.abs(q).max() < np.iinfo(np.int32).max // 2 + 2 for q in biases)
-    assert result.report.records[0].vs_previous[0].cosine > 0.99
+    assert result.report.record("int8").vs_previous[0].cosine > 0.99
 
 
 def test_yolo_box_and_score_head_stays_float_and_is_judged_in_parts():
@@ -189,23 +189,6 @@ def test_auto_keeps_layers_float_for_a_probability_map_by_its_soft_iou():
     b.output(b.op("Sigmoid", [y]), "map")
     model = b.build()
     strict = lightir.optimize(model, "int8{auto-cosine=0.5,auto-iou=0.999999}")
-    assert strict.report.ok and strict.report.records[0].stats["float_ops"]
+    assert strict.report.ok and strict.report.record("int8").stats["float_ops"]
     loose = lightir.optimize(model, "int8{auto-cosine=0.5,auto-iou=0.5}")
-    assert loose.report.ok and loose.report.records[0].stats["float_ops"] == []
-
-
-def test_the_smallest_count_search_and_the_held_out_halves():
-    from lightir.passes.int8 import _halves, _smallest
-
-    for need in (1, 2, 5, 17, 23):
-        assert _smallest(lambda c, n=need: c >= n, 0, 23) == need
-    assert _smallest(lambda c: c >= 24, 0, 23) is None  # beyond the limit: say so
-    assert _smallest(lambda c: c >= 2, 3, 23) == 4  # counts up to low already failed
-    rows = [{"x": np.arange(8).reshape(8, 1)}, {"x": np.arange(8, 16).reshape(8, 1)}]
-    fit, confirm = _halves(rows)
-    seen = np.concatenate([b["x"] for b in fit + confirm]).ravel()
-    assert sorted(seen) == list(range(16)) and len(fit) == len(confirm) == 2
-    singles = [{"x": np.full((1, 1), i)} for i in range(5)]  # a model with a fixed batch of 1
-    fit, confirm = _halves(singles)
-    assert [int(b["x"][0, 0]) for b in fit] == [0, 2, 4]
-    assert [int(b["x"][0, 0]) for b in confirm] == [1, 3]
+    assert loose.report.ok and loose.report.record("int8").stats["float_ops"] == []

@@ -10,6 +10,7 @@ import pytest
 import lightir
 from lightir import zoo
 from lightir.data import CalibrationData
+from lightir.pipeline import expand
 from lightir.testing import GraphBuilder, declines, random_inputs, run
 
 # Random-weight zoo models have no redundant channels, so pruning them changes outputs a lot;
@@ -122,9 +123,20 @@ def test_bn_gamma_removes_the_channels_with_small_gamma():
     np.testing.assert_array_equal(first, original[kept])
 
 
-def test_reconstruct_needs_calibration():
-    result = lightir.optimize("zoo:vgg", "prune{reconstruct=true}")
-    assert "needs calibration data" in result.report.failures[0]
+def test_refit_and_data_criteria_need_calibration_before_any_work():
+    for options in ("refit=true", "criterion=output-error", "criterion=activation"):
+        with pytest.raises(lightir.UsageError, match="needs calibration data"):
+            lightir.optimize("zoo:vgg", f"prune{{{options}}}")
+
+
+def test_reconstruct_is_an_alias_of_refit_that_warns(caplog):
+    specs = lightir.parse_pipeline("prune{ratio=0.2,reconstruct=true}")
+    assert "option 'reconstruct' is now 'refit'" in caplog.text
+    assert lightir.format_pipeline(specs) == "prune{ratio=0.2,refit=true}"
+    (pass_,) = expand(specs)
+    assert pass_.options.refit is True
+    with pytest.raises(lightir.UsageError, match="given twice"):
+        lightir.parse_pipeline("prune{refit=false,reconstruct=true}")
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +151,7 @@ def test_reconstruction_beats_plain_pruning_on_the_trained_fixture(digits_split)
     model = zoo.build("digits")
     plain = lightir.optimize(model, "prune{ratio=0.5}", tolerances=ANY_OUTPUT)
     refit = lightir.optimize(
-        model, "prune{ratio=0.5,reconstruct=true}", calib=calib, tolerances=ANY_OUTPUT
+        model, "prune{ratio=0.5,refit=true}", calib=calib, tolerances=ANY_OUTPUT
     )
     assert plain.report.records[0].cost.macs == refit.report.records[0].cost.macs
     plain_acc = zoo.accuracy(plain.model, images, labels)
@@ -254,7 +266,7 @@ def test_output_error_removes_the_copies_that_l1_keeps():
     for criterion in ("l1", "output-error"):
         result = lightir.optimize(
             model,
-            options.format(f"criterion={criterion},reconstruct=true"),
+            options.format(f"criterion={criterion},refit=true"),
             calib=calib,
             tolerances=ANY_OUTPUT,
         )
@@ -274,8 +286,8 @@ def test_output_error_removes_the_copies_that_l1_keeps():
 def test_output_error_needs_data_and_auto_falls_back_to_l1_without_it():
     model, _ = _model_with_copies()
     options = "prune{ratio=0.25,round=1,protect-first=false,protect-last=false"
-    failed = lightir.optimize(model, options + ",criterion=output-error}")
-    assert "needs calibration data" in failed.report.failures[0]
+    with pytest.raises(lightir.UsageError, match="needs calibration data"):
+        lightir.optimize(model, options + ",criterion=output-error}")
     auto = lightir.optimize(model, options + "}", tolerances=ANY_OUTPUT)
     l1 = lightir.optimize(model, options + ",criterion=l1}", tolerances=ANY_OUTPUT)
     np.testing.assert_array_equal(

@@ -20,8 +20,12 @@ def test_int8_on_opset_11_gets_a_verified_upgrade_first(tmp_path):
     result = lightir.optimize(model, "int8")
     report = result.report
     assert report.ok, report.failures
-    upgrade, int8 = report.records
-    assert upgrade.name == "upgrade-opset" and upgrade.stats == {"opset": "11 -> 13"}
+    fold, upgrade, int8 = report.records  # fold-bn: int8's prerequisite
+    assert (
+        fold.name == "fold-bn"
+        and upgrade.name == "upgrade-opset"
+        and upgrade.stats == {"opset": "11 -> 13"}
+    )
     assert upgrade.vs_previous and upgrade.tolerance  # verified like any exact pass
     assert int8.status == "changed"
     assert result.model.opset_imports[""] == 13
@@ -32,7 +36,7 @@ def test_int8_on_opset_11_gets_a_verified_upgrade_first(tmp_path):
 
 def test_no_upgrade_when_the_opset_is_new_enough():
     result = lightir.optimize(conv_model(17), "int8")
-    assert [r.name for r in result.report.records] == ["int8"]
+    assert [r.name for r in result.report.records] == ["fold-bn", "int8"]
 
 
 def test_explicit_upgrade_is_exact_and_a_newer_model_is_unchanged():
