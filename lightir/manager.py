@@ -217,7 +217,8 @@ def optimize(
     batches = _verification_inputs(specs, calibration, samples, dims, seed)
     shapes = _cost_shapes(specs, calibration, batches, dims)
     verifier = Verifier(batches, mode=verify, threads=threads, tolerances=tolerances, name=name)
-    exact = any(p.contract.is_exact for p in passes)
+    # Prerequisites and opset upgrades run as exact steps too: they need the rounding noise.
+    exact = any(p.contract.is_exact or p.prerequisites or p.min_opset for p in passes)
     model, canonical_verdict = verifier.start(
         source, model, bool(canonical), exact=exact, seed=seed
     )

@@ -112,6 +112,7 @@ def make_bad_inputs(tmp_path):
         "same-output": ([good, "-p", "fold-bn", "-o", good], "is the input model"),
         "refit-no-calib": ([good, "-p", "fold-bn,prune{refit=true}"], "needs calibration data"),
         "tol-no-calib": ([good, "-p", "svd{tol=0.1}"], "svd{tol} needs calibration data"),
+        "refit-act-alone": ([good, "-p", "svd{refit-act=true}"], "give refit=true too"),
     }
 
 
@@ -130,6 +131,7 @@ def make_bad_inputs(tmp_path):
         "same-output",
         "refit-no-calib",
         "tol-no-calib",
+        "refit-act-alone",
     ],
 )
 def test_bad_input_one_line_exit_2_no_output(tmp_path, case):

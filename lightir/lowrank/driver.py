@@ -74,6 +74,8 @@ class LowRankOptions:
             raise ValueError(f"ratio-of is 'params' or 'macs', got {self.ratio_of!r}")
         if self.round < 1:
             raise ValueError(f"round must be >= 1, got {self.round}")
+        if self.refit_act and not self.refit:
+            raise ValueError("refit-act=true changes how the refit fits: give refit=true too")
 
 
 @dataclass

@@ -74,8 +74,8 @@ def test_reproducers_are_committed():
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.onnx")), ids=lambda p: p.stem)
 def test_saved_reproducer(path):
     """Every reproducer tools/fuzz.py saved and we kept: ``<pipeline>-<seed>.onnx``."""
-    pipeline = path.stem.rsplit("-", 1)[0]
-    assert check_pass(ir.load(path), pipeline).ok
+    pipeline, seed = path.stem.rsplit("-", 1)
+    assert check_pass(ir.load(path), pipeline, seed=int(seed)).ok
 
 
 def test_fold_bn_reproducer_that_needed_the_rounding_noise_term():
@@ -121,3 +121,13 @@ def test_shrink_keeps_the_failure_and_drops_the_rest():
     small = shrink(model, has_gemm)
     assert has_gemm(small) and len(list(small.graph)) < nodes
     assert lightir.optimize(small, "cleanup").report.ok  # still a valid, runnable model
+
+
+def test_a_prerequisite_step_gets_the_rounding_noise_of_an_exact_pass():
+    """Seed 900352 (500 fresh graphs, 2026-11-30): int8's prerequisite fold-bn was held to the
+    fan-in estimate alone (4.7e-6) because no pass in the pipeline was exact, so the rounding
+    noise was not measured; fold-bn alone gets 9.3e-6 and moved the output by 4.87e-6. The
+    model does not reproduce after a save and load, so the generator's seed is the fixture."""
+    outcome = check_pass(random_model(900352), "int8", seed=900352)
+    assert outcome.ok, outcome.problem
+    assert "fold-bn" not in outcome.problem
