@@ -9,16 +9,10 @@ import lightir
 from lightir import zoo
 from lightir.analysis.reconstruct import clamp_after, ridge_solve
 from lightir.data import CalibrationData
-from lightir.lowrank.factor import Unstable, cp_factors, svd_factors, tucker2_factors
+from lightir.lowrank.factor import cp_factors, tucker2_factors
 from lightir.testing import GraphBuilder, assert_outputs_close, declines, op_types
 
 RNG = np.random.default_rng(0)
-
-
-def test_known_rank_matrix_is_recovered_exactly():
-    matrix = RNG.standard_normal((40, 6)) @ RNG.standard_normal((6, 50))
-    assert svd_factors(matrix, 6)[2] < 1e-12
-    assert svd_factors(matrix, 5)[2] > 1e-2
 
 
 def conv_with_kernel(kernel, stride=1, size=12):
@@ -65,13 +59,6 @@ def test_cp_kernel_is_recovered():
     assert result.report.ok, result.report.failures
     assert op_types(result.model) == ["Conv"] * 4
     assert_outputs_close(model, result.model, rtol=1e-5)
-
-
-def test_cp_guard_declines_a_kernel_it_cannot_decompose():
-    kernel = RNG.standard_normal((16, 16, 3, 3))
-    kernel[0, 0, 0, 0] = np.inf
-    with pytest.raises(Unstable):
-        cp_factors(kernel, 4)
 
 
 def test_never_factorizes_when_not_cheaper():
