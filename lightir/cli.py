@@ -65,7 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         "-p", "--pipeline", help="passes, e.g. 'fold-bn,cleanup' or 'prune{ratio=0.3}'"
     )
     parser.add_argument("-o", "--output", help="where to write the optimized model")
-    parser.add_argument("--calib", help=".npz with one array per model input (axis 0 = samples)")
+    parser.add_argument(
+        "--calib",
+        help=".npz with one array per model input (axis 0 = samples), optionally __labels__",
+    )
+    parser.add_argument(
+        "--metric",
+        help="score original and result on held-out --calib samples: top1 (needs __labels__), "
+        "agreement, cosine, snr, or module:function",
+    )
     parser.add_argument(
         "--verify",
         choices=VERIFY_MODES,
@@ -214,6 +222,7 @@ def run(argv: list[str]) -> int:
         tolerances=tolerances,
         instruments=instruments,
         threads=args.threads,
+        metric=args.metric,
     )
     report = result.report
     if not args.quiet:

@@ -4,7 +4,8 @@ Calibration file (``--calib FILE.npz``): one array per model input, keyed by the
 (a file with a single array may use any key for a single-input model). Axis 0 of each array
 is the input's batch axis with all samples concatenated; the other axes must match the
 input's static dims. Batches are consecutive slices of axis 0: of the model's batch size when
-it is fixed, else of ``batch_size`` rows.
+it is fixed, else of ``batch_size`` rows. An optional ``__labels__`` array holds one label per
+sample (axis 0), for metrics such as top-1 accuracy (:mod:`lightir.metrics`).
 
 Synthesized inputs (no file): float inputs draw from a standard normal clipped to
 [-2.5, 2.5], the range of ImageNet-normalized images and of most normalized features; integer
@@ -30,6 +31,7 @@ from lightir.errors import InputError
 logger = logging.getLogger(__name__)
 
 DEFAULT_DYNAMIC_DIM = 64
+LABELS_KEY = "__labels__"
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,18 @@ def _draw(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> 
 class CalibrationData:
     """Samples read from a ``.npz`` file and checked against the model's inputs."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], source: str = "<memory>") -> None:
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        source: str = "<memory>",
+        labels: np.ndarray | None = None,
+    ) -> None:
+        arrays = dict(arrays)
+        if labels is None:
+            labels = arrays.pop(LABELS_KEY, None)
         self.arrays = arrays
         self.source = source
+        self.labels = labels
 
     @classmethod
     def from_npz(cls, path: str | Path) -> CalibrationData:
@@ -123,8 +134,8 @@ class CalibrationData:
                 arrays = {key: archive[key] for key in archive.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise InputError(f"--calib {path}: not a readable .npz file ({exc})") from exc
-        if not arrays:
-            raise InputError(f"--calib {path}: the file holds no arrays")
+        if not set(arrays) - {LABELS_KEY}:
+            raise InputError(f"--calib {path}: the file holds no input arrays")
         return cls(arrays, str(path))
 
     def bind(self, specs: list[InputSpec]) -> CalibrationData:
@@ -156,13 +167,28 @@ class CalibrationData:
                 raise InputError(f"--calib {self.source}: inputs have different sample counts")
             rows = array.shape[0]
             bound[spec.name] = array.astype(spec.dtype, copy=False)
-        result = CalibrationData(bound, self.source)
+        if self.labels is not None and len(self.labels) != rows:
+            raise InputError(
+                f"--calib {self.source}: {LABELS_KEY} has {len(self.labels)} labels for {rows} "
+                "samples; give one label per sample"
+            )
+        result = CalibrationData(bound, self.source, self.labels)
         result.specs = specs  # type: ignore[attr-defined]
         return result
 
     def tail(self, start: int) -> CalibrationData:
         """The samples from row ``start`` on (same specs)."""
-        result = CalibrationData({k: v[start:] for k, v in self.arrays.items()}, self.source)
+        labels = None if self.labels is None else self.labels[start:]
+        arrays = {k: v[start:] for k, v in self.arrays.items()}
+        result = CalibrationData(arrays, self.source, labels)
+        result.specs = getattr(self, "specs", None)  # type: ignore[attr-defined]
+        return result
+
+    def head(self, stop: int) -> CalibrationData:
+        """The samples before row ``stop`` (same specs)."""
+        labels = None if self.labels is None else self.labels[:stop]
+        arrays = {k: v[:stop] for k, v in self.arrays.items()}
+        result = CalibrationData(arrays, self.source, labels)
         result.specs = getattr(self, "specs", None)  # type: ignore[attr-defined]
         return result
 

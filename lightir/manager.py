@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,20 @@ import onnx
 import onnx_ir as ir
 
 from lightir import io as lightir_io
-from lightir import registry
+from lightir import metrics, registry
 from lightir.analysis.cost import ModelCost, model_cost
 from lightir.canonicalize import canonicalize
-from lightir.data import CalibrationData, InputSpec, concrete_shape, input_specs, synthesize
+from lightir.data import (
+    LABELS_KEY,
+    CalibrationData,
+    InputSpec,
+    concrete_shape,
+    input_specs,
+    synthesize,
+)
 from lightir.errors import InputError, PassDeclined, PassFailedError, UsageError
 from lightir.ir_util import clone_model, opset_of
+from lightir.onnx_bridge import OrtModel
 from lightir.pass_base import Pass, PassContext
 from lightir.pipeline import (
     MAX_FIXPOINT_ROUNDS,
@@ -111,13 +119,27 @@ def resolve_model(model_or_path: ir.Model | str | Path) -> tuple[ir.Model, str]:
     return lightir_io.load(text), text
 
 
-def _passes_of(pipeline: str | Sequence[Pass]) -> tuple[list, str]:
+def _passes_of(pipeline: str | Sequence[Pass], tolerances: Mapping | None) -> tuple[list, str]:
     """The items to schedule (passes and fixpoint groups) and the pipeline's canonical text."""
     if isinstance(pipeline, str):
         specs = parse_pipeline(pipeline)
-        return expand(specs), format_pipeline(specs)
-    items = list(pipeline)
-    return items, ",".join(p.name for p in items)
+        items, text = expand(specs), format_pipeline(specs)
+    else:
+        items = list(pipeline)
+        text = ",".join(p.name for p in items)
+    unknown = sorted(set(tolerances or {}) - {p.name for p in flatten(items)})
+    if unknown:
+        raise UsageError(f"tolerance given for {', '.join(unknown)}, not in the pipeline")
+    return items, text
+
+
+def _runs_exact_steps(passes: Sequence[Pass]) -> bool:
+    """Whether an exact step may run, which needs the rounding noise.
+
+    An exact pass, or a pass whose prerequisites or opset upgrade the manager runs first
+    (those are exact).
+    """
+    return any(p.contract.is_exact or p.prerequisites or p.min_opset for p in passes)
 
 
 def _bind_calibration(
@@ -129,19 +151,76 @@ def _bind_calibration(
     return data.bind(input_specs(model))
 
 
-def _fitting_data(calibration: CalibrationData | None, batches: list[dict]):
-    """The calibration samples passes may fit on: those verification does not judge on."""
+def _fitting_data(calibration: CalibrationData | None, held: int):
+    """The calibration samples passes may fit on.
+
+    The first ``held`` rows, which verification and the metric judge on, are left out when
+    enough remain.
+    """
     if calibration is None:
         return None
-    verified_rows = sum(next(iter(b.values())).shape[0] for b in batches)
-    if calibration.rows >= 2 * verified_rows:
-        return calibration.tail(verified_rows)
+    if calibration.rows >= 2 * held:
+        return calibration.tail(held)
     logger.warning(
         "--calib %s has %d samples: passes and verification share them",
         calibration.source,
         calibration.rows,
     )
     return calibration
+
+
+def _holdout(metric, calibration: CalibrationData | None, batches: list[dict]):
+    """Rows passes must not fit on (verification's, and the metric's), and the metric check."""
+    held = sum(len(next(iter(b.values()))) for b in batches) if calibration else 0
+    if metric is None:
+        return held, _NoMetric()
+    metric = metrics.resolve(metric)
+    if calibration is None:
+        raise UsageError(f"--metric {metric.name} needs --calib: the samples to score on")
+    held = metrics.holdout_rows(calibration.rows, held)
+    return held, _MetricCheck(metric, calibration, held)
+
+
+class _NoMetric:
+    """No ``metric``: nothing to score."""
+
+    def start(self, model: ir.Model, report: Report) -> None:
+        """Nothing."""
+
+    def finish(self, model: ir.Model, report: Report) -> None:
+        """Nothing."""
+
+
+class _MetricCheck:
+    """The user's metric on the held-out samples: the original model, then the result."""
+
+    def __init__(self, metric, calibration: CalibrationData, held: int) -> None:
+        if metric.needs_labels and calibration.labels is None:
+            raise UsageError(
+                f"--metric {metric.name} needs labels: add a {LABELS_KEY} array (one label per "
+                "sample) to the calibration file"
+            )
+        self.metric, self.data = metric, calibration.head(held)
+        self.reference: dict[str, np.ndarray] = {}
+        self.labels = None
+
+    def _outputs(self, model: ir.Model) -> dict[str, np.ndarray]:
+        runs = OrtModel(model).run_all(list(self.data.batches(batch_size=8)))
+        return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
+
+    def start(self, model: ir.Model, report: Report) -> None:
+        """Score the original (a metric that fails on it stops the run before any pass)."""
+        self.reference = self._outputs(model)
+        rows = len(next(iter(self.reference.values())))
+        self.labels = None if self.data.labels is None else self.data.labels[:rows]
+        score = self.metric.score(self.reference, self.reference, self.labels)
+        report.metric = {"name": self.metric.name, "original": score.as_dict()}
+
+    def finish(self, model: ir.Model, report: Report) -> None:
+        """Score the result and the drop from the original."""
+        score = self.metric.score(self._outputs(model), self.reference, self.labels)
+        report.metric["final"] = score.as_dict()
+        report.metric["drop"] = report.metric["original"]["value"] - score.value
 
 
 def _cost_shapes(specs, calibration, batches, dims) -> dict[str, tuple]:
@@ -167,6 +246,7 @@ def optimize(
     tolerances: Mapping[str, float] | None = None,
     instruments: Sequence[Instrument] = (),
     threads: int = 0,
+    metric: str | Callable | None = None,
 ) -> Result:
     """Run ``pipeline`` on a model and check every pass.
 
@@ -186,6 +266,8 @@ def optimize(
         tolerances: per pass name, a relative-error bound overriding its contract's.
         instruments: hooks called around each pass.
         threads: onnxruntime intra-op threads for verification (0: its default).
+        metric: a :mod:`lightir.metrics` name, ``module:function`` or callable, scored on
+            held-out calibration samples, original and result (``report.metric``).
 
     Returns:
         :class:`Result`; ``result.report.ok`` is false when a pass was rolled back.
@@ -201,11 +283,8 @@ def optimize(
     if samples is not None and samples < 1:
         raise UsageError(f"samples={samples}: give at least 1")
     start = time.perf_counter()
-    items, pipeline_text = _passes_of(pipeline)
+    items, pipeline_text = _passes_of(pipeline, tolerances)
     passes = flatten(items)
-    unknown = sorted(set(tolerances or {}) - {p.name for p in passes})
-    if unknown:
-        raise UsageError(f"tolerance given for {', '.join(unknown)}, not in the pipeline")
 
     source, name = resolve_model(model_or_path)
     check_input(source, name)
@@ -215,10 +294,10 @@ def optimize(
     _check_preconditions(passes, model, calibration)
     specs = input_specs(model)
     batches = _verification_inputs(specs, calibration, samples, dims, seed)
+    held, check = _holdout(metric, calibration, batches)
     shapes = _cost_shapes(specs, calibration, batches, dims)
     verifier = Verifier(batches, mode=verify, threads=threads, tolerances=tolerances, name=name)
-    # Prerequisites and opset upgrades run as exact steps too: they need the rounding noise.
-    exact = any(p.contract.is_exact or p.prerequisites or p.min_opset for p in passes)
+    exact = _runs_exact_steps(passes)
     model, canonical_verdict = verifier.start(
         source, model, bool(canonical), exact=exact, seed=seed
     )
@@ -233,7 +312,8 @@ def optimize(
     )
     if canonical_verdict is not None:
         report.canonicalize = _canonical_record(canonical_verdict, canonical, report)
-    run = _Run(report, verifier, instruments, _fitting_data(calibration, batches), shapes)
+    check.start(model, report)
+    run = _Run(report, verifier, instruments, _fitting_data(calibration, held), shapes)
     schedule = _Schedule(items)
     for scheduled in schedule:
         model, failed = run.step(scheduled, model)
@@ -245,6 +325,7 @@ def optimize(
     if failure:
         report.failures.append(failure)
     report.final = _last_cost(report)
+    check.finish(model, report)
     report.verify_seconds = verifier.seconds
     report.seconds = time.perf_counter() - start
     if verify == "end" and report.failures:

@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 from lightir.errors import UsageError
@@ -159,25 +160,28 @@ def load_builtins() -> None:
 
 def load_pass_plugin(spec: str) -> None:
     """Import a plugin given as a module name or a path to a ``.py`` file."""
+    import_module_or_file(spec, "--load-pass-plugin")
+
+
+def import_module_or_file(spec: str, flag: str) -> ModuleType:
+    """Import ``spec``, a module name or a path to a ``.py`` file; UsageError naming ``flag``."""
     path = Path(spec)
     try:
         if spec.endswith(".py"):
             if not path.is_file():
-                raise UsageError(f"--load-pass-plugin {spec}: no such file")
+                raise UsageError(f"{flag} {spec}: no such file")
             module_name = f"lightir_plugin_{path.stem}"
             module_spec = importlib.util.spec_from_file_location(module_name, path)
             assert module_spec is not None and module_spec.loader is not None
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_name] = module
             module_spec.loader.exec_module(module)
-        else:
-            importlib.import_module(spec)
+            return module
+        return importlib.import_module(spec)
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(
-            f"--load-pass-plugin {spec}: import failed ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise UsageError(f"{flag} {spec}: import failed ({type(exc).__name__}: {exc})") from exc
 
 
 def get_pass(name: str) -> type[Pass] | None:

@@ -73,6 +73,8 @@ class Report:
     failures: list[str] = field(default_factory=list)
     rounding_noise: float = 0.0
     canonicalize: PassRecord | None = None  # import canonicalization, before the passes
+    # The user's metric (lightir.metrics): name, original and final Score dicts, drop.
+    metric: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -103,6 +105,7 @@ class Report:
             "final": self.final.as_dict() if self.final else None,
             "passes": [r.as_dict() for r in self.records],
             "drift": [m.as_dict() for m in self.drift],
+            "metric": self.metric,
         }
 
 
@@ -197,7 +200,18 @@ def render_table(report: Report) -> str:
         f"{_si(o.macs)} -> {_si(final.macs)}; drift vs input: rel {drift_rel}, cos "
         f"{drift_cos}, top1 {drift_top1}"
     )
+    if report.metric and "final" in report.metric:
+        m = report.metric
+        original, result = m["original"], m["final"]
+        lines.append(
+            f"metric {m['name']} on {result['samples']} held-out samples (95% interval): "
+            f"original {_score(original)}, result {_score(result)}, drop {m['drop']:.4f}"
+        )
     return "\n".join(lines)
+
+
+def _score(score: dict) -> str:
+    return f"{score['value']:.4f} [{score['low']:.4f}, {score['high']:.4f}]"
 
 
 def render_explain(report: Report) -> str:

@@ -113,6 +113,8 @@ def make_bad_inputs(tmp_path):
         "refit-no-calib": ([good, "-p", "fold-bn,prune{refit=true}"], "needs calibration data"),
         "tol-no-calib": ([good, "-p", "svd{tol=0.1}"], "svd{tol} needs calibration data"),
         "refit-act-alone": ([good, "-p", "svd{refit-act=true}"], "give refit=true too"),
+        "metric-no-calib": ([good, "-p", "fold-bn", "--metric", "top1"], "needs --calib"),
+        "metric-bad-module": ([good, "-p", "fold-bn", "--metric", "nope_mod:f"], "import failed"),
     }
 
 
@@ -132,6 +134,8 @@ def make_bad_inputs(tmp_path):
         "refit-no-calib",
         "tol-no-calib",
         "refit-act-alone",
+        "metric-no-calib",
+        "metric-bad-module",
     ],
 )
 def test_bad_input_one_line_exit_2_no_output(tmp_path, case):
