@@ -65,3 +65,22 @@ def test_soft_iou_is_reported_for_probability_maps_only(head, classes_last, has_
     assert (metrics.soft_iou is not None) == has_iou
     if has_iou:
         assert metrics.soft_iou == pytest.approx(0.9, abs=1e-6)
+
+
+def test_one_ulp_move_equals_nextafter_with_the_same_draws():
+    import warnings
+
+    from lightir.verify import ULP_CHUNK, _one_ulp
+
+    weights = np.random.default_rng(1).standard_normal(ULP_CHUNK + 4).astype(np.float32)
+    tiny, top = np.float32(1e-45), np.finfo(np.float32).max
+    weights[:6] = [0.0, -0.0, top, -top, tiny, -tiny]
+    weights = weights.reshape(-1, 4)  # several chunks, a ragged last one, rank 2
+    draws = np.random.default_rng(5).random(weights.shape) < 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # max -> inf overflows, as it must
+        expected = np.nextafter(weights, np.where(draws, -np.inf, np.inf).astype(np.float32))
+    moved = _one_ulp(weights, np.random.default_rng(5))
+    assert moved.shape == weights.shape and moved.dtype == np.float32
+    np.testing.assert_array_equal(moved.view(np.int32), expected.view(np.int32))
+    assert np.all(moved != weights)
