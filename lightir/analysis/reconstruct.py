@@ -359,7 +359,7 @@ class RemovalCost:
     a Conv, one feature of a Gemm, a Flatten block). Errors are mean squared output errors
     relative to the output's variance, so layers of different scale can be added up.
 
-    With ``refit`` the layer is refit after the removal (``prune{reconstruct=true}``), and the
+    With ``refit`` the layer is refit after the removal (``prune{refit=true}``), and the
     cost of removing block G is the optimal-brain-surgeon one, the least the refit residual can
     grow: ``tr(W_G^T [(H^-1)_GG]^-1 W_G)`` with ``H`` the Gram matrix of the rows (bias column
     included). Removing G updates ``H^-1`` and the weights as the refit would, so the next
