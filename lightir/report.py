@@ -200,6 +200,21 @@ def render_table(report: Report) -> str:
         f"{_si(o.macs)} -> {_si(final.macs)}; drift vs input: rel {drift_rel}, cos "
         f"{drift_cos}, top1 {drift_top1}"
     )
+    for record in report.records:
+        judged = [m for m in record.vs_previous if not m.is_probe and m.interval is not None]
+        if record.contract.startswith("lossy") and judged:
+            worst = min(judged, key=lambda m: m.agreement)
+            low, high = worst.interval
+            lines.append(
+                f"#{record.index} {record.name}: judged on {worst.samples} samples; worst "
+                f"agreement {worst.agreement:.6f}, 95% interval [{low:.6f}, {high:.6f}] "
+                f"('{worst.output}')"
+                + (
+                    "; fewer than 32 samples: weak evidence (--samples N)"
+                    if worst.samples < 32
+                    else ""
+                )
+            )
     if report.metric and "final" in report.metric:
         m = report.metric
         original, result = m["original"], m["final"]

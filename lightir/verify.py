@@ -107,6 +107,9 @@ class OutputMetrics:
     probabilities: bool = False  # a Softmax output: top-1 along its axis stands for cosine
     sequence_logits: bool = False  # top-1 along the last axis is judged beside the cosine
     soft_iou: float | None = None  # probability maps only: see :func:`soft_iou`
+    samples: int = 0  # samples compared (axis 0 of every batch)
+    # 95% bootstrap interval of ``agreement`` over those samples (None: fewer than 2).
+    interval: tuple[float, float] | None = None
 
     @property
     def agreement(self) -> float:
@@ -433,12 +436,15 @@ def compare_outputs(
     reference: list[Mapping[str, np.ndarray]],
     actual: list[Mapping[str, np.ndarray]],
     scales: Mapping[str, OutputInfo] | None = None,
+    intervals: bool = False,
 ) -> list[OutputMetrics]:
     """Metrics per output over all batches.
 
     ``scales`` (:func:`output_scales`) gives outputs a natural scale, so the relative error
     is ``max|a-b| / max(max|ref|, scale)``, and Softmax outputs their class axis, along which
     top-1 agreement is counted at every position. Probes missing from ``actual`` are skipped.
+    ``intervals``: also the sample count and the bootstrap interval of each whole output's
+    agreement (the verifier's reports; searches that compare many trials skip it).
     """
     scales = scales or {}
     metrics = []
@@ -466,6 +472,10 @@ def compare_outputs(
             dense = info.class_axis < ref_arrays[0].ndim - 1
             whole.soft_iou = soft_iou(ref_arrays, got_arrays, info.class_axis) if dense else None
         whole.sequence_logits = sequence and whole.top1 is not None
+        if intervals:
+            _agreement_interval(
+                whole, ref_arrays, got_arrays, axis if whole.top1 is not None else None
+            )
         metrics.append(whole)
         if info.parts is None or not math.isfinite(whole.rel_error):
             continue
@@ -482,6 +492,50 @@ def compare_outputs(
             metrics.append(_metrics(label, part, part_got, part_scale))
             start += size
     return metrics
+
+
+AGREEMENT_RESAMPLES = 200
+
+
+def _agreement_interval(
+    metrics: OutputMetrics, reference: list, actual: list, class_axis: int | None
+) -> None:
+    """Set ``metrics.samples`` and the 95% bootstrap interval of its ``agreement``.
+
+    Samples are axis 0 of every batch. The cosine is recomputed from per-sample dot products
+    and squared norms over resampled samples; top-1 from per-sample counts of agreeing
+    positions; sequence logits take the smaller of the two on each resample.
+    """
+    if any(r.ndim == 0 or r.shape != a.shape for r, a in zip(reference, actual)):
+        return
+    ref = np.concatenate([r.reshape(len(r), -1) for r in reference])
+    got = np.concatenate([a.reshape(len(a), -1) for a in actual])
+    metrics.samples = len(ref)
+    if len(ref) < 2 or not (np.isfinite(ref).all() and np.isfinite(got).all()):
+        return
+    dots, rr, gg = (ref * got).sum(axis=1), (ref * ref).sum(axis=1), (got * got).sum(axis=1)
+    agree = total = None
+    if class_axis is not None and metrics.top1 is not None:
+        same = [
+            (np.argmax(r, axis=class_axis) == np.argmax(a, axis=class_axis)).reshape(len(r), -1)
+            for r, a in zip(reference, actual)
+        ]
+        agree = np.concatenate([s.sum(axis=1) for s in same]).astype(np.float64)
+        total = np.concatenate([np.full(len(s), s.shape[1]) for s in same]).astype(np.float64)
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(AGREEMENT_RESAMPLES):
+        rows = rng.integers(0, len(ref), len(ref))
+        norms = math.sqrt(float(rr[rows].sum()) * float(gg[rows].sum()))
+        cosine = float(dots[rows].sum()) / norms if norms > 0 else 1.0
+        top1 = float(agree[rows].sum() / total[rows].sum()) if agree is not None else None
+        if metrics.probabilities:
+            values.append(top1)
+        elif metrics.sequence_logits:
+            values.append(min(cosine, top1))
+        else:
+            values.append(cosine)
+    metrics.interval = (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
 
 
 def soft_iou(reference: list, actual: list, class_axis: int | None = None) -> float | None:
@@ -898,7 +952,7 @@ class Verifier:
             return self._fail(
                 verdict, "outputs", f"changed the model outputs from {before} to {after}"
             )
-        verdict.vs_previous = compare_outputs(self.current, outputs, self.scales)
+        verdict.vs_previous = compare_outputs(self.current, outputs, self.scales, intervals=True)
         if self.original is not None:
             verdict.vs_original = compare_outputs(self.original, outputs, self.scales)
         problems = violations(verdict.vs_previous, tolerance)

@@ -84,3 +84,40 @@ def test_one_ulp_move_equals_nextafter_with_the_same_draws():
     assert moved.shape == weights.shape and moved.dtype == np.float32
     np.testing.assert_array_equal(moved.view(np.int32), expected.view(np.int32))
     assert np.all(moved != weights)
+
+
+def test_agreement_interval_over_samples():
+    from lightir.verify import compare_outputs
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((40, 10))
+    close = reference + 0.01 * rng.standard_normal((40, 10))
+    broken = close.copy()
+    broken[:10] = rng.standard_normal((10, 10))  # a quarter of the samples go wrong
+    (good,) = compare_outputs([{"y": reference}], [{"y": close}], intervals=True)
+    (bad,) = compare_outputs(
+        [{"y": reference[:20]}, {"y": reference[20:]}],
+        [{"y": broken[:20]}, {"y": broken[20:]}],
+        intervals=True,
+    )
+    assert good.samples == bad.samples == 40  # samples are axis 0 of every batch
+    for m in (good, bad):
+        low, high = m.interval
+        assert low <= m.agreement <= high
+    assert bad.interval[1] - bad.interval[0] > 10 * (good.interval[1] - good.interval[0])
+    (one,) = compare_outputs([{"y": reference[:1]}], [{"y": close[:1]}], intervals=True)
+    (plain,) = compare_outputs([{"y": reference}], [{"y": close}])
+    assert plain.samples == 0 and plain.interval is None  # asked for only by the verifier
+    assert one.samples == 1 and one.interval is None  # no interval from one sample
+
+
+def test_lossy_rows_say_how_many_samples_judged_them():
+    from lightir.report import render_table
+
+    result = lightir.optimize("zoo:resnet", "fold-bn,int8")
+    record = result.report.record("int8")
+    judged = [m for m in record.vs_previous if not m.is_probe]
+    assert judged and all(m.samples == 2 and m.interval is not None for m in judged)
+    text = render_table(result.report)
+    assert "#2 int8: judged on 2 samples" in text and "weak evidence" in text
+    assert "#1 fold-bn: judged" not in text  # exact rows are judged on bounds, not agreement
