@@ -52,12 +52,14 @@ from lightir.pipeline import (
     parse_pipeline,
 )
 from lightir.report import PassRecord, Report
+from lightir.strength import selection_batches, strongest
 from lightir.verify import (
     VERIFY_MODES,
     Verdict,
     Verifier,
     check_input,
     first_line,
+    tolerance_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -410,6 +412,14 @@ class _Run:
             steps.append(upgrade(upgrade.Options(version=needed)))
         return [*steps, pass_], ""
 
+    def _strongest(self, pass_: Pass, model: ir.Model) -> tuple[Pass, dict]:
+        """The pass at its strongest setting that meets its budget (:mod:`lightir.strength`)."""
+        verifier = self.verifier
+        batches = selection_batches(self.calibration, verifier.batches)
+        override = verifier.tolerances.get(pass_.name)
+        tolerance = tolerance_for(pass_.contract, model, override, verifier.noise)
+        return strongest(pass_, model, batches, tolerance, verifier.scales, self.calibration)
+
     def _decline(self, pass_: Pass, reason: str) -> None:
         self.index += 1
         record = PassRecord.begin(self.index, pass_, _last_cost(self.report))
@@ -426,14 +436,18 @@ class _Run:
         record = PassRecord.begin(self.index, pass_, self.report.original)
         t_pass = time.perf_counter()
         failure = declined = None
-        modified = False
+        modified, searched = False, None
         try:
             pass_.requires(model, context)
+            if pass_.searches_strength:
+                pass_, searched = self._strongest(pass_, model)
             result = pass_.run(model, context)
             if result is None or not hasattr(result, "modified"):
                 raise TypeError(f"run() returned {result!r}, not a PassResult")
             # A pass may hand back a new model object (graphsurgeon passes do).
             model, modified, record.stats = result.model, result.modified, dict(result.stats)
+            if searched is not None:
+                record.stats["strength"] = searched
         except PassDeclined as exc:
             declined = str(exc)
         except Exception as exc:

@@ -83,6 +83,21 @@ EXACT = Contract.exact()
 
 
 @dataclass(frozen=True)
+class Strength:
+    """The option that sets how hard a lossy pass compresses, and the values to try.
+
+    ``values`` run from the strongest to the weakest. When the pipeline gives neither
+    ``option`` nor any of ``alternatives`` (other ways to set the strength), the pass manager
+    runs the pass at the strongest value that meets its budget on samples verification does
+    not use, instead of at the default (which may be rolled back).
+    """
+
+    option: str
+    values: tuple
+    alternatives: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class NoOptions:
     """Options of a pass that takes none."""
 
@@ -145,9 +160,22 @@ class Pass:
     # ``fold-bn``). The pass manager runs each first, as its own verified step in the report,
     # unless it already ran earlier in the pipeline.
     prerequisites: ClassVar[tuple[str, ...]] = ()
+    # A lossy pass's strength option, searched when the pipeline does not give it.
+    strength: ClassVar[Strength | None] = None
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
+        # The options the user gave (pipeline keys); options built in code count as given.
+        fields = {f.name for f in option_fields(self.Options)}
+        self.given: frozenset[str] = frozenset(fields if options is not None else ())
+
+    @property
+    def searches_strength(self) -> bool:
+        """Whether the manager chooses this pass's strength (see :class:`Strength`)."""
+        strength = self.strength
+        if strength is None or self.contract.is_exact:
+            return False
+        return not ({strength.option, *strength.alternatives} & self.given)
 
     def requires(self, model: ir.Model, context: PassContext) -> None:
         """Check the pass's preconditions; the default has none.

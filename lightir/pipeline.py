@@ -228,7 +228,9 @@ def expand(specs: list[PassSpec], _seen: tuple[str, ...] = ()) -> list:
     for spec in specs:
         pass_cls = registry.get_pass(spec.name)
         if pass_cls is not None:
-            passes.append(pass_cls(make_options(pass_cls, spec)))
+            pass_ = pass_cls(make_options(pass_cls, spec))
+            pass_.given = frozenset(spec.options)
+            passes.append(pass_)
             continue
         named = registry.get_pipeline(spec.name)
         assert named is not None, spec.name

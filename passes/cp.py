@@ -87,6 +87,9 @@ class Cp(LowRankPass):
     """CP: 1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1, with a divergence guard."""
 
     Options = CpOptions
+    # No strength search: CP's energy policy fits ALS at every rank, once per trial (minutes
+    # on the fuzzer's graphs); cp keeps its energy 0.9 default, or takes rank / target-macs.
+    strength = None
 
     def method(self) -> LowRankMethod:
         """The factorization."""

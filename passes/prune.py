@@ -73,7 +73,7 @@ from lightir.analysis.channels import ChannelGraph
 from lightir.analysis.reconstruct import refit_layers
 from lightir.errors import UsageError
 from lightir.ir_util import clone_model
-from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.pass_base import Contract, Pass, PassContext, PassResult, Strength
 from lightir.prune.importance import DATA_CRITERIA
 from lightir.prune.plan import PrunePlanner, where
 from lightir.prune.surgery import remove_components
@@ -112,6 +112,8 @@ class Prune(Pass):
     """Remove whole channels across residuals, concats and depthwise convs (smaller dense model)."""
 
     Options = Options
+    # Without ratio= or target-macs=, the strongest ratio that meets the budget.
+    strength = Strength("ratio", (0.6, 0.5, 0.4, 0.3, 0.2, 0.1), ("target_macs",))
 
     def requires(self, model: ir.Model, context: PassContext) -> None:
         """``refit`` and the data-driven criteria need ``--calib``."""

@@ -47,7 +47,7 @@ from lightir.errors import UsageError
 from lightir.ir_util import clone_model
 from lightir.lowrank.factor import ConvStep, Factorization, Unstable, chain_macs, chain_params
 from lightir.onnx_bridge import capture
-from lightir.pass_base import Pass, PassContext, PassResult
+from lightir.pass_base import Pass, PassContext, PassResult, Strength
 from lightir.rewrite import add_initializer, unique_name, unique_node_name
 
 logger = logging.getLogger(__name__)
@@ -232,6 +232,10 @@ class LowRankPass(Pass):
     """Base of the low-rank passes: the context check and the run; subclasses give ``method``."""
 
     Options = LowRankOptions
+    # Without a rank policy, the smallest energy that meets the budget (0.9 was the default).
+    strength = Strength(
+        "energy", (0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), ("rank", "ratio", "tol", "target_macs")
+    )
 
     def method(self) -> LowRankMethod:
         """The factorization this pass applies."""
