@@ -92,12 +92,13 @@ def synthesize(
         feeds = {}
         for spec in specs:
             shape = concrete_shape(spec, batch, dims)
-            feeds[spec.name] = _draw(rng, spec.dtype, shape)
+            feeds[spec.name] = draw(rng, spec.dtype, shape)
         batches.append(feeds)
     return batches
 
 
-def _draw(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+def draw(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """Seeded values of ``dtype`` and ``shape`` as synthesized inputs have them."""
     if np.issubdtype(dtype, np.floating):
         return np.clip(rng.standard_normal(shape), -2.5, 2.5).astype(dtype)
     if dtype == np.bool_:

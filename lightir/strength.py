@@ -19,6 +19,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from lightir.data import draw
 from lightir.errors import PassDeclined
 from lightir.ir_util import clone_model
 from lightir.onnx_bridge import OrtModel
@@ -40,19 +41,10 @@ def selection_batches(calibration, verification: list[dict], seed: int = 1) -> l
         if chosen:
             return chosen
     rng = np.random.default_rng(10_000 + seed)
-    batches = []
-    for batch in verification:
-        feeds = {}
-        for name, array in batch.items():
-            if np.issubdtype(array.dtype, np.floating):
-                feeds[name] = np.clip(rng.standard_normal(array.shape), -2.5, 2.5).astype(
-                    array.dtype
-                )
-            elif array.dtype == np.bool_:
-                feeds[name] = rng.random(array.shape) < 0.5
-            else:
-                feeds[name] = rng.integers(0, 10, array.shape).astype(array.dtype)
-        batches.append(feeds)
+    batches = [
+        {name: draw(rng, array.dtype, array.shape) for name, array in batch.items()}
+        for batch in verification
+    ]
     return batches
 
 
