@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightir.analysis.cost import ModelCost
+from lightir.metrics import Score
 from lightir.pass_base import Pass
 from lightir.verify import OutputMetrics
 
@@ -220,13 +221,10 @@ def render_table(report: Report) -> str:
         original, result = m["original"], m["final"]
         lines.append(
             f"metric {m['name']} on {result['samples']} held-out samples (95% interval): "
-            f"original {_score(original)}, result {_score(result)}, drop {m['drop']:.4f}"
+            f"original {Score(**original).describe()}, result {Score(**result).describe()}, "
+            f"drop {m['drop']:.4f}"
         )
     return "\n".join(lines)
-
-
-def _score(score: dict) -> str:
-    return f"{score['value']:.4f} [{score['low']:.4f}, {score['high']:.4f}]"
 
 
 def render_explain(report: Report) -> str:
