@@ -60,70 +60,18 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
-from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from lightir.errors import PassDeclined
 from lightir.ir_util import node_label
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
-from lightir.quant.bias import correctable_layers, input_means
-from lightir.quant.equalize import equalize
 from lightir.quant.mixed import keep_float
-from lightir.quant.plan import QUANTIZED, QdqPlan, plan_qdq
+from lightir.quant.plan import QUANTIZED, QdqPlan
+from lightir.quant.prepare import prepare_int8
 from lightir.quant.qdq import write_qdq
 from lightir.registry import register_pass
-from lightir.rewrite import apply_rules, new_initializer
 
 logger = logging.getLogger(__name__)
-
-
-class ShuffleAsGather(RewriteRuleClassBase):
-    """A channel shuffle becomes one ``Gather(axis=1)``: exactly the same values.
-
-    ``Reshape(N,g,C/g,...) -> Transpose(0,2,1,...) -> Reshape(N,C,...)`` permutes channels.
-
-    onnxruntime runs integer convolutions in NHWC and cancels the layout transposes between
-    them; it moves a Gather to NHWC but not a 5-D Transpose, so int8 ShuffleNet spent 4.5 of
-    its 8.4 ms in generic uint8 transposes (fp32: 4.7 ms in all). With the Gather, int8 runs
-    in 4.5 ms (measured with onnxruntime 1.32, one thread, on the onnx test ShuffleNet).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(name="shuffle-as-gather")
-
-    def pattern(self, op, x, split, joined):
-        grouped = op.Reshape(x, split, _outputs=["grouped"])
-        swapped = op.Transpose(grouped, _outputs=["swapped"])
-        return op.Reshape(swapped, joined, _outputs=["shuffled"])
-
-    def check(self, context, x, split, joined, grouped, swapped, shuffled) -> MatchResult:
-        result = MatchResult()
-        shapes = [v.shape for v in (x, grouped, shuffled)]
-        if any(shape is None for shape in shapes):
-            return result.fail("shapes not inferred")
-        source, middle, out = (list(shape) for shape in shapes)
-        rank = len(source)
-        perm = list(swapped.producer().attributes.get_ints("perm", []))
-        if rank < 3 or len(middle) != rank + 1 or perm != [0, 2, 1, *range(3, rank + 1)]:
-            return result.fail("not a channel shuffle (Reshape to N,g,C/g,... then swap 1, 2)")
-        channels, groups, width = source[1], middle[1], middle[2]
-        if not all(isinstance(d, int) for d in (channels, groups, width)):
-            return result.fail("channel count is not static")
-        if groups * width != channels or middle[0] != source[0] or middle[3:] != source[2:]:
-            return result.fail("the Reshape does more than split the channel axis")
-        if out != source:
-            return result.fail("the shuffle does not restore the input's shape")
-        if any(v.uses().__len__() != 1 or v.is_graph_output() for v in (grouped, swapped)):
-            return result.fail("an intermediate tensor is read elsewhere")
-        return result
-
-    def rewrite(self, op, x, split, joined, grouped, swapped, shuffled):
-        groups, width = grouped.shape[1], grouped.shape[2]
-        order = np.arange(groups * width).reshape(groups, width).T.reshape(-1)
-        indices = new_initializer(op, shuffled.producer(), "order", order, ir.DataType.INT64)
-        return op.Gather(x, indices, axis=1)
 
 
 @dataclass(frozen=True)
@@ -164,20 +112,14 @@ class Int8(Pass):
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Prepare, plan, choose the float ops, and write the QDQ model."""
         options = self.options
-        common_passes.ShapeInferencePass()(model)
-        apply_rules(model, [ShuffleAsGather.rule()])
-        common_passes.RemoveUnusedNodesPass()(model)
-        if options.equalize:
-            equalize(model, context)
-        common_passes.ShapeInferencePass()(model)
-        # Bias correction applies to the layers actually quantized, so it happens when the
-        # plan is written; the input means are measured once here.
-        means = (
-            input_means(model, correctable_layers(model), context.calibration, 256)
-            if options.bias_correct
-            else {}
+        plan = prepare_int8(
+            model,
+            context,
+            equalize_first=options.equalize,
+            bias_correct=options.bias_correct,
+            calibration=options.calibration,
+            batches=options.batches,
         )
-        plan = plan_qdq(model, context, options.calibration, options.batches, means)
         if not plan.nodes:
             return PassResult(model, modified=False, stats={"int8_ops": []})
         keep = self._keep(plan, model, context)

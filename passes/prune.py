@@ -70,13 +70,11 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from lightir.analysis.channels import ChannelGraph
-from lightir.analysis.reconstruct import refit_layers
 from lightir.errors import UsageError
-from lightir.ir_util import clone_model
 from lightir.pass_base import Contract, Pass, PassContext, PassResult, Strength
 from lightir.prune.importance import DATA_CRITERIA
 from lightir.prune.plan import PrunePlanner, where
-from lightir.prune.surgery import remove_components
+from lightir.prune.surgery import prune_components
 from lightir.registry import register_pass
 
 
@@ -138,16 +136,8 @@ class Prune(Pass):
         if context.calibration is not None:
             batches = list(context.calibration.batches(batch_size=16, limit=64))
         components = PrunePlanner(model, groups, options, context, batches).plan()
-        original = clone_model(model) if options.refit and components else None
-        twins = dict(zip(model.graph, original.graph)) if original is not None else {}
-        removal = remove_components(
-            model, components, compensate=options.compensate, batches=batches
+        stats = prune_components(
+            model, components, compensate=options.compensate, batches=batches, refit=options.refit
         )
-        stats = dict(removal.stats)
-        if original is not None:
-            pairs = [(node, twins[node]) for node in removal.consumers]
-            stats["refit_layers"] = len(
-                refit_layers(original, model, pairs, batches, removal.kept_outputs)
-            )
         stats["groups"] = len(groups)
         return PassResult(model, modified=stats["channels_removed"] > 0, stats=stats)

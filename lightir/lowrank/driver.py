@@ -258,7 +258,6 @@ def run_lowrank(
     """Choose ranks, rewrite the layers, refit when asked; report per-layer figures."""
     common_passes.ShapeInferencePass()(model)
     original = clone_model(model) if context.calibration is not None else None
-    twins = dict(zip(model.graph, original.graph)) if original is not None else {}
     layers = []
     for node in list(model.graph):
         layer = method.layer(node)
@@ -281,6 +280,13 @@ def run_lowrank(
             factorization = _choose(method, layer, options, context, model, batches)
             if factorization is not None:
                 chosen[layer.node.name] = (layer, factorization)
+    stats = _apply(model, chosen, original, batches, options.refit, options.refit_act)
+    return PassResult(model, modified=bool(chosen), stats=stats)
+
+
+def _apply(model, chosen: dict, original, batches, refit: bool, refit_act: bool) -> dict:
+    """Rewrite the ``chosen`` layers (name -> (layer, factorization)), refit, measure."""
+    twins = dict(zip(model.graph, original.graph)) if original is not None else {}
     report = {}
     names: dict[ir.Node, str] = {}  # the last node of each chain -> the layer's name
     pairs = []  # (the last node of each chain, the layer in the original model)
@@ -301,15 +307,53 @@ def run_lowrank(
         common_passes.RemoveUnusedNodesPass()(model)
         common_passes.ShapeInferencePass()(model)
     stats = {"factorized": len(chosen), "layers": report}
-    if options.refit and chosen:
-        fits = refit_layers(original, model, pairs, batches, through_act=options.refit_act)
+    if refit and chosen:
+        fits = refit_layers(original, model, pairs, batches, through_act=refit_act)
         for node, how in fits.items():
             report[names[node]]["refit"] = how
         stats["refit_layers"] = len(fits)
     if batches and chosen:
         for node, error in _output_errors(original, model, pairs, batches).items():
             report[names[node]]["output_error"] = round(error, 5)
-    return PassResult(model, modified=bool(chosen), stats=stats)
+    return stats
+
+
+def factorize_layers(
+    model: ir.Model,
+    choices: dict[str, tuple[LowRankMethod, float]],
+    context: PassContext,
+    *,
+    refit: bool = False,
+    round_to: int = 8,
+) -> dict:
+    """Factorize the named layers, each by its method at its energy; the stats for the report.
+
+    ``choices`` maps a node name to ``(method, energy)``: the rank is the smallest keeping that
+    energy, rounded up to ``round_to``, on the layer as it is now (after pruning, it has fewer
+    channels than when the choice was made). Layers it cannot make cheaper are declined.
+    """
+    common_passes.ShapeInferencePass()(model)
+    batches = (
+        list(context.calibration.batches(batch_size=16, limit=64))
+        if context.calibration is not None
+        else None
+    )
+    original = clone_model(model) if batches else None
+    chosen = {}
+    for node in list(model.graph):
+        if node.name not in choices:
+            continue
+        method, energy = choices[node.name]
+        layer = method.layer(node)
+        if layer is None or not np.isfinite(layer.weight).all():
+            context.decline(node, f"{method.name}: not factorizable")
+            continue
+        factorization = _choose(
+            method, layer, LowRankOptions(energy=energy, round=round_to), context, model, batches
+        )
+        if factorization is not None:
+            chosen[node.name] = (layer, factorization)
+    return _apply(model, chosen, original, batches, refit and bool(batches), False)
 
 
 def _output_errors(original, model, pairs, batches) -> dict[ir.Node, float]:

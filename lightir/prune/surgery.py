@@ -19,6 +19,8 @@ import onnx_ir.passes.common as common_passes
 
 from lightir.analysis.bn_stats import bn_output_means
 from lightir.analysis.channels import Component
+from lightir.analysis.reconstruct import refit_layers
+from lightir.ir_util import clone_model
 from lightir.onnx_bridge import capture
 from lightir.rewrite import add_initializer
 
@@ -80,6 +82,32 @@ def remove_components(
         "compensated_layers": len(increments),
     }
     return Removal(consumers, kept_outputs, stats)
+
+
+def prune_components(
+    model: ir.Model,
+    components: list[Component],
+    *,
+    compensate: bool = True,
+    batches: list[dict] | None = None,
+    refit: bool = False,
+) -> dict:
+    """Remove ``components`` and repair the consumers; returns the stats for the report.
+
+    The removed channels' mean goes into the consumers' biases (``compensate``); with
+    ``refit`` (needs ``batches``) each consumer is then refit by least squares to the
+    unpruned model's output of that layer.
+    """
+    original = clone_model(model) if refit and components and batches else None
+    twins = dict(zip(model.graph, original.graph)) if original is not None else {}
+    removal = remove_components(model, components, compensate=compensate, batches=batches)
+    stats = dict(removal.stats)
+    if original is not None:
+        pairs = [(node, twins[node]) for node in removal.consumers]
+        stats["refit_layers"] = len(
+            refit_layers(original, model, pairs, batches, removal.kept_outputs)
+        )
+    return stats
 
 
 def _output_count(node: ir.Node) -> int:

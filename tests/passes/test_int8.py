@@ -155,7 +155,7 @@ def _shuffle_model(perm=(0, 2, 1, 3, 4)):
 def test_channel_shuffle_becomes_a_gather_with_the_same_values():
     """ShuffleNet's Reshape -> Transpose -> Reshape is one Gather: onnxruntime moves it to
     NHWC with the integer convolutions, not a 5-D transpose (int8 ShuffleNet 8.4 -> 4.2 ms)."""
-    from lightir.passes.int8 import ShuffleAsGather
+    from lightir.quant.prepare import ShuffleAsGather
     from lightir.rewrite import apply_rules
 
     model = _shuffle_model()
@@ -172,7 +172,7 @@ def test_channel_shuffle_becomes_a_gather_with_the_same_values():
 
 
 def test_a_transpose_that_is_not_a_channel_shuffle_stays():
-    from lightir.passes.int8 import ShuffleAsGather
+    from lightir.quant.prepare import ShuffleAsGather
     from lightir.rewrite import apply_rules
 
     model = _shuffle_model(perm=(0, 1, 2, 4, 3))  # swaps H and W: not a channel permutation
