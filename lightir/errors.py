@@ -35,7 +35,12 @@ class PassDeclined(LightirError):
 
     The pass manager records the pass as ``declined`` with this message (not a failure: the
     run goes on and exits 0), e.g. a model already quantized, or an opset upgrade that onnx's
-    version converter cannot do.
+    version converter cannot do. ``stats`` go into the record as a changed pass's would (what a
+    search tried before it found nothing to keep).
     """
 
     exit_code = 1
+
+    def __init__(self, message: str, stats: dict | None = None) -> None:
+        super().__init__(message)
+        self.stats = dict(stats or {})

@@ -171,9 +171,15 @@ def _fitting_data(calibration: CalibrationData | None, held: int):
     return calibration
 
 
-def _holdout(metric, calibration: CalibrationData | None, batches: list[dict]):
-    """Rows passes must not fit on (verification's, and the metric's), and the metric check."""
+def _holdout(metric, calibration: CalibrationData | None, batches: list[dict], passes, model):
+    """Rows passes must not fit on (verification's, and the metric's), and the metric check.
+
+    Without ``metric``, a pass that wants one (:attr:`Pass.wants_metric`) gets the default
+    (:func:`lightir.metrics.default_for`), checked on held-out rows like a given one.
+    """
     held = sum(len(next(iter(b.values()))) for b in batches) if calibration else 0
+    if metric is None and calibration is not None and any(p.wants_metric for p in passes):
+        metric = metrics.default_for(model.graph.outputs[0])
     if metric is None:
         return held, _NoMetric()
     metric = metrics.resolve(metric)
@@ -185,6 +191,12 @@ def _holdout(metric, calibration: CalibrationData | None, batches: list[dict]):
 
 class _NoMetric:
     """No ``metric``: nothing to score."""
+
+    metric = None
+
+    def within(self, model: ir.Model, budget: float, record: PassRecord) -> str | None:
+        """Nothing to check."""
+        return None
 
     def start(self, model: ir.Model, report: Report) -> None:
         """Nothing."""
@@ -217,6 +229,27 @@ class _MetricCheck:
         self.labels = None if self.data.labels is None else self.data.labels[:rows]
         score = self.metric.score(self.reference, self.reference, self.labels)
         report.metric = {"name": self.metric.name, "original": score.as_dict()}
+
+    def within(self, model: ir.Model, budget: float, record: PassRecord) -> str | None:
+        """Why ``model`` breaks a metric ``budget`` on the held-out samples, or None.
+
+        Broken when even the upper end of its score's 95% interval is more than ``budget``
+        below the original's score; the score goes into ``record.stats["held_out"]``.
+        """
+        original = self.metric.score(self.reference, self.reference, self.labels)
+        score = self.metric.score(self._outputs(model), self.reference, self.labels)
+        record.stats["held_out"] = {
+            "metric": self.metric.name,
+            "original": original.as_dict(),
+            "result": score.as_dict(),
+            "drop": original.value - score.value,
+        }
+        if score.high < original.value - budget:
+            return (
+                f"dropped {self.metric.name} from {original.value:.4f} to {score.describe()} "
+                f"on {score.samples} held-out samples, beyond its budget of {budget:g}"
+            )
+        return None
 
     def finish(self, model: ir.Model, report: Report) -> None:
         """Score the result and the drop from the original."""
@@ -296,7 +329,7 @@ def optimize(
     _check_preconditions(passes, model, calibration)
     specs = input_specs(model)
     batches = _verification_inputs(specs, calibration, samples, dims, seed)
-    held, check = _holdout(metric, calibration, batches)
+    held, check = _holdout(metric, calibration, batches, passes, model)
     shapes = _cost_shapes(specs, calibration, batches, dims)
     verifier = Verifier(batches, mode=verify, threads=threads, tolerances=tolerances, name=name)
     exact = _runs_exact_steps(passes)
@@ -315,7 +348,7 @@ def optimize(
     if canonical_verdict is not None:
         report.canonicalize = _canonical_record(canonical_verdict, canonical, report)
     check.start(model, report)
-    run = _Run(report, verifier, instruments, _fitting_data(calibration, held), shapes)
+    run = _Run(report, verifier, instruments, _fitting_data(calibration, held), shapes, check)
     schedule = _Schedule(items)
     for scheduled in schedule:
         model, failed = run.step(scheduled, model)
@@ -362,9 +395,9 @@ def _canonical_record(verdict: Verdict, done: dict[str, Any], report: Report) ->
 class _Run:
     """The passes of one run: each step is snapshot, run, verdict, accept or roll back, record."""
 
-    def __init__(self, report, verifier, instruments, calibration, shapes) -> None:
+    def __init__(self, report, verifier, instruments, calibration, shapes, check) -> None:
         self.report, self.verifier, self.instruments = report, verifier, instruments
-        self.calibration, self.shapes = calibration, shapes
+        self.calibration, self.shapes, self.check = calibration, shapes, check
         self.index = 0
         self.changed = False
         self.done: set[str] = set()  # passes accepted so far (for prerequisites)
@@ -432,7 +465,7 @@ class _Run:
         for instrument in self.instruments:
             instrument.before_pass(self.index, pass_, model)
         snapshot = clone_model(model)
-        context = PassContext(self.calibration)
+        context = PassContext(self.calibration, self.check.metric)
         record = PassRecord.begin(self.index, pass_, self.report.original)
         t_pass = time.perf_counter()
         failure = declined = None
@@ -450,6 +483,7 @@ class _Run:
                 record.stats["strength"] = searched
         except PassDeclined as exc:
             declined = str(exc)
+            record.stats.update(exc.stats)
         except Exception as exc:
             logger.debug("pass %s raised", pass_.name, exc_info=True)
             failure, record.failure, modified = (
@@ -463,9 +497,14 @@ class _Run:
             verdict = self.verifier.check(model, pass_)
             record.tolerance, record.verify_seconds = verdict.tolerance, verdict.seconds
             record.vs_previous, record.vs_original = verdict.vs_previous, verdict.vs_original
-            if verdict.accepted:
+            accepted, budget = verdict.accepted, pass_.metric_budget()
+            if accepted and budget is not None:
+                broken = self.check.within(model, budget, record)
+                if broken:
+                    accepted, failure, record.failure = False, broken, "contract"
+            if accepted:
                 self.verifier.accept(verdict)
-            else:
+            elif failure is None:
                 failure, record.failure = verdict.failure, verdict.kind
         where = f"pass '{pass_.name}' (#{self.index})"
         if declined is not None:

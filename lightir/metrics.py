@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import onnx_ir as ir
 
 from lightir.errors import InputError, UsageError
 
@@ -64,6 +65,12 @@ class Metric:
     per_sample: Callable[[Outputs, Outputs, np.ndarray | None], np.ndarray] | None = None
     function: Callable[[Outputs, Outputs, np.ndarray | None], float] | None = None
     proportion: bool = False  # per-sample 0/1: a Wilson interval instead of the bootstrap
+
+    def value(self, outputs: Outputs, reference: Outputs, labels: np.ndarray | None) -> float:
+        """The metric on these samples, without an interval (cheap: a search scores often)."""
+        if self.per_sample is not None:
+            return float(np.mean(self.per_sample(outputs, reference, labels)))
+        return self._call(outputs, reference, labels)
 
     def score(self, outputs: Outputs, reference: Outputs, labels: np.ndarray | None) -> Score:
         """The metric on these samples (axis 0 of every array), with its interval."""
@@ -138,6 +145,12 @@ def holdout_rows(rows: int, verified: int) -> int:
             "(give at least 4)"
         )
     return held
+
+
+def default_for(output: ir.Value) -> str:
+    """The metric used when a search is given none: agreement on logits, else cosine."""
+    shape = output.shape
+    return "agreement" if shape is not None and len(shape) == 2 else "cosine"
 
 
 def _first(outputs: Outputs) -> tuple[str, np.ndarray]:

@@ -119,12 +119,14 @@ class PassContext:
 
     Attributes:
         calibration: calibration data (:class:`lightir.data.CalibrationData`) or ``None``.
+        metric: the user's ``--metric`` (:class:`lightir.metrics.Metric`) or ``None``.
         declines: reasons a rewrite did not fire, shown by ``--explain``.
 
     """
 
-    def __init__(self, calibration: Any = None) -> None:
+    def __init__(self, calibration: Any = None, metric: Any = None) -> None:
         self.calibration = calibration
+        self.metric = metric
         self.declines: list[str] = []
 
     def decline(self, where: str | ir.Node, reason: str) -> None:
@@ -162,6 +164,9 @@ class Pass:
     prerequisites: ClassVar[tuple[str, ...]] = ()
     # A lossy pass's strength option, searched when the pipeline does not give it.
     strength: ClassVar[Strength | None] = None
+    # A pass that scores models with the user's metric (``context.metric``): without
+    # ``--metric``, the pass manager picks a default one and checks it on held-out samples.
+    wants_metric: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -187,6 +192,15 @@ class Pass:
         model lacks: checked again right before the pass runs, it records the pass as declined
         with the reason and the run goes on.
         """
+
+    def metric_budget(self) -> float | None:
+        """The most the user's metric may drop through this pass, or None (no such budget).
+
+        With a budget, the pass manager scores the pass's result on its held-out samples and
+        rolls the pass back when even the upper end of the score's 95% interval lies more
+        than the budget below the original's score.
+        """
+        return None
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Rewrite ``model`` in place."""

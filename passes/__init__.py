@@ -4,6 +4,7 @@ from lightir.passes import (  # noqa: F401  (registration)
     bias_correct,
     binary,
     cleanup,
+    compress,
     cp,
     equalize,
     fold_bn,

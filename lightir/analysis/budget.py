@@ -18,6 +18,7 @@ def allocate(
     total: float,
     target: float,
     propose: Callable[[Hashable, dict, float], tuple[float, float] | None],
+    trace: list | None = None,
 ) -> tuple[dict, bool]:
     """Levels for ``items`` that bring ``total`` MACs down to ``target``, least cost first.
 
@@ -25,6 +26,7 @@ def allocate(
     level from ``levels`` (the current level of every item; ``current`` MACs), or None when it
     cannot go further.
     Returns the levels and whether the target was met; ties go to the earlier item.
+    ``trace``, when given, receives every step taken as ``(item, new level, macs after)``.
     """
     levels = {item: 0 for item in items}
     current = total
@@ -38,4 +40,6 @@ def allocate(
             return levels, False
         levels[best] += 1
         current = best_after
+        if trace is not None:
+            trace.append((best, levels[best], current))
     return levels, True

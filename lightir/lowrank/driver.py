@@ -291,7 +291,8 @@ def _apply(model, chosen: dict, original, batches, refit: bool, refit_act: bool)
     names: dict[ir.Node, str] = {}  # the last node of each chain -> the layer's name
     pairs = []  # (the last node of each chain, the layer in the original model)
     for name, (layer, factorization) in chosen.items():
-        last = _rewrite(layer, factorization, model)
+        chain = _rewrite(layer, factorization, model)
+        last = chain[-1]
         names[last] = name
         if original is not None:
             pairs.append((last, twins[layer.node]))
@@ -302,6 +303,7 @@ def _apply(model, chosen: dict, original, batches, refit: bool, refit_act: bool)
                 chain_macs(factorization.steps, layer.height, layer.width) / layer.macs, 4
             ),
             "params_ratio": round(chain_params(factorization.steps) / layer.params, 4),
+            "chain": [node.name for node in chain],
         }
     if chosen:
         common_passes.RemoveUnusedNodesPass()(model)
@@ -493,8 +495,8 @@ def _budget(method, model, layers, options, context) -> dict:
     return chosen
 
 
-def _rewrite(layer: Layer, factorization: Factorization, model: ir.Model) -> ir.Node:
-    """Replace the layer's node by its chain; returns the chain's last node.
+def _rewrite(layer: Layer, factorization: Factorization, model: ir.Model) -> list[ir.Node]:
+    """Replace the layer's node by its chain; returns the chain's nodes.
 
     The last node keeps the layer's name and output name.
     """
@@ -540,7 +542,7 @@ def _rewrite(layer: Layer, factorization: Factorization, model: ir.Model) -> ir.
     # The last node takes the original's name and output name (refit and reports use them).
     new_nodes[-1].name = node.name
     value.name = old_name
-    return new_nodes[-1]
+    return new_nodes
 
 
 def method_tag(factorization: Factorization) -> str:

@@ -1,0 +1,330 @@
+"""The accuracy-budgeted search: per-layer sensitivity, a greedy path, a measured front.
+
+1. **Sensitivity.** Every level of every unit (:mod:`.space`) is applied alone to a copy of
+   the model and scored on the *probe* samples: the relative squared output error (which
+   adds up roughly across independent changes) and the metric's drop. int8 levels are
+   written on one prepared, calibrated copy, so a probe costs a Q/DQ write and a run.
+2. **Path.** Starting from the unchanged model, the shared allocator
+   (:func:`lightir.analysis.budget.allocate`) repeatedly takes the one next level with the
+   least added error per unit of objective saved (latency from the measured table,
+   AMC / NetAdapt's trade-off without the reinforcement learning), until nothing is left.
+   Each prefix of that path is a candidate model, cheaper the longer it is.
+3. **Front.** Prefixes are applied for real (pruning and factorization refit by least
+   squares on the fit samples, int8 calibrated on them) and scored with the user's metric on
+   the selection samples, which no step fits on; the longest prefix within ``max_drop`` is
+   found by bisection. Every evaluated point (drop, measured whole-model latency) is kept:
+   that is the front the report shows, and the answer is the fastest point within budget.
+
+The search stops early, keeping the best model found, on ``time_limit`` or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from lightir.analysis.budget import allocate
+from lightir.analysis.cost import model_cost
+from lightir.ir_util import clone_model
+from lightir.metrics import Metric
+from lightir.onnx_bridge import OrtModel
+from lightir.quant.prepare import prepare_int8
+from lightir.quant.qdq import write_qdq
+from lightir.search.latency import session, timed
+from lightir.search.space import Space, Unit, between
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Point:
+    """One evaluated candidate: a prefix of the path."""
+
+    steps: int
+    estimate: float
+    measured: float
+    drop: float
+    score: dict
+    meets: bool
+    model: ir.Model | None = field(default=None, repr=False)
+
+    def as_dict(self, unit: str) -> dict:
+        """Plain dict for the report."""
+        return {
+            "steps": self.steps,
+            f"estimated_{unit}": self.estimate,
+            f"measured_{unit}": self.measured,
+            "drop": round(self.drop, 5),
+            "score": self.score,
+            "meets": self.meets,
+        }
+
+
+class Search:
+    """One compression search on one model (see the module docstring)."""
+
+    def __init__(
+        self,
+        space: Space,
+        metric: Metric,
+        selection,
+        *,
+        max_drop: float,
+        time_limit: float,
+        probes: int = 32,
+    ) -> None:
+        self.space, self.metric, self.max_drop = space, metric, max_drop
+        self.deadline = time.perf_counter() + time_limit
+        self.selection = list(selection.batches(batch_size=16))
+        rows = sum(len(next(iter(b.values()))) for b in self.selection)
+        self.labels = None if selection.labels is None else np.asarray(selection.labels)[:rows]
+        self.probe = list(selection.head(min(probes, rows)).batches(batch_size=16))
+        self.reference = self._outputs(space.model, self.selection)
+        self.probe_reference = self._outputs(space.model, self.probe)
+        first = next(iter(self.selection[0].values()))
+        self.feed = {k: v[:1] for k, v in self.selection[0].items()}
+        self.samples = rows
+        self.objective = space.table.objective
+        self.interrupted = ""
+        self.points: list[Point] = []
+        self.path: list[tuple[int, int, float]] = []
+        del first
+
+    # ----------------------------------------------------------------------- measuring
+    @staticmethod
+    def _outputs(model: ir.Model, batches: list[dict]) -> dict[str, np.ndarray]:
+        runs = OrtModel(model).run_all(batches)
+        return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
+
+    def _error(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+        """Relative squared error, averaged over outputs."""
+        errors = []
+        for name, ref in reference.items():
+            ref64 = ref.astype(np.float64)
+            diff = outputs[name].astype(np.float64) - ref64
+            errors.append(float((diff**2).sum() / max((ref64**2).sum(), 1e-30)))
+        return float(np.mean(errors))
+
+    def _drop(self, outputs, reference, labels, interval: bool = False) -> tuple[float, dict]:
+        original = self.metric.value(reference, reference, labels)
+        if not interval:
+            value = self.metric.value(outputs, reference, labels)
+            return original - value, {"value": value}
+        score = self.metric.score(outputs, reference, labels)
+        return original - score.value, score.as_dict()
+
+    def _measure(self, model: ir.Model) -> float:
+        """The whole model's objective: latency in seconds, MACs or weight bytes."""
+        if self.objective == "latency":
+            sess = session(model, self.space.table.threads)
+            return timed(lambda: sess.run(None, self.feed), min_runs=10, min_seconds=0.2)
+        shapes = {k: v.shape for k, v in self.feed.items()}
+        cost = model_cost(model, shapes)
+        return float(cost.macs if self.objective == "macs" else cost.bytes)
+
+    def _time_left(self) -> bool:
+        return time.perf_counter() < self.deadline
+
+    # ----------------------------------------------------------------------- sensitivity
+    def sensitivity(self) -> None:
+        """Measure every level alone on the probe samples; drop what was not measured."""
+        units = self.space.units
+        total = sum(len(u.levels) for u in units)
+        done = 0
+        prepared = None
+        for index, unit in enumerate(units):
+            for level_index, level in enumerate(unit.levels, start=1):
+                if not self._time_left():
+                    self.interrupted = self.interrupted or "time limit during sensitivity"
+                    break
+                if unit.kind == "int8":
+                    if prepared is None:
+                        prepared = _Int8Probe(self.space)
+                    model = prepared.only(unit.key)
+                else:
+                    model, _ = self.space.apply({index: level_index}, refit=False)
+                outputs = self._outputs(model, self.probe)
+                labels = None if self.labels is None else self.labels[: _rows(self.probe)]
+                level.error = self._error(outputs, self.probe_reference)
+                level.drop, _ = self._drop(outputs, self.probe_reference, labels)
+                done += 1
+                if done % 10 == 0 or done == total:
+                    logger.info("compress: sensitivity %d/%d", done, total)
+        for unit in units:
+            unit.levels = _useful([lv for lv in unit.levels if not math.isnan(lv.error)])
+
+    def rows(self) -> list[dict]:
+        """The sensitivity table: one row per unit and level."""
+        rows = []
+        for unit in self.space.units:
+            for level in unit.levels:
+                rows.append(
+                    {
+                        "kind": unit.kind,
+                        "unit": unit.label,
+                        "level": level.label,
+                        f"delta_{self._unit()}": level.delta * self._scale(),
+                        "output_error": level.error,
+                        "metric_drop": level.drop,
+                    }
+                )
+        return rows
+
+    # ----------------------------------------------------------------------- the path
+    def plan_path(self) -> None:
+        """Order every level of every unit by least error per objective saved."""
+        units = [i for i, u in enumerate(self.space.units) if u.levels]
+        trace: list[tuple[int, int, float]] = []
+
+        def propose(i: int, levels: dict, current: float) -> tuple[float, float] | None:
+            unit: Unit = self.space.units[i]
+            now = levels[i]
+            if now >= len(unit.levels):
+                return None
+            before = unit.levels[now - 1] if now else None
+            after = unit.levels[now]
+            saved = (before.delta if before else 0.0) - after.delta
+            if saved <= 0:
+                return None
+            added = max(after.error - (before.error if before else 0.0), 0.0)
+            return added / saved, current - saved
+
+        allocate(units, self.space.base_cost(), -math.inf, propose, trace=trace)
+        self.path = trace
+
+    def choice(self, steps: int) -> dict[int, int]:
+        """The levels after the first ``steps`` steps of the path."""
+        levels: dict[int, int] = {}
+        for unit, level, _ in self.path[:steps]:
+            levels[unit] = level
+        return levels
+
+    def evaluate(self, steps: int) -> Point:
+        """Apply the path's first ``steps`` steps for real, score and measure the model."""
+        if steps == 0:
+            model = clone_model(self.space.model)
+        else:
+            model, _ = self.space.apply(self.choice(steps))
+        outputs = self._outputs(model, self.selection)
+        drop, score = self._drop(outputs, self.reference, self.labels, interval=True)
+        estimate = self.path[steps - 1][2] if steps else self.space.base_cost()
+        point = Point(
+            steps,
+            estimate,
+            self._measure(model),
+            drop,
+            score,
+            drop <= self.max_drop,
+            model,
+        )
+        self.points.append(point)
+        logger.info(
+            "compress: %d of %d steps: drop %.4f (budget %.4f), %s %.4g",
+            steps,
+            len(self.path),
+            drop,
+            self.max_drop,
+            self.objective,
+            point.measured * self._scale(),
+        )
+        return point
+
+    def front(self) -> Point:
+        """Evaluate prefixes by bisection; the best point within budget (the original if none)."""
+        original = self.evaluate(0)
+        count = len(self.path)
+        low, high = 0, count  # low meets (the original); high is the next to try
+        try:
+            while count and self._time_left():
+                point = self.evaluate(high)
+                if point.meets:
+                    low = high
+                else:
+                    count = high  # nothing at or beyond high is taken
+                if count - low <= max(1, count // 64):
+                    break
+                high = (low + count) // 2 if not point.meets else (low + count + 1) // 2
+                if high in {p.steps for p in self.points}:
+                    break
+            if not self._time_left():
+                self.interrupted = self.interrupted or "time limit during the front"
+        except KeyboardInterrupt:
+            self.interrupted = "interrupted (Ctrl-C)"
+            logger.warning("compress: interrupted; keeping the best model found so far")
+        within = [p for p in self.points if p.meets]
+        best = min(within, key=lambda p: p.measured) if within else original
+        return best
+
+    # ----------------------------------------------------------------------- reporting
+    def _unit(self) -> str:
+        return {"latency": "ms", "macs": "macs", "bytes": "bytes"}[self.objective]
+
+    def _scale(self) -> float:
+        return 1e3 if self.objective == "latency" else 1.0
+
+    def describe(self, point: Point) -> dict:
+        """What the chosen point changed, per kind."""
+        picked: dict[str, list[str]] = {"prune": [], "lowrank": [], "int8": []}
+        for unit_index, level in self.choice(point.steps).items():
+            unit = self.space.units[unit_index]
+            picked[unit.kind].append(f"{unit.label}: {unit.levels[level - 1].label}")
+        return picked
+
+    def front_rows(self) -> list[dict]:
+        """Every evaluated point, sorted by steps."""
+        unit, scale = self._unit(), self._scale()
+        rows = []
+        for point in sorted(self.points, key=lambda p: p.steps):
+            row = point.as_dict(unit)
+            row[f"estimated_{unit}"] = round(row[f"estimated_{unit}"] * scale, 4)
+            row[f"measured_{unit}"] = round(row[f"measured_{unit}"] * scale, 4)
+            rows.append(row)
+        return rows
+
+
+class _Int8Probe:
+    """The model prepared and calibrated once for int8; each probe quantizes one layer."""
+
+    def __init__(self, space: Space) -> None:
+        self.model = clone_model(space.model)
+        self.plan = prepare_int8(self.model, space.fit)
+        self.fit = space.fit
+
+    def only(self, name: str) -> ir.Model:
+        trial = clone_model(self.model)
+        twins = dict(zip(self.model.graph, trial.graph))
+        nodes = [n for n in self.plan.nodes if n.name == name]
+        chosen = set(nodes) | (
+            between(self.plan.nodes, set(nodes)) - set(self.plan.mixed_range_concats())
+        )
+        write_qdq(
+            trial,
+            self.plan,
+            {twins[n] for n in chosen},
+            reduce_range=False,
+            bias_correct=True,
+            context=self.fit,
+        )
+        return trial
+
+
+def _rows(batches: list[dict]) -> int:
+    return sum(len(next(iter(b.values()))) for b in batches)
+
+
+def _useful(levels: list) -> list:
+    """Levels sorted by objective; one that another saves more than at no more error goes."""
+    levels = sorted(levels, key=lambda lv: -lv.delta)
+    kept = []
+    for i, level in enumerate(levels):
+        if level.delta >= 0:
+            continue
+        if any(other.error <= level.error for other in levels[i + 1 :]):
+            continue  # a later level saves more for no more error
+        kept.append(level)
+    return kept

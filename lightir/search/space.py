@@ -1,0 +1,375 @@
+"""What ``compress`` can change in a model, what each change costs, and applying a choice.
+
+A :class:`Unit` is one thing the search decides on, with its :class:`Level` s (level 0 is
+"unchanged"):
+
+* ``prune``: a channel group (:mod:`lightir.analysis.channels`) keeping fewer of its
+  channels (``ratios``, rounded to ``round`` like ``prune``), its channels ordered once by
+  ``prune``'s output-error importance;
+* ``lowrank``: a Conv / Gemm / MatMul factorized by a low-rank method (``svd`` for 1x1 and
+  dense layers, ``spatial-svd`` and ``tucker`` for larger kernels) at a rank keeping a share
+  of the weight's energy (``energies``), found through the pass registry;
+* ``int8``: a weighted layer run in int8 instead of float32.
+
+Each level's ``delta`` is the change of the objective it brings alone, from the layers whose
+shapes it changes, priced by a :class:`lightir.search.latency.LatencyTable`.
+
+:func:`apply_choice` applies a choice (a level per unit) to a copy of the model in the order
+that keeps every decision meaningful: pruning first (its channel orders were computed on
+the unpruned model), then factorization (the rank of a pruned layer is found again at the
+chosen energy), then int8, which quantizes the chosen layers, the chains they became, and the
+ops between quantized layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from lightir import registry
+from lightir.analysis.channels import ChannelGraph
+from lightir.analysis.cost import inferred_shapes
+from lightir.data import concrete_shape, input_specs
+from lightir.ir_util import clone_model
+from lightir.lowrank.driver import factorize_layers
+from lightir.lowrank.factor import ConvStep, Unstable
+from lightir.pass_base import PassContext
+from lightir.prune.importance import ChannelScorer
+from lightir.prune.plan import PrunePlanner
+from lightir.prune.surgery import prune_components
+from lightir.quant.plan import WEIGHTED, quantizable_nodes
+from lightir.quant.prepare import prepare_int8
+from lightir.quant.qdq import write_qdq
+from lightir.rewrite import unique_node_name
+from lightir.search.latency import ConvSpec, LatencyTable
+
+logger = logging.getLogger(__name__)
+
+RATIOS = (0.25, 0.5)
+ENERGIES = (0.95, 0.85, 0.7)
+
+
+@dataclass
+class Level:
+    """One setting of a unit, its objective change alone, and its measured sensitivity."""
+
+    label: str
+    setting: Any
+    delta: float
+    error: float = math.nan  # relative squared output error when alone
+    drop: float = math.nan  # the metric's drop when alone
+
+
+@dataclass
+class Unit:
+    """A channel group, a factorizable layer or a quantizable layer."""
+
+    kind: str
+    key: Any  # group index, or node name
+    label: str
+    levels: list[Level] = field(default_factory=list)
+
+
+def name_nodes(model: ir.Model) -> int:
+    """Give every unnamed node a unique name (choices refer to layers by name)."""
+    count = 0
+    for node in model.graph:
+        if not node.name:
+            node.name = unique_node_name(model.graph, node.op_type.lower())
+            count += 1
+    return count
+
+
+def one_sample_shapes(model: ir.Model, batch: dict[str, np.ndarray] | None) -> dict[str, tuple]:
+    """Inferred shapes of every value for one sample (the calibration's sizes when given)."""
+    specs = input_specs(model)
+    if batch is not None:
+        inputs = {name: (1, *np.shape(array)[1:]) for name, array in batch.items()}
+    else:
+        inputs = {spec.name: concrete_shape(spec, 1, {}) for spec in specs}
+    return inferred_shapes(model, inputs)
+
+
+class Space:
+    """The units of one model (folded, every node named) and how to apply a choice."""
+
+    def __init__(
+        self,
+        model: ir.Model,
+        table: LatencyTable,
+        fit: PassContext,
+        *,
+        kinds: tuple[str, ...] = ("prune", "lowrank", "int8"),
+        round_to: int = 8,
+        refit: bool = True,
+    ) -> None:
+        self.model, self.table, self.fit = model, table, fit
+        self.round_to, self.refit = round_to, refit
+        common_passes.ShapeInferencePass()(model)  # the channel analysis reads value shapes
+        batches = (
+            list(fit.calibration.batches(batch_size=16, limit=64))
+            if fit.calibration is not None
+            else None
+        )
+        self.batches = batches
+        self.shapes = one_sample_shapes(model, batches[0] if batches else None)
+        self.specs = {
+            node: spec
+            for node in model.graph
+            if (spec := ConvSpec.of_node(node, self.shapes)) is not None
+        }
+        self.units: list[Unit] = []
+        self.orders: dict[int, np.ndarray] = {}
+        if "prune" in kinds:
+            self._prune_units()
+        if "lowrank" in kinds:
+            self._lowrank_units()
+        if "int8" in kinds:
+            self._int8_units()
+
+    # ------------------------------------------------------------------------ the units
+    def base_cost(self) -> float:
+        """The objective of the layers the table prices, unchanged."""
+        return sum(self.table.cost(spec) for spec in self.specs.values())
+
+    def _prune_units(self) -> None:
+        groups, _ = ChannelGraph(self.model).groups()
+        options = SimpleNamespace(
+            round=self.round_to,
+            protect_first=True,
+            protect_last=True,
+            criterion="auto",
+            refit=self.refit,
+            scope="uniform",
+            target_macs=0.0,
+            ratio=0.0,
+            compensate=True,
+        )
+        planner = PrunePlanner(self.model, groups, options, PassContext(), self.batches)
+        candidates = []
+        for index, group in enumerate(groups):
+            if planner.protected(group) or group.components[0].frozen:
+                continue
+            step = planner.step(group)
+            keeps = sorted(
+                {planner.keep_count(group.size, int(group.size * r), step) for r in RATIOS},
+                reverse=True,
+            )
+            levels = []
+            for keep in keeps:
+                if keep >= group.size:
+                    continue
+                delta = self._prune_delta(group, group.size - keep)
+                if delta is None:
+                    break
+                label = f"keep {keep} of {group.size}"
+                levels.append(Level(label, keep, delta))
+            if levels:
+                candidates.append(index)
+                label = f"channels of {', '.join(group.producer_nodes)}"
+                self.units.append(Unit("prune", index, label, levels))
+        # Channel orders once, on the unpruned model: prune's output-error importance.
+        scorer = ChannelScorer(self.model, self.batches, self.refit)
+        chosen = [groups[i] for i in candidates]
+        if self.batches is not None and chosen:
+            scorer.prepare(chosen)
+        for index in candidates:
+            group = groups[index]
+            limit = group.size - min(u.levels[-1].setting for u in self.units if u.key == index)
+            scores = scorer.scores(group, "auto", limit)
+            self.orders[index] = np.argsort(scores, kind="stable")
+
+    def _prune_delta(self, group, removed: int) -> float | None:
+        """Objective change when ``removed`` components of ``group`` go; None if unpriced."""
+        component = group.components[0]
+        made = Counter(node for node, _ in component.producers)
+        read = Counter(node for node, _ in component.consumers)
+        delta = 0.0
+        for node in set(made) | set(read):
+            spec = self.specs.get(node)
+            if spec is None:
+                if node.op_type in ("Conv", "Gemm", "MatMul"):
+                    return None
+                continue
+            cin = spec.cin - removed * read[node]
+            cout = spec.cout - removed * made[node]
+            group_count = spec.group
+            if spec.group > 1 and spec.group == spec.cin:  # depthwise: one group per channel
+                group_count = cin
+            if cin < 1 or cout < 1:
+                return None
+            new = spec.with_(cin=cin, cout=cout, group=group_count)
+            delta += self.table.cost(new) - self.table.cost(spec)
+        return delta
+
+    def _lowrank_units(self) -> None:
+        methods = {}
+        for name in ("svd", "spatial-svd", "tucker"):
+            cls = registry.get_pass(name)
+            if cls is not None:
+                methods[name] = cls().method()
+        for node, spec in self.specs.items():
+            if spec.group != 1:
+                continue
+            names = ("svd",) if spec.kernel == (1, 1) else ("spatial-svd", "tucker")
+            levels = []
+            for method_name in names:
+                method = methods.get(method_name)
+                layer = method.layer(node) if method is not None else None
+                if layer is None or not np.isfinite(layer.weight).all():
+                    continue
+                seen = set()
+                for energy in ENERGIES:
+                    try:
+                        rank = method.energy_rank(layer, energy)
+                        rank = min(
+                            method.full_rank(layer), -(-rank // self.round_to) * self.round_to
+                        )
+                        if rank in seen or rank >= method.full_rank(layer):
+                            continue
+                        seen.add(rank)
+                        steps = method.estimate(layer, rank).steps
+                    except Unstable:
+                        continue
+                    delta = self.table.chain(self._chain_specs(spec, steps)) - self.table.cost(spec)
+                    if delta < 0:
+                        label = f"{method_name} energy {energy:g} (rank {rank})"
+                        levels.append(Level(label, (method_name, energy), delta))
+            levels = pareto(levels)
+            if levels:
+                self.units.append(
+                    Unit("lowrank", node.name, f"{node.op_type} '{node.name}'", levels)
+                )
+
+    @staticmethod
+    def _chain_specs(spec: ConvSpec, steps: list[ConvStep]) -> list[ConvSpec]:
+        specs, height, width = [], spec.height, spec.width
+        for step in steps:
+            cout, per_group, kh, kw = step.weight.shape
+            new = ConvSpec(
+                cin=per_group * step.group,
+                cout=cout,
+                kernel=(kh, kw),
+                height=height,
+                width=width,
+                group=step.group,
+                strides=tuple(step.strides),
+                pads=tuple(step.pads),
+                dilations=tuple(step.dilations),
+            )
+            specs.append(new)
+            height, width = new.out_size
+        return specs
+
+    def _int8_units(self) -> None:
+        quantizable = set(quantizable_nodes(self.model.graph, PassContext()))
+        for node, spec in self.specs.items():
+            if node not in quantizable or node.op_type not in WEIGHTED:
+                continue
+            delta = self.table.cost(spec.with_(int8=True)) - self.table.cost(spec)
+            self.units.append(
+                Unit(
+                    "int8", node.name, f"{node.op_type} '{node.name}'", [Level("int8", True, delta)]
+                )
+            )
+
+    # ------------------------------------------------------------------------ applying
+    def apply(self, choice: dict[int, int], *, refit: bool | None = None) -> tuple[ir.Model, dict]:
+        """A copy of the model with ``choice`` (unit index -> level, 1-based) applied.
+
+        Returns the model and what was done.
+        """
+        refit = self.refit if refit is None else refit
+        model = clone_model(self.model)
+        picked = {i: self.units[i].levels[level - 1] for i, level in choice.items() if level}
+        done: dict[str, Any] = {}
+        removals = {
+            self.units[i].key: level.setting
+            for i, level in picked.items()
+            if self.units[i].kind == "prune"
+        }
+        if removals:
+            groups, _ = ChannelGraph(model).groups()  # same groups, in order, as the original
+            components = []
+            for index, keep in removals.items():
+                group = groups[index]
+                order = self.orders[index][: group.size - keep]
+                components.extend(group.components[int(j)] for j in order)
+            done["prune"] = prune_components(
+                model, components, batches=self.batches, refit=refit and self.batches is not None
+            )
+        factorize = {
+            self.units[i].key: level.setting
+            for i, level in picked.items()
+            if self.units[i].kind == "lowrank"
+        }
+        chains: dict[str, list[str]] = {}
+        if factorize:
+            methods = {name: registry.get_pass(name)().method() for name, _ in factorize.values()}
+            choices = {key: (methods[name], energy) for key, (name, energy) in factorize.items()}
+            stats = factorize_layers(model, choices, self.fit, refit=refit, round_to=self.round_to)
+            done["lowrank"] = {"factorized": stats["factorized"]}
+            chains = {key: entry.get("chain", [key]) for key, entry in stats["layers"].items()}
+        int8 = {self.units[i].key for i, level in picked.items() if self.units[i].kind == "int8"}
+        if int8:
+            done["int8"] = self._quantize(model, int8, chains)
+        return model, done
+
+    def _quantize(self, model: ir.Model, names: set[str], chains: dict[str, list[str]]) -> dict:
+        """Write int8 for the named layers, the chains they became, and ops between them."""
+        wanted = set()
+        for name in names:
+            wanted.update(chains.get(name, [name]))
+        plan = prepare_int8(model, self.fit)
+        chosen = {n for n in plan.nodes if n.op_type in WEIGHTED and n.name in wanted}
+        chosen |= between(plan.nodes, chosen) - set(plan.mixed_range_concats())
+        stats = write_qdq(
+            model, plan, chosen, reduce_range=False, bias_correct=True, context=self.fit
+        )
+        common_passes.ShapeInferencePass()(model)
+        return {"int8_ops": len(stats["int8_ops"])}
+
+
+def between(nodes: list[ir.Node], weighted: set[ir.Node]) -> set[ir.Node]:
+    """Quantizable ops without weights next to a chosen weighted op, or to such an op.
+
+    An Add or a pool between two int8 convolutions stays on integers.
+    """
+    candidates = {n for n in nodes if n.op_type not in WEIGHTED}
+    neighbours: dict[ir.Node, set[ir.Node]] = {n: set() for n in candidates}
+    pool = candidates | weighted
+    for node in candidates:
+        for value in node.inputs:
+            producer = value.producer() if value is not None else None
+            if producer in pool:
+                neighbours[node].add(producer)
+        for out in node.outputs:
+            for use in out.uses():
+                if use.node in pool:
+                    neighbours[node].add(use.node)
+    reached = {n for n in candidates if neighbours[n] & weighted}
+    frontier = list(reached)
+    while frontier:
+        node = frontier.pop()
+        for other in neighbours[node]:
+            if other in candidates and other not in reached:
+                reached.add(other)
+                frontier.append(other)
+    return reached
+
+
+def pareto(levels: list[Level]) -> list[Level]:
+    """Levels that save more than every cheaper-to-reach one, most objective first."""
+    kept: list[Level] = []
+    for level in sorted(levels, key=lambda lv: -lv.delta):
+        if not kept or level.delta < kept[-1].delta:
+            kept.append(level)
+    return kept

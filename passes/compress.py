@@ -1,0 +1,203 @@
+"""Compress under an accuracy budget: the fastest model found within ``max-drop`` of the metric.
+
+``compress{max-drop=0.01}`` (needs ``--calib``) chooses, per layer, how many channels each
+channel group keeps, whether a layer is factorized (by which low-rank method, at which
+rank) and whether it runs in int8, so that the user's metric (``--metric``; without one,
+top-1 agreement with the original for ``(samples, classes)`` outputs, else the output
+cosine) drops by at most ``max-drop`` while the objective falls as far as it can:
+
+* ``objective=latency`` (default): onnxruntime latency on this machine with ``threads``
+  threads, per layer from a table measured as NetAdapt does, and for every candidate
+  evaluated, of the whole model;
+* ``objective=macs`` / ``bytes``: MACs, or weight bytes.
+
+The method (:mod:`lightir.search`): every level of every unit is scored alone on probe
+samples (the per-layer sensitivity); the levels are ordered by least output error per
+objective saved (AMC's and NetAdapt's trade-off, greedy rather than learned); prefixes of that
+order are applied for real, with the least-squares refit of pruned and factorized layers and
+int8 calibration on the *fit* samples, and scored on the *selection* samples, by bisection
+for the longest prefix within budget. The calibration rows passes may fit on are split: the
+first half (at least 32 where there are 64) selects, the rest fits; the pass manager's own
+held-out rows (verification, and ``--metric``'s check) are never seen.
+
+The report's stats hold the sensitivity table (``--sensitivity FILE.csv|json`` writes it),
+the measured latency table, the front (every evaluated point: metric drop, estimated and
+measured objective) and what the chosen model changed. With ``--metric``, the pass manager
+checks the drop again on its held-out rows and rolls the pass back when even the upper end of
+the score's 95% interval is more than ``max-drop`` below the original's.
+
+The search stops at ``time-limit`` seconds (or Ctrl-C), keeping the best model found so far.
+When no evaluated point is within budget, the pass is declined with the smallest drop found
+and its objective.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import onnx_ir as ir
+
+from lightir import metrics
+from lightir.errors import PassDeclined, UsageError
+from lightir.pass_base import Contract, Pass, PassContext, PassResult
+from lightir.registry import register_pass
+from lightir.search.latency import LatencyTable
+from lightir.search.search import Search
+from lightir.search.space import Space, name_nodes
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("prune", "lowrank", "int8")
+MIN_SELECTION = 32
+
+
+@dataclass(frozen=True)
+class Options:
+    """Options of compress (pipeline keys use dashes: ``max-drop``)."""
+
+    max_drop: float = 0.01
+    objective: Literal["latency", "macs", "bytes"] = "latency"
+    kinds: str = "prune+lowrank+int8"
+    time_limit: float = 600.0
+    threads: int = 1
+    refit: bool = True
+    round: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_drop < 1.0:
+            raise ValueError(f"max-drop must be in [0, 1), got {self.max_drop}")
+        unknown = sorted(set(self.kinds.split("+")) - set(KINDS))
+        if unknown or not self.kinds:
+            raise ValueError(f"kinds are {'+'.join(KINDS)} joined by '+', got {self.kinds!r}")
+        if self.time_limit <= 0:
+            raise ValueError(f"time-limit must be positive, got {self.time_limit}")
+        if self.round < 1 or self.threads < 0:
+            raise ValueError("round must be >= 1 and threads >= 0")
+
+
+# The output check is a sanity bound; the budget is the metric's (see metric_budget).
+@register_pass("compress", contract=Contract.lossy(min_cosine=0.9))
+class Compress(Pass):
+    """Search pruning, low-rank and int8 per layer for the fastest model within a metric budget."""
+
+    Options = Options
+    prerequisites = ("fold-bn",)
+    min_opset = 13  # per-channel DequantizeLinear (axis) for int8 weights
+    wants_metric = True
+
+    def metric_budget(self) -> float:
+        """The most the user's metric may drop."""
+        return self.options.max_drop
+
+    def requires(self, model: ir.Model, context: PassContext) -> None:
+        """Calibration data with enough samples to select and fit on."""
+        data = context.calibration
+        if data is None:
+            raise UsageError(
+                "compress needs calibration data: pass --calib FILE.npz (64 samples or more, "
+                "with a __labels__ array to score top-1 accuracy)"
+            )
+        if data.rows < 8:
+            raise UsageError(
+                f"compress needs at least 8 calibration samples it may fit on; {data.source} "
+                f"leaves {data.rows}: add samples"
+            )
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Measure, search, and hand back the best model within budget."""
+        options = self.options
+        metric = getattr(context, "metric", None)
+        if metric is None:
+            metric = metrics.resolve(metrics.default_for(model.graph.outputs[0]))
+        data = context.calibration
+        rows = data.rows
+        chosen = max(MIN_SELECTION, rows // 2)
+        if rows - chosen < 16:
+            chosen = rows // 2
+        selection, fit = data.head(chosen), data.tail(chosen)
+        if chosen < MIN_SELECTION:
+            logger.warning(
+                "compress: %d samples select the model (weak evidence under %d)",
+                chosen,
+                MIN_SELECTION,
+            )
+        name_nodes(model)
+        table = LatencyTable(options.objective, options.threads)
+        fit_context = PassContext(fit)
+        space = Space(
+            model,
+            table,
+            fit_context,
+            kinds=tuple(options.kinds.split("+")),
+            round_to=options.round,
+            refit=options.refit,
+        )
+        search = Search(
+            space,
+            metric,
+            selection,
+            max_drop=options.max_drop,
+            time_limit=options.time_limit,
+        )
+        search.sensitivity()
+        search.plan_path()
+        best = search.front()
+        context.declines.extend(fit_context.declines)
+        original = next(p for p in search.points if p.steps == 0)
+        stats = {
+            "metric": metric.name,
+            "max_drop": options.max_drop,
+            "objective": options.objective,
+            "selection_samples": selection.rows,
+            "fit_samples": fit.rows,
+            "units": {kind: sum(u.kind == kind for u in space.units) for kind in KINDS},
+            "path_steps": len(search.path),
+            "table_entries": len(table.entries),
+            "table_seconds": round(table.seconds, 2),
+            "front": search.front_rows(),
+            "sensitivity": search.rows(),
+            "latency_table": table.as_rows(),
+            "chosen": search.describe(best),
+            "stopped": search.interrupted,
+        }
+        if best.steps == 0:
+            raise PassDeclined(_nothing_better(search, original, metric.name), stats)
+        stats["speedup"] = round(original.measured / best.measured, 3)
+        stats["selection_drop"] = round(best.drop, 5)
+        logger.info(
+            "compress: %s -> %s, drop %.4f on %d selection samples",
+            _show(original, search),
+            _show(best, search),
+            best.drop,
+            selection.rows,
+        )
+        return PassResult(best.model, modified=True, stats=stats)
+
+
+def _nothing_better(search: Search, original, metric: str) -> str:
+    """Why the original stays: nothing met the budget, or nothing that did was cheaper."""
+    tried = [p for p in search.points if p.steps]
+    budget = f"max-drop={search.max_drop:g}"
+    if not tried:
+        return f"no candidate could be evaluated ({search.interrupted or 'nothing to change'})"
+    within = [p for p in tried if p.meets]
+    if within:
+        fastest = min(within, key=lambda p: p.measured)
+        return (
+            f"nothing within {budget} is cheaper than the original: the best, "
+            f"{_show(fastest, search)}, against {_show(original, search)}"
+        )
+    closest = min(tried, key=lambda p: p.drop)
+    return (
+        f"no setting keeps {metric} within {budget} on the {search.samples} selection "
+        f"samples: the smallest drop found was {closest.drop:.4f} at {_show(closest, search)} "
+        f"(original {_show(original, search)}); raise max-drop or add kinds"
+    )
+
+
+def _show(point, search: Search) -> str:
+    if search.objective == "latency":
+        return f"{point.measured * 1e3:.3f} ms"
+    return f"{point.measured:.4g} {search.objective}"
