@@ -34,6 +34,7 @@ and its objective.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -116,6 +117,7 @@ class Compress(Pass):
         chosen = max(MIN_SELECTION, rows // 2)
         if rows - chosen < 16:
             chosen = rows // 2
+        chosen = max(8, chosen // 8 * 8)  # whole batches of 8
         selection, fit = data.head(chosen), data.tail(chosen)
         if chosen < MIN_SELECTION:
             logger.warning(
@@ -141,9 +143,13 @@ class Compress(Pass):
             max_drop=options.max_drop,
             time_limit=options.time_limit,
         )
+        started = time.perf_counter()
         search.sensitivity()
+        sensitivity_seconds = time.perf_counter() - started
         search.plan_path()
+        path_seconds = time.perf_counter() - started - sensitivity_seconds
         best = search.front()
+        front_seconds = time.perf_counter() - started - sensitivity_seconds - path_seconds
         context.declines.extend(fit_context.declines)
         original = next(p for p in search.points if p.steps == 0)
         stats = {
@@ -156,6 +162,11 @@ class Compress(Pass):
             "path_steps": len(search.path),
             "table_entries": len(table.entries),
             "table_seconds": round(table.seconds, 2),
+            "seconds": {
+                "sensitivity": round(sensitivity_seconds, 2),
+                "path": round(path_seconds, 2),
+                "front": round(front_seconds, 2),
+            },
             "front": search.front_rows(),
             "sensitivity": search.rows(),
             "latency_table": table.as_rows(),

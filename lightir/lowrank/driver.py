@@ -284,7 +284,9 @@ def run_lowrank(
     return PassResult(model, modified=bool(chosen), stats=stats)
 
 
-def _apply(model, chosen: dict, original, batches, refit: bool, refit_act: bool) -> dict:
+def _apply(
+    model, chosen: dict, original, batches, refit: bool, refit_act: bool, measure: bool = True
+) -> dict:
     """Rewrite the ``chosen`` layers (name -> (layer, factorization)), refit, measure."""
     twins = dict(zip(model.graph, original.graph)) if original is not None else {}
     report = {}
@@ -314,7 +316,7 @@ def _apply(model, chosen: dict, original, batches, refit: bool, refit_act: bool)
         for node, how in fits.items():
             report[names[node]]["refit"] = how
         stats["refit_layers"] = len(fits)
-    if batches and chosen:
+    if batches and chosen and measure:
         for node, error in _output_errors(original, model, pairs, batches).items():
             report[names[node]]["output_error"] = round(error, 5)
     return stats
@@ -327,12 +329,14 @@ def factorize_layers(
     *,
     refit: bool = False,
     round_to: int = 8,
+    measure: bool = True,
 ) -> dict:
     """Factorize the named layers, each by its method at its energy; the stats for the report.
 
     ``choices`` maps a node name to ``(method, energy)``: the rank is the smallest keeping that
     energy, rounded up to ``round_to``, on the layer as it is now (after pruning, it has fewer
     channels than when the choice was made). Layers it cannot make cheaper are declined.
+    ``measure``: report each layer's output error on the calibration data (a model run).
     """
     common_passes.ShapeInferencePass()(model)
     batches = (
@@ -355,7 +359,7 @@ def factorize_layers(
         )
         if factorization is not None:
             chosen[node.name] = (layer, factorization)
-    return _apply(model, chosen, original, batches, refit and bool(batches), False)
+    return _apply(model, chosen, original, batches, refit and bool(batches), False, measure=measure)
 
 
 def _output_errors(original, model, pairs, batches) -> dict[ir.Node, float]:

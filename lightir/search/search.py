@@ -40,6 +40,8 @@ from lightir.search.space import Space, Unit, between
 
 logger = logging.getLogger(__name__)
 
+BATCH = 8  # samples per onnxruntime run: activations of a large model stay small
+
 
 @dataclass
 class Point:
@@ -80,10 +82,10 @@ class Search:
     ) -> None:
         self.space, self.metric, self.max_drop = space, metric, max_drop
         self.deadline = time.perf_counter() + time_limit
-        self.selection = list(selection.batches(batch_size=16))
+        self.selection = list(selection.batches(batch_size=BATCH))
         rows = sum(len(next(iter(b.values()))) for b in self.selection)
         self.labels = None if selection.labels is None else np.asarray(selection.labels)[:rows]
-        self.probe = list(selection.head(min(probes, rows)).batches(batch_size=16))
+        self.probe = list(selection.head(min(probes, rows)).batches(batch_size=BATCH))
         self.reference = self._outputs(space.model, self.selection)
         self.probe_reference = self._outputs(space.model, self.probe)
         first = next(iter(self.selection[0].values()))
@@ -147,7 +149,7 @@ class Search:
                         prepared = _Int8Probe(self.space)
                     model = prepared.only(unit.key)
                 else:
-                    model, _ = self.space.apply({index: level_index}, refit=False)
+                    model, _ = self.space.apply({index: level_index}, probe=True)
                 outputs = self._outputs(model, self.probe)
                 labels = None if self.labels is None else self.labels[: _rows(self.probe)]
                 level.error = self._error(outputs, self.probe_reference)
@@ -186,12 +188,12 @@ class Search:
             now = levels[i]
             if now >= len(unit.levels):
                 return None
-            before = unit.levels[now - 1] if now else None
-            after = unit.levels[now]
-            saved = (before.delta if before else 0.0) - after.delta
+            choice = {k: v for k, v in levels.items() if v}
+            saved = -self.space.step_cost(i, now + 1, choice)
             if saved <= 0:
                 return None
-            added = max(after.error - (before.error if before else 0.0), 0.0)
+            before = unit.levels[now - 1].error if now else 0.0
+            added = max(unit.levels[now].error - before, 0.0)
             return added / saved, current - saved
 
         allocate(units, self.space.base_cost(), -math.inf, propose, trace=trace)

@@ -53,8 +53,8 @@ from lightir.search.latency import ConvSpec, LatencyTable
 
 logger = logging.getLogger(__name__)
 
-RATIOS = (0.25, 0.5)
-ENERGIES = (0.95, 0.85, 0.7)
+RATIOS = (0.25, 0.5, 0.75)
+ENERGIES = (0.95, 0.85, 0.7, 0.5)
 
 
 @dataclass
@@ -66,6 +66,7 @@ class Level:
     delta: float
     error: float = math.nan  # relative squared output error when alone
     drop: float = math.nan  # the metric's drop when alone
+    chain: list[ConvSpec] = field(default_factory=list)  # lowrank: the chain's layers
 
 
 @dataclass
@@ -76,6 +77,9 @@ class Unit:
     key: Any  # group index, or node name
     label: str
     levels: list[Level] = field(default_factory=list)
+    # The layers it changes; for prune, the channels each removed component takes from the
+    # layer's inputs and outputs.
+    touches: dict[ir.Node, tuple[int, int]] = field(default_factory=dict)
 
 
 def name_nodes(model: ir.Model) -> int:
@@ -134,6 +138,10 @@ class Space:
             self._lowrank_units()
         if "int8" in kinds:
             self._int8_units()
+        self.by_node: dict[ir.Node, list[int]] = {}
+        for index, unit in enumerate(self.units):
+            for node in unit.touches:
+                self.by_node.setdefault(node, []).append(index)
 
     # ------------------------------------------------------------------------ the units
     def base_cost(self) -> float:
@@ -175,7 +183,13 @@ class Space:
             if levels:
                 candidates.append(index)
                 label = f"channels of {', '.join(group.producer_nodes)}"
-                self.units.append(Unit("prune", index, label, levels))
+                component = group.components[0]
+                made = Counter(node for node, _ in component.producers)
+                read = Counter(node for node, _ in component.consumers)
+                touches = {n: (read[n], made[n]) for n in set(made) | set(read) if n in self.specs}
+                for level in levels:
+                    level.setting = (level.setting, group.size)
+                self.units.append(Unit("prune", index, label, levels, touches))
         # Channel orders once, on the unpruned model: prune's output-error importance.
         scorer = ChannelScorer(self.model, self.batches, self.refit)
         chosen = [groups[i] for i in candidates]
@@ -183,7 +197,8 @@ class Space:
             scorer.prepare(chosen)
         for index in candidates:
             group = groups[index]
-            limit = group.size - min(u.levels[-1].setting for u in self.units if u.key == index)
+            unit = next(u for u in self.units if u.kind == "prune" and u.key == index)
+            limit = group.size - min(level.setting[0] for level in unit.levels)
             scores = scorer.scores(group, "auto", limit)
             self.orders[index] = np.argsort(scores, kind="stable")
 
@@ -239,15 +254,15 @@ class Space:
                         steps = method.estimate(layer, rank).steps
                     except Unstable:
                         continue
-                    delta = self.table.chain(self._chain_specs(spec, steps)) - self.table.cost(spec)
+                    chain = self._chain_specs(spec, steps)
+                    delta = self.table.chain(chain) - self.table.cost(spec)
                     if delta < 0:
                         label = f"{method_name} energy {energy:g} (rank {rank})"
-                        levels.append(Level(label, (method_name, energy), delta))
+                        levels.append(Level(label, (method_name, energy), delta, chain=chain))
             levels = pareto(levels)
             if levels:
-                self.units.append(
-                    Unit("lowrank", node.name, f"{node.op_type} '{node.name}'", levels)
-                )
+                label = f"{node.op_type} '{node.name}'"
+                self.units.append(Unit("lowrank", node.name, label, levels, {node: (0, 0)}))
 
     @staticmethod
     def _chain_specs(spec: ConvSpec, steps: list[ConvStep]) -> list[ConvSpec]:
@@ -275,19 +290,63 @@ class Space:
             if node not in quantizable or node.op_type not in WEIGHTED:
                 continue
             delta = self.table.cost(spec.with_(int8=True)) - self.table.cost(spec)
-            self.units.append(
-                Unit(
-                    "int8", node.name, f"{node.op_type} '{node.name}'", [Level("int8", True, delta)]
-                )
-            )
+            label = f"{node.op_type} '{node.name}'"
+            level = Level("int8", True, delta)
+            self.units.append(Unit("int8", node.name, label, [level], {node: (0, 0)}))
+
+    # ------------------------------------------------------------------------ pricing
+    def node_layers(self, node: ir.Node, choice: dict[int, int]) -> list[ConvSpec]:
+        """The layers ``node`` becomes under ``choice`` (unit index -> level).
+
+        Its channels as pruned, its chain when factorized (the chain's inner rank as chosen on
+        the unpruned layer), in int8 when chosen.
+        """
+        spec = self.specs[node]
+        cin, cout = spec.cin, spec.cout
+        chain, int8 = None, False
+        for index in self.by_node.get(node, ()):
+            level = choice.get(index, 0)
+            if not level:
+                continue
+            unit = self.units[index]
+            setting = unit.levels[level - 1]
+            if unit.kind == "prune":
+                keep, size = setting.setting
+                read, made = unit.touches[node]
+                cin -= (size - keep) * read
+                cout -= (size - keep) * made
+            elif unit.kind == "lowrank":
+                chain = setting.chain
+            else:
+                int8 = True
+        cin, cout = max(cin, 1), max(cout, 1)
+        if chain is None:
+            group = cin if spec.group > 1 and spec.group == spec.cin else spec.group
+            layers = [spec.with_(cin=cin, cout=cout, group=group)]
+        else:
+            layers = list(chain)
+            layers[0] = layers[0].with_(cin=cin)
+            layers[-1] = layers[-1].with_(cout=cout)
+        return [layer.with_(int8=int8) for layer in layers]
+
+    def step_cost(self, index: int, level: int, choice: dict[int, int]) -> float:
+        """The objective's change when unit ``index`` goes to ``level`` from ``choice``."""
+        after = {**choice, index: level}
+        change = 0.0
+        for node in self.units[index].touches:
+            change += self.table.chain(self.node_layers(node, after))
+            change -= self.table.chain(self.node_layers(node, choice))
+        return change
 
     # ------------------------------------------------------------------------ applying
-    def apply(self, choice: dict[int, int], *, refit: bool | None = None) -> tuple[ir.Model, dict]:
+    def apply(self, choice: dict[int, int], *, probe: bool = False) -> tuple[ir.Model, dict]:
         """A copy of the model with ``choice`` (unit index -> level, 1-based) applied.
 
-        Returns the model and what was done.
+        Returns the model and what was done. A ``probe`` (one level alone, for the
+        sensitivity) skips the refit and takes the compensating means from one batch.
         """
-        refit = self.refit if refit is None else refit
+        refit = self.refit and not probe
+        batches = self.batches[:1] if probe and self.batches else self.batches
         model = clone_model(self.model)
         picked = {i: self.units[i].levels[level - 1] for i, level in choice.items() if level}
         done: dict[str, Any] = {}
@@ -299,12 +358,12 @@ class Space:
         if removals:
             groups, _ = ChannelGraph(model).groups()  # same groups, in order, as the original
             components = []
-            for index, keep in removals.items():
+            for index, (keep, _) in removals.items():
                 group = groups[index]
                 order = self.orders[index][: group.size - keep]
                 components.extend(group.components[int(j)] for j in order)
             done["prune"] = prune_components(
-                model, components, batches=self.batches, refit=refit and self.batches is not None
+                model, components, batches=batches, refit=refit and batches is not None
             )
         factorize = {
             self.units[i].key: level.setting
@@ -315,7 +374,9 @@ class Space:
         if factorize:
             methods = {name: registry.get_pass(name)().method() for name, _ in factorize.values()}
             choices = {key: (methods[name], energy) for key, (name, energy) in factorize.items()}
-            stats = factorize_layers(model, choices, self.fit, refit=refit, round_to=self.round_to)
+            stats = factorize_layers(
+                model, choices, self.fit, refit=refit, round_to=self.round_to, measure=not probe
+            )
             done["lowrank"] = {"factorized": stats["factorized"]}
             chains = {key: entry.get("chain", [key]) for key, entry in stats["layers"].items()}
         int8 = {self.units[i].key for i, level in picked.items() if self.units[i].kind == "int8"}

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lightir.data import LABELS_KEY
 from lightir.testing import corpus
 
 ENGLISH = (
@@ -589,7 +590,33 @@ def evaluate(name: str, model, count: int = 32) -> dict[str, float]:
     return data.metric(reference, OrtModel(model).run_all(data.batches()))
 
 
-def calibration_npz(name: str, path, count: int = 32) -> None:
-    """Write the calibration split as the ``.npz`` that ``--calib`` reads."""
-    data = dataset(name, "calibration", count)
-    np.savez(path, **data.inputs)
+def calibration_npz(name: str, path, count: int = 32, split: str = "calibration") -> None:
+    """Write a split as the ``.npz`` that ``--calib`` reads.
+
+    With ``__labels__`` when the task has class labels (``--metric top1`` scores them).
+    """
+    data = dataset(name, split, count)
+    arrays = dict(data.inputs)
+    if data.truth and all(isinstance(t, (int, np.integer)) for t in data.truth):
+        arrays[LABELS_KEY] = np.asarray(data.truth, np.int64)
+    np.savez(path, **arrays)
+
+
+def face_decisions(outputs, reference, labels) -> float:
+    """``--metric`` for MTCNN R/O-Net crops: face / no-face decisions agreeing with the original.
+
+    A crop is a face when its probability is above 0.7, as MTCNN's cascade thresholds it.
+    """
+    got = np.asarray(outputs["prob"])[:, 1] > 0.7
+    ref = np.asarray(reference["prob"])[:, 1] > 0.7
+    return float((got == ref).mean())
+
+
+def sequence_agreement(outputs, reference, labels) -> float:
+    """``--metric`` for CTC recognizers: time steps whose top-1 character agrees with the original.
+
+    Reads the first output, shaped samples x steps x characters.
+    """
+    name = next(iter(reference))
+    got, ref = np.asarray(outputs[name]), np.asarray(reference[name])
+    return float((got.argmax(axis=-1) == ref.argmax(axis=-1)).mean())
