@@ -7,6 +7,7 @@ last good model is still written); 2 usage or input error (nothing is written).
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import logging
@@ -109,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a pass's bounds: PASS=REL or PASS=rel:R,cos:C,top1:T (repeatable)",
     )
     parser.add_argument("--report", help="write the machine-readable report to this JSON file")
+    parser.add_argument(
+        "--sensitivity",
+        metavar="FILE",
+        help="write compress's per-layer sensitivity table (FILE.csv or FILE.json)",
+    )
+    parser.add_argument(
+        "--front",
+        metavar="FILE",
+        help="write compress's explored front, metric drop against cost (FILE.csv or FILE.json)",
+    )
     parser.add_argument("--timing", action="store_true", help="print pass vs verification time")
     parser.add_argument("--explain", action="store_true", help="print why rewrites did not fire")
     parser.add_argument("--print-ir-after-all", action="store_true")
@@ -178,6 +189,8 @@ def run(argv: list[str]) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.quiet and not args.debug:
+        logging.getLogger("lightir.search").setLevel(logging.INFO)  # a search's progress
     for plugin in args.load_pass_plugin:
         registry.load_pass_plugin(plugin)
     if args.list_passes:
@@ -200,6 +213,11 @@ def run(argv: list[str]) -> int:
         resolve(args.target)  # an unknown target fails now, not after the pipeline ran
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise UsageError(f"--report {args.report}: its directory does not exist")
+    for flag, path in (("--sensitivity", args.sensitivity), ("--front", args.front)):
+        if path and (Path(path).suffix not in (".csv", ".json")):
+            raise UsageError(f"{flag} {path}: give a .csv or .json file name")
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"{flag} {path}: its directory does not exist")
     dims = dict(_key_value(d, "--dim", int) for d in args.dim)
     tolerances = dict(_key_value(t, "--tolerance", _tolerance) for t in args.tolerance)
     instruments = []
@@ -267,6 +285,9 @@ def run(argv: list[str]) -> int:
         save(result.model, args.output)
     if args.report:
         _write_json(args.report, report.as_dict())
+    for path, key in ((args.sensitivity, "sensitivity"), (args.front, "front")):
+        if path:
+            _write_rows(path, _stat_rows(report, key), f"--{key}")
     for record in report.records:
         if record.status == "declined":
             print(f"{PROG}: {record.message}", file=sys.stderr)
@@ -280,6 +301,39 @@ def _require_tvm() -> None:
 
     if importlib.util.find_spec("tvm") is None:
         raise UsageError("--target needs Apache TVM: pip install 'lightir[tvm]'")
+
+
+def _stat_rows(report, key: str) -> list[dict]:
+    """The rows of ``stats[key]`` of every pass that has them, each with its pass and index."""
+    rows = []
+    for record in report.records:
+        for row in record.stats.get(key, ()):
+            rows.append({"pass": record.name, "index": record.index, **row})
+    return rows
+
+
+def _write_rows(path: str, rows: list[dict], flag: str) -> None:
+    """Rows as CSV (columns from the first row) or JSON, by the file's suffix."""
+    if not rows:
+        print(
+            f"{PROG}: {flag}: no pass in the pipeline produced one; {path} not written",
+            file=sys.stderr,
+        )
+        return
+    if path.endswith(".json"):
+        _write_json(path, {"rows": rows})
+        return
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.resolve().parent)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with os.fdopen(fd, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+            )
+    os.replace(tmp, target)
 
 
 def _write_json(path: str, payload: dict) -> None:

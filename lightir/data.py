@@ -201,12 +201,18 @@ class CalibrationData:
     def batches(
         self, batch_size: int = 8, limit: int | None = None
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Consecutive slices of axis 0; a fixed model batch size takes precedence."""
+        """Consecutive slices of axis 0; a fixed model batch size takes precedence.
+
+        With a dynamic batch, the rows left after the whole batches come as a last, smaller
+        batch (no sample is silently left out); a fixed batch takes whole batches only.
+        """
         specs = getattr(self, "specs", None)
-        if specs and not specs[0].dynamic_batch:
+        fixed = bool(specs) and not specs[0].dynamic_batch
+        if fixed:
             batch_size = specs[0].shape[0]
         rows = self.rows if limit is None else min(self.rows, limit)
-        for start in range(0, rows - batch_size + 1 if rows >= batch_size else 0, batch_size):
+        whole = rows - rows % batch_size
+        for start in range(0, whole, batch_size):
             yield {k: v[start : start + batch_size] for k, v in self.arrays.items()}
-        if rows < batch_size and (not specs or specs[0].dynamic_batch) and rows:
-            yield {k: v[:rows] for k, v in self.arrays.items()}
+        if whole < rows and not fixed:
+            yield {k: v[whole:rows] for k, v in self.arrays.items()}

@@ -122,6 +122,30 @@ def add_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
     return value
 
 
+def add_after(node: ir.Node, constant: ir.Value, name: str) -> ir.Node:
+    """Insert ``Add(node's output, constant)`` after ``node``; its users read the sum.
+
+    When the output is a graph output, the sum takes its place and its name.
+    """
+    graph, out = node.graph, node.outputs[0]
+    uses = list(out.uses())
+    add = ir.node("Add", [out, constant], name=unique_node_name(graph, name))
+    total = add.outputs[0]
+    total.dtype, total.shape = out.dtype, out.shape
+    graph.insert_after(node, [add])
+    for user, index in uses:
+        user.replace_input_with(index, total)
+    if out.is_graph_output():
+        position = list(graph.outputs).index(out)
+        old_name = out.name
+        out.name = unique_name(graph, f"{old_name}_before_add")
+        total.name = old_name
+        graph.outputs[position] = total
+    else:
+        total.name = unique_name(graph, f"{out.name}_plus")
+    return add
+
+
 def unique_node_name(graph: ir.Graph, base: str) -> str:
     """A node name not yet used in ``graph`` (onnxruntime refuses duplicates)."""
     return _fresh(base, {node.name for node in graph})

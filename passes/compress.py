@@ -168,7 +168,7 @@ class Compress(Pass):
                 "front": round(front_seconds, 2),
             },
             "front": search.front_rows(),
-            "sensitivity": search.rows(),
+            "sensitivity": search.table,
             "latency_table": table.as_rows(),
             "chosen": search.describe(best),
             "stopped": search.interrupted,

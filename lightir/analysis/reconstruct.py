@@ -42,6 +42,7 @@ bounds it above elsewhere. Each iteration is one solve with the same Gram matrix
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ from lightir.rewrite import add_initializer
 logger = logging.getLogger(__name__)
 
 MAX_ROWS = 16384
+TARGET_BYTES = 256 << 20  # the original model's layer outputs held at once by a refit
 RIDGE = 1e-4
 
 
@@ -212,6 +214,10 @@ def _refit_dense(node: ir.Node, x: np.ndarray, y: np.ndarray, bounds) -> bool:
     if node.op_type == "Gemm":
         alpha = node.attributes.get_float("alpha", 1.0)
         current = (current.T if node.attributes.get_int("transB", 0) else current) * alpha
+        bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias_value is not None and bias_value.const_value is not None:
+            if bias_value.const_value.size != current.shape[1]:
+                return False  # a scalar or per-row C is no per-output bias: left as it is
         bias = _bias(node, current.shape[1]) * node.attributes.get_float("beta", 1.0)
         prior = np.concatenate([current, bias[None, :]], axis=0)
         rows_in, rows_out = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
@@ -241,7 +247,8 @@ def _refit_dense(node: ir.Node, x: np.ndarray, y: np.ndarray, bounds) -> bool:
 def _bias(node: ir.Node, outputs: int) -> np.ndarray:
     """The node's bias as float64 (zeros when it has none)."""
     if len(node.inputs) > 2 and node.inputs[2] is not None:
-        return np.broadcast_to(node.inputs[2].const_value.numpy().astype(np.float64), (outputs,))
+        bias = node.inputs[2].const_value.numpy().astype(np.float64).reshape(-1)
+        return np.broadcast_to(bias, (outputs,))  # C as (N,), (1, N) or a scalar
     return np.zeros(outputs)
 
 
@@ -275,9 +282,12 @@ def refit_layers(
     """
     position = {node: i for i, node in enumerate(current.graph)}
     pairs = sorted(pairs, key=lambda pair: position[pair[0]])
-    targets = capture(original, [twin.outputs[0].name for _, twin in pairs], batches)
     done = {}
+    targets: dict[str, np.ndarray] = {}
+    chunks = _target_chunks(pairs, sum(len(next(iter(b.values()))) for b in batches))
     for node, twin in pairs:
+        if twin.outputs[0].name not in targets:  # the next chunk of targets, in order
+            targets = capture(original, [t.outputs[0].name for _, t in next(chunks)], batches)
         x = capture(current, [node.inputs[0].name], batches)[node.inputs[0].name]
         y = targets[twin.outputs[0].name]
         if kept_outputs and node in kept_outputs:
@@ -302,6 +312,25 @@ def refit_layers(
             "refit %s %s on %d samples (%s)", node.op_type, node.name, x.shape[0], done[node]
         )
     return done
+
+
+def _target_chunks(pairs, samples: int):
+    """``pairs`` in consecutive chunks whose targets hold at most ``TARGET_BYTES`` at once.
+
+    Each chunk costs one run of the original model; a chunk holds one layer at least.
+    """
+    chunk, held = [], 0
+    for pair in pairs:
+        shape = pair[1].outputs[0].shape
+        dims = list(shape)[1:] if shape is not None else []
+        size = 4 * samples * math.prod(d if isinstance(d, int) else 1 for d in dims)
+        if chunk and held + size > TARGET_BYTES:
+            yield chunk
+            chunk, held = [], 0
+        chunk.append(pair)
+        held += size
+    if chunk:
+        yield chunk
 
 
 def layer_rows(node: ir.Node, x: np.ndarray) -> tuple[np.ndarray, int]:

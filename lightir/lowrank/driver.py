@@ -331,11 +331,11 @@ def factorize_layers(
     round_to: int = 8,
     measure: bool = True,
 ) -> dict:
-    """Factorize the named layers, each by its method at its energy; the stats for the report.
+    """Factorize the named layers, each by its method at its rank; the stats for the report.
 
-    ``choices`` maps a node name to ``(method, energy)``: the rank is the smallest keeping that
-    energy, rounded up to ``round_to``, on the layer as it is now (after pruning, it has fewer
-    channels than when the choice was made). Layers it cannot make cheaper are declined.
+    ``choices`` maps a node name to ``(method, rank)``; the rank is capped by the layer's
+    full rank as it is now (pruning may have left it fewer channels than when the choice was
+    made). Layers it cannot make cheaper are declined.
     ``measure``: report each layer's output error on the calibration data (a model run).
     """
     common_passes.ShapeInferencePass()(model)
@@ -349,13 +349,13 @@ def factorize_layers(
     for node in list(model.graph):
         if node.name not in choices:
             continue
-        method, energy = choices[node.name]
+        method, rank = choices[node.name]
         layer = method.layer(node)
         if layer is None or not np.isfinite(layer.weight).all():
             context.decline(node, f"{method.name}: not factorizable")
             continue
         factorization = _choose(
-            method, layer, LowRankOptions(energy=energy, round=round_to), context, model, batches
+            method, layer, LowRankOptions(rank=rank, round=round_to), context, model, batches
         )
         if factorization is not None:
             chosen[node.name] = (layer, factorization)

@@ -22,7 +22,7 @@ from lightir.analysis.channels import Component
 from lightir.analysis.reconstruct import refit_layers
 from lightir.ir_util import clone_model
 from lightir.onnx_bridge import capture
-from lightir.rewrite import add_initializer
+from lightir.rewrite import add_after, add_initializer
 
 
 @dataclass
@@ -200,6 +200,9 @@ def _fold_compensation(increments: dict[ir.Node, np.ndarray]) -> None:
         dtype = node.inputs[1].const_value.numpy().dtype
         base = f"{node.name or node.op_type.lower()}_pruned_bias"
         value = add_initializer(node.graph, base, delta.astype(dtype))
+        if node.op_type == "MatMul":  # no bias input: the increment is added after it
+            add_after(node, value, base)
+            continue
         node.resize_inputs(3)
         node.replace_input_with(2, value)
 

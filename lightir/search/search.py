@@ -30,6 +30,7 @@ import onnx_ir as ir
 
 from lightir.analysis.budget import allocate
 from lightir.analysis.cost import model_cost
+from lightir.data import input_specs
 from lightir.ir_util import clone_model
 from lightir.metrics import Metric
 from lightir.onnx_bridge import OrtModel
@@ -41,6 +42,11 @@ from lightir.search.space import Space, Unit, between
 logger = logging.getLogger(__name__)
 
 BATCH = 8  # samples per onnxruntime run: activations of a large model stay small
+SENSITIVITY_SHARE = 0.6  # of the time limit
+
+
+class _OutOfTime(Exception):
+    """The sensitivity's share of the time limit is spent."""
 
 
 @dataclass
@@ -89,12 +95,15 @@ class Search:
         self.reference = self._outputs(space.model, self.selection)
         self.probe_reference = self._outputs(space.model, self.probe)
         first = next(iter(self.selection[0].values()))
-        self.feed = {k: v[:1] for k, v in self.selection[0].items()}
+        # One sample, or the whole batch of a model whose batch size is fixed.
+        dynamic = input_specs(space.model)[0].dynamic_batch
+        self.feed = {k: v[:1] if dynamic else v for k, v in self.selection[0].items()}
         self.samples = rows
         self.objective = space.table.objective
         self.interrupted = ""
         self.points: list[Point] = []
         self.path: list[tuple[int, int, float]] = []
+        self.table: list[dict] = []  # the sensitivity rows
         del first
 
     # ----------------------------------------------------------------------- measuring
@@ -127,44 +136,64 @@ class Search:
             return timed(lambda: sess.run(None, self.feed), min_runs=10, min_seconds=0.2)
         shapes = {k: v.shape for k, v in self.feed.items()}
         cost = model_cost(model, shapes)
-        return float(cost.macs if self.objective == "macs" else cost.bytes)
+        if self.objective == "bytes":
+            return float(cost.bytes)
+        return cost.macs / len(next(iter(self.feed.values())))  # per sample, as the table
 
     def _time_left(self) -> bool:
         return time.perf_counter() < self.deadline
 
     # ----------------------------------------------------------------------- sensitivity
     def sensitivity(self) -> None:
-        """Measure every level alone on the probe samples; drop what was not measured."""
+        """Measure every level alone on the probe samples; drop what was not measured.
+
+        The levels that save the most are measured first; the sensitivity gets at most
+        ``SENSITIVITY_SHARE`` of the time left, the front the rest.
+        """
         units = self.space.units
         total = sum(len(u.levels) for u in units)
+        stop = time.perf_counter() + SENSITIVITY_SHARE * (self.deadline - time.perf_counter())
+        order = sorted(
+            range(len(units)), key=lambda i: min((lv.delta for lv in units[i].levels), default=0)
+        )
         done = 0
         prepared = None
-        for index, unit in enumerate(units):
-            for level_index, level in enumerate(unit.levels, start=1):
-                if not self._time_left():
-                    self.interrupted = self.interrupted or "time limit during sensitivity"
-                    break
-                if unit.kind == "int8":
-                    if prepared is None:
-                        prepared = _Int8Probe(self.space)
-                    model = prepared.only(unit.key)
-                else:
-                    model, _ = self.space.apply({index: level_index}, probe=True)
-                outputs = self._outputs(model, self.probe)
-                labels = None if self.labels is None else self.labels[: _rows(self.probe)]
-                level.error = self._error(outputs, self.probe_reference)
-                level.drop, _ = self._drop(outputs, self.probe_reference, labels)
-                done += 1
-                if done % 10 == 0 or done == total:
-                    logger.info("compress: sensitivity %d/%d", done, total)
+        try:
+            for index in order:
+                unit = units[index]
+                for level_index, level in enumerate(unit.levels, start=1):
+                    if time.perf_counter() > stop:
+                        raise _OutOfTime
+                    if unit.kind == "int8":
+                        if prepared is None:
+                            prepared = _Int8Probe(self.space)
+                        model = prepared.only(unit.key)
+                    else:
+                        model, _ = self.space.apply({index: level_index}, probe=True)
+                    outputs = self._outputs(model, self.probe)
+                    labels = None if self.labels is None else self.labels[: _rows(self.probe)]
+                    level.error = self._error(outputs, self.probe_reference)
+                    level.drop, _ = self._drop(outputs, self.probe_reference, labels)
+                    done += 1
+                    if done % 10 == 0 or done == total:
+                        logger.info("compress: sensitivity %d/%d", done, total)
+        except _OutOfTime:
+            self.interrupted = f"time limit: sensitivity measured {done} of {total} levels"
+            logger.warning("compress: %s; searching those", self.interrupted)
+        except KeyboardInterrupt:
+            self.interrupted = f"interrupted (Ctrl-C): sensitivity measured {done} of {total}"
+            logger.warning("compress: %s; searching those", self.interrupted)
+        self.table = self._rows()
         for unit in units:
             unit.levels = _useful([lv for lv in unit.levels if not math.isnan(lv.error)])
 
-    def rows(self) -> list[dict]:
-        """The sensitivity table: one row per unit and level."""
+    def _rows(self) -> list[dict]:
+        """The sensitivity table: one row per measured unit and level (useful or not)."""
         rows = []
         for unit in self.space.units:
             for level in unit.levels:
+                if math.isnan(level.error):
+                    continue
                 rows.append(
                     {
                         "kind": unit.kind,

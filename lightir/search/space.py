@@ -12,12 +12,14 @@ A :class:`Unit` is one thing the search decides on, with its :class:`Level` s (l
 * ``int8``: a weighted layer run in int8 instead of float32.
 
 Each level's ``delta`` is the change of the objective it brings alone, from the layers whose
-shapes it changes, priced by a :class:`lightir.search.latency.LatencyTable`.
+shapes it changes, priced by a :class:`lightir.search.latency.LatencyTable`;
+:meth:`Space.step_cost` prices a step from a whole choice, so interactions count (a pruned
+layer's factorized chain keeps fewer channels at both ends; int8 of a pruned layer).
 
-:func:`apply_choice` applies a choice (a level per unit) to a copy of the model in the order
+:meth:`Space.apply` applies a choice (a level per unit) to a copy of the model in the order
 that keeps every decision meaningful: pruning first (its channel orders were computed on
-the unpruned model), then factorization (the rank of a pruned layer is found again at the
-chosen energy), then int8, which quantizes the chosen layers, the chains they became, and the
+the unpruned model), then factorization (at the rank priced, capped by what pruning left of
+the layer), then int8, which quantizes the chosen layers, the chains they became, and the
 ops between quantized layers.
 """
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,7 +42,7 @@ from lightir.analysis.cost import inferred_shapes
 from lightir.data import concrete_shape, input_specs
 from lightir.ir_util import clone_model
 from lightir.lowrank.driver import factorize_layers
-from lightir.lowrank.factor import ConvStep, Unstable
+from lightir.lowrank.factor import ConvStep, Unstable, chain_macs, chain_params
 from lightir.pass_base import PassContext
 from lightir.prune.importance import ChannelScorer
 from lightir.prune.plan import PrunePlanner
@@ -132,6 +134,8 @@ class Space:
         }
         self.units: list[Unit] = []
         self.orders: dict[int, np.ndarray] = {}
+        self.layers: dict[tuple[ir.Node, str], Any] = {}  # (node, low-rank method) -> layer
+        self._chains: dict[tuple, list[ConvSpec] | None] = {}
         if "prune" in kinds:
             self._prune_units()
         if "lowrank" in kinds:
@@ -255,10 +259,11 @@ class Space:
                     except Unstable:
                         continue
                     chain = self._chain_specs(spec, steps)
+                    self.layers[(node, method_name)] = layer
                     delta = self.table.chain(chain) - self.table.cost(spec)
                     if delta < 0:
                         label = f"{method_name} energy {energy:g} (rank {rank})"
-                        levels.append(Level(label, (method_name, energy), delta, chain=chain))
+                        levels.append(Level(label, (method_name, rank), delta, chain=chain))
             levels = pareto(levels)
             if levels:
                 label = f"{node.op_type} '{node.name}'"
@@ -298,12 +303,13 @@ class Space:
     def node_layers(self, node: ir.Node, choice: dict[int, int]) -> list[ConvSpec]:
         """The layers ``node`` becomes under ``choice`` (unit index -> level).
 
-        Its channels as pruned, its chain when factorized (the chain's inner rank as chosen on
-        the unpruned layer), in int8 when chosen.
+        Its channels as pruned, its chain when factorized (at the rank chosen on the unpruned
+        layer), in int8 when chosen.
         """
         spec = self.specs[node]
         cin, cout = spec.cin, spec.cout
         chain, int8 = None, False
+        factorized = None
         for index in self.by_node.get(node, ()):
             level = choice.get(index, 0)
             if not level:
@@ -316,18 +322,41 @@ class Space:
                 cin -= (size - keep) * read
                 cout -= (size - keep) * made
             elif unit.kind == "lowrank":
-                chain = setting.chain
+                chain, factorized = setting.chain, setting.setting
             else:
                 int8 = True
         cin, cout = max(cin, 1), max(cout, 1)
+        if chain is not None and (cin, cout) != (spec.cin, spec.cout):
+            chain = self._pruned_chain(node, *factorized, cin, cout)
         if chain is None:
             group = cin if spec.group > 1 and spec.group == spec.cin else spec.group
             layers = [spec.with_(cin=cin, cout=cout, group=group)]
         else:
-            layers = list(chain)
-            layers[0] = layers[0].with_(cin=cin)
-            layers[-1] = layers[-1].with_(cout=cout)
+            layers = chain
         return [layer.with_(int8=int8) for layer in layers]
+
+    def _pruned_chain(self, node, method_name, rank, cin, cout) -> list[ConvSpec] | None:
+        """The chain the factorization of a pruned layer builds; None when not cheaper.
+
+        The driver would then leave the layer whole. The shapes only depend on the layer's.
+        """
+        key = (node, method_name, rank, cin, cout)
+        if key not in self._chains:
+            layer = self.layers[(node, method_name)]
+            shape = (cout, cin, *layer.weight.shape[2:])
+            weight = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            bias = None if layer.bias is None else np.zeros(cout, np.float32)
+            pruned = replace(layer, weight=weight, bias=bias)
+            method = registry.get_pass(method_name)().method()  # its caches are per node
+            chain = None
+            try:
+                steps = method.estimate(pruned, min(rank, method.full_rank(pruned))).steps
+            except Unstable:
+                steps = None
+            if steps is not None and cheaper(pruned, steps):
+                chain = self._chain_specs(self.specs[node].with_(cin=cin, cout=cout), steps)
+            self._chains[key] = chain
+        return self._chains[key]
 
     def step_cost(self, index: int, level: int, choice: dict[int, int]) -> float:
         """The objective's change when unit ``index`` goes to ``level`` from ``choice``."""
@@ -373,7 +402,7 @@ class Space:
         chains: dict[str, list[str]] = {}
         if factorize:
             methods = {name: registry.get_pass(name)().method() for name, _ in factorize.values()}
-            choices = {key: (methods[name], energy) for key, (name, energy) in factorize.items()}
+            choices = {key: (methods[name], rank) for key, (name, rank) in factorize.items()}
             stats = factorize_layers(
                 model, choices, self.fit, refit=refit, round_to=self.round_to, measure=not probe
             )
@@ -425,6 +454,14 @@ def between(nodes: list[ir.Node], weighted: set[ir.Node]) -> set[ir.Node]:
                 reached.add(other)
                 frontier.append(other)
     return reached
+
+
+def cheaper(layer, steps: list[ConvStep]) -> bool:
+    """Whether the low-rank driver would factorize ``layer`` into ``steps`` (fewer MACs, params)."""
+    return (
+        chain_macs(steps, layer.height, layer.width) < layer.macs
+        and chain_params(steps) < layer.params
+    )
 
 
 def pareto(levels: list[Level]) -> list[Level]:

@@ -32,8 +32,8 @@ import numpy as np
 import onnx_ir as ir
 
 from lightir.builder import GraphBuilder
-from lightir.data import input_specs, synthesize
-from lightir.errors import InputError
+from lightir.data import CalibrationData, input_specs, synthesize
+from lightir.errors import InputError, UsageError
 from lightir.ir_util import clone_model
 from lightir.onnx_bridge import OrtModel
 from lightir.verify import compare_outputs, pipeline_budget, rounding_noise, violations
@@ -41,6 +41,7 @@ from lightir.verify import compare_outputs, pipeline_budget, rounding_noise, vio
 __all__ = ["Outcome", "check_pass", "model_digest", "random_model", "shrink"]
 
 ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "HardSwish", "LeakyRelu")
+CALIBRATION_ROWS = 80  # synthesized samples for passes that need data
 
 
 @dataclass
@@ -439,6 +440,16 @@ class Outcome:
         return self.verdict != "bug"
 
 
+def synthesized_calibration(model: ir.Model, rows: int, seed: int) -> CalibrationData:
+    """``rows`` synthesized samples as calibration data (whole batches of a fixed batch)."""
+    specs = input_specs(model)
+    batch = 1 if specs[0].dynamic_batch else int(specs[0].shape[0])
+    batches = synthesize(specs, samples=rows if batch == 1 else batch, seed=seed)
+    while sum(len(next(iter(b.values()))) for b in batches) < rows:
+        batches += synthesize(specs, samples=batch, seed=seed + len(batches))
+    return CalibrationData({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
+
+
 def check_pass(model: ir.Model, pipeline: str, *, seed: int = 0) -> Outcome:
     """Run ``pipeline`` on ``model`` and judge the result (see the module docstring)."""
     import lightir
@@ -448,7 +459,14 @@ def check_pass(model: ir.Model, pipeline: str, *, seed: int = 0) -> Outcome:
     exact = all(p.contract.is_exact for p in passes)
     before = model_digest(model)
     try:
-        result = lightir.optimize(model, pipeline, seed=seed, threads=1)
+        try:
+            result = lightir.optimize(model, pipeline, seed=seed, threads=1)
+        except UsageError as exc:
+            if "calib" not in str(exc):
+                raise
+            # A pass that needs data (compress) gets synthesized calibration samples.
+            calibration = synthesized_calibration(model, CALIBRATION_ROWS, seed + 104_729)
+            result = lightir.optimize(model, pipeline, seed=seed, threads=1, calib=calibration)
     except InputError as exc:  # the model itself is unusable: a generator problem, not a pass's
         return Outcome(pipeline, "crashed", "invalid-model", str(exc))
     except Exception as exc:  # optimize itself must not raise on a valid model

@@ -131,3 +131,20 @@ def test_a_prerequisite_step_gets_the_rounding_noise_of_an_exact_pass():
     outcome = check_pass(random_model(900352), "int8", seed=900352)
     assert outcome.ok, outcome.problem
     assert "fold-bn" not in outcome.problem
+
+
+def test_pruning_compensation_of_a_matmul_adds_after_it():
+    """Found by fuzzing compress (seed 6), the first pass fuzzed with calibration data: the
+    removed channels' mean went into a third MatMul input, which MatMul does not have."""
+    from lightir.testing.fuzz import synthesized_calibration
+
+    model = random_model(6)
+    assert any(n.op_type == "MatMul" and len(n.inputs) == 2 for n in model.graph)
+    assert check_pass(model, "compress", seed=6).ok
+    calibration = synthesized_calibration(model, 80, 1)
+    pruned = lightir.optimize(
+        model, "prune{ratio=0.5,round=1,protect-last=false}", calib=calibration, threads=1
+    )
+    record = pruned.report.record("prune")
+    assert record.status in ("changed", "rolled-back") and record.failure != "raised"
+    assert all(len(n.inputs) == 2 for n in pruned.model.graph if n.op_type == "MatMul")

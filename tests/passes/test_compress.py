@@ -1,0 +1,158 @@
+"""compress: the fastest model within a metric budget, checked on samples the search never saw."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import lightir
+from lightir import metrics, zoo
+from lightir.data import CalibrationData
+from lightir.pass_base import Contract, Pass, PassResult
+from lightir.testing import run
+from tests.test_cli import lightir_opt
+
+# Calibration rows: the first 112 are the manager's held-out rows (verification and the
+# metric's check); compress selects on the next ones and fits on the rest. Rows 300 on are
+# an evaluation split nothing sees.
+CALIBRATION, EVALUATION = slice(0, 300), slice(300, 450)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, labels = zoo.digits_test_split()
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def labeled(digits):
+    images, labels = digits
+    return CalibrationData({"input": images[CALIBRATION], "__labels__": labels[CALIBRATION]})
+
+
+@pytest.fixture(scope="module")
+def searched(labeled):
+    return lightir.optimize(
+        "zoo:digits", "compress{max-drop=0.02,objective=macs}", calib=labeled, metric="top1"
+    )
+
+
+def accuracy(model, images, labels) -> float:
+    (out,) = run(model, [{"input": images}])
+    return float((next(iter(out.values())).argmax(axis=1) == labels).mean())
+
+
+def test_the_search_shrinks_the_model_within_budget_on_unseen_samples(searched, digits):
+    record = searched.report.record("compress")
+    assert record.status == "changed", record.message
+    stats = record.stats
+    assert searched.report.final.macs < 0.5 * searched.report.original.macs
+    assert stats["selection_samples"] >= 32 and stats["fit_samples"] >= 16
+    # The front: the original, then candidates; the chosen one is the cheapest within budget.
+    front = stats["front"]
+    assert front[0]["steps"] == 0 and front[0]["drop"] == 0.0
+    within = [p for p in front if p["meets"]]
+    assert min(p["measured_macs"] for p in within) == searched.report.final.macs
+    assert all(p["drop"] <= 0.02 for p in within)
+    # Under the MAC objective the estimate is exact.
+    assert all(p["estimated_macs"] == p["measured_macs"] for p in front)
+    # On the evaluation split no step saw, accuracy stays within budget plus its interval.
+    images, labels = digits
+    original = accuracy(zoo.build("digits"), images[EVALUATION], labels[EVALUATION])
+    result = accuracy(searched.model, images[EVALUATION], labels[EVALUATION])
+    held_out = stats["held_out"]
+    assert held_out["metric"] == "top1"
+    assert held_out["result"]["samples"] == metrics.holdout_rows(300, 8)
+    assert original - result <= 0.02 + 1.96 * np.sqrt(0.25 / 150)
+
+
+def test_the_sensitivity_table_has_every_kind_and_level(searched):
+    rows = searched.report.record("compress").stats["sensitivity"]
+    assert {row["kind"] for row in rows} == {"prune", "lowrank", "int8"}
+    for row in rows:
+        assert row["output_error"] >= 0 and np.isfinite(row["metric_drop"])
+        assert row["delta_macs"] < 0 or row["kind"] == "int8"
+
+
+def test_no_setting_within_budget_is_declined_with_the_best_found(labeled):
+    # Every change moves the output a little: cosine cannot stay at exactly 1.
+    result = lightir.optimize(
+        "zoo:digits",
+        "compress{max-drop=0,objective=macs,kinds=prune+lowrank}",
+        calib=labeled,
+        metric="cosine",
+    )
+    record = result.report.record("compress")
+    assert record.status == "declined"
+    assert "no setting keeps cosine within max-drop=0" in record.message
+    assert "smallest drop found" in record.message
+    assert record.stats["front"]  # what it tried is still reported
+    assert result.report.final.macs == result.report.original.macs
+
+
+def test_a_time_limit_keeps_the_original_and_says_why(labeled):
+    result = lightir.optimize(
+        "zoo:digits", "compress{time-limit=0.000001,objective=macs}", calib=labeled
+    )
+    record = result.report.record("compress")
+    assert record.status == "declined" and "time limit" in record.message
+
+
+def test_needs_calibration_data_before_any_work():
+    with pytest.raises(lightir.UsageError, match="compress needs calibration data"):
+        lightir.optimize("zoo:digits", "compress")
+
+
+def test_a_broken_metric_budget_is_rolled_back(labeled, throwaway_passes):
+    """The manager checks a pass's metric budget on its own held-out rows."""
+
+    @lightir.register_pass("scramble", contract=Contract.lossy(min_cosine=-1.0))
+    class Scramble(Pass):
+        """Permutes the classifier's output rows: outputs keep their scale, answers change."""
+
+        def metric_budget(self):
+            return 0.01
+
+        def run(self, model, context):
+            gemm = [n for n in model.graph if n.op_type == "Gemm"][-1]
+            weight = gemm.inputs[1].const_value.numpy()
+            gemm.inputs[1].const_value = ir.tensor(np.roll(weight, 3, axis=0))
+            return PassResult(model, modified=True)
+
+    result = lightir.optimize("zoo:digits", "scramble", calib=labeled, metric="top1")
+    record = result.report.record("scramble")
+    assert record.status == "rolled-back" and record.failure == "contract"
+    assert "beyond its budget of 0.01" in record.message
+    assert record.stats["held_out"]["drop"] > 0.5
+
+
+def test_cli_writes_the_sensitivity_and_the_front(tmp_path, labeled):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=labeled.arrays["input"], __labels__=labeled.labels)
+    sensitivity, front = tmp_path / "sens.csv", tmp_path / "front.json"
+    out = tmp_path / "small.onnx"
+    done = lightir_opt(
+        "zoo:digits",
+        "-p",
+        "compress{objective=macs}",
+        "--calib",
+        calib,
+        "--metric",
+        "top1",
+        "-o",
+        out,
+        "--sensitivity",
+        sensitivity,
+        "--front",
+        front,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "compress: sensitivity" in done.stderr  # progress is shown
+    header, *rows = sensitivity.read_text().splitlines()
+    assert header.startswith("pass,index,kind,unit,level,delta_macs") and rows
+    assert json.loads(front.read_text())["rows"][0]["steps"] == 0
+    bad = lightir_opt("zoo:digits", "-p", "compress", "--calib", calib, "--front", "x.txt")
+    assert bad.returncode == 2 and "give a .csv or .json" in bad.stderr

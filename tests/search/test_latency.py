@@ -1,0 +1,56 @@
+"""Per-layer latency tables: the layer models run, int8 ones as integer kernels, costs add up."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from lightir import zoo
+from lightir.analysis.cost import inferred_shapes
+from lightir.search.latency import ConvSpec, LatencyTable, session, spec_model
+
+
+def test_spec_of_a_conv_reads_its_geometry():
+    model = zoo.build("resnet")
+    shapes = inferred_shapes(model, {"input": (1, 3, 32, 32)})
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    spec = ConvSpec.of_node(conv, shapes)
+    weight = conv.inputs[1].const_value.shape
+    assert (spec.cout, spec.cin, *spec.kernel) == tuple(weight)
+    assert (spec.height, spec.width) == (32, 32)
+    out = shapes[conv.outputs[0].name]
+    assert spec.out_size == tuple(out[2:])
+    assert spec.macs == out[1] * out[2] * out[3] * weight[1] * weight[2] * weight[3]
+
+
+def test_a_layer_model_computes_its_convolution():
+    spec = ConvSpec(8, 16, (3, 3), 10, 12, strides=(2, 2), pads=(1, 1, 1, 1))
+    model = spec_model(spec)
+    x = np.random.default_rng(0).standard_normal((1, 8, 10, 12)).astype(np.float32)
+    (y,) = session(model).run(None, {"x": x})
+    assert y.shape == (1, 16, *spec.out_size)
+
+
+def test_an_int8_layer_runs_as_an_integer_convolution(tmp_path):
+    spec = ConvSpec(16, 16, (3, 3), 14, 14, pads=(1, 1, 1, 1), int8=True)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    proto = ir.to_proto(spec_model(spec)).SerializeToString()
+    ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+    ops = {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "QLinearConv" in ops and "Conv" not in ops
+
+
+def test_the_table_measures_each_shape_once_and_prices_by_objective():
+    table = LatencyTable("latency")
+    spec = ConvSpec(16, 16, (3, 3), 14, 14, pads=(1, 1, 1, 1))
+    first = table.cost(spec)
+    assert first > 0 and table.cost(spec) == first and len(table.entries) == 1
+    assert table.chain([spec, spec]) == 2 * first
+    assert LatencyTable("macs").cost(spec) == spec.macs == 16 * 14 * 14 * 16 * 9
+    assert LatencyTable("bytes").cost(spec.with_(int8=True)) == 16 * 16 * 9
+    with pytest.raises(ValueError, match="objective"):
+        LatencyTable("watts")

@@ -1,0 +1,91 @@
+"""The search space: units of each kind, exact pricing of a choice, and applying it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lightir
+from lightir import zoo
+from lightir.analysis.cost import inferred_shapes, node_macs
+from lightir.data import CalibrationData, input_specs
+from lightir.pass_base import PassContext
+from lightir.search.latency import LatencyTable
+from lightir.search.space import Space, between, name_nodes
+from lightir.testing import run
+
+
+@pytest.fixture(scope="module")
+def folded():
+    model = lightir.optimize("zoo:resnet", "fold-bn").model
+    name_nodes(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def data(folded):
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((32, 3, 32, 32)).astype(np.float32)
+    return CalibrationData({"input": images}).bind(input_specs(folded))
+
+
+def macs_of(model) -> int:
+    shapes = inferred_shapes(model, {"input": (1, 3, 32, 32)})
+    return sum(node_macs(node, shapes) for node in model.graph)
+
+
+def test_every_kind_has_units_and_levels_save(folded, data):
+    space = Space(folded, LatencyTable("macs"), PassContext(data))
+    kinds = {unit.kind for unit in space.units}
+    assert kinds == {"prune", "lowrank", "int8"}
+    for unit in space.units:
+        if unit.kind != "int8":
+            assert all(level.delta < 0 for level in unit.levels), unit.label
+
+
+def test_a_choice_is_priced_exactly_as_applied(folded, data):
+    """Under the MAC objective, pruning and factorizing together (a pruned layer's chain has
+    fewer channels at both ends) cost what the applied model counts."""
+    space = Space(folded, LatencyTable("macs"), PassContext(data), kinds=("prune", "lowrank"))
+    prune = [i for i, u in enumerate(space.units) if u.kind == "prune"][:3]
+    lowrank = [i for i, u in enumerate(space.units) if u.kind == "lowrank"]
+    touched = {n for i in prune for n in space.units[i].touches}
+    both = next(i for i in lowrank if set(space.units[i].touches) & touched)
+    choice = {**{i: 1 for i in prune}, both: 1}
+    model, done = space.apply(choice)
+    assert done["prune"]["channels_removed"] > 0 and done["lowrank"]["factorized"] == 1
+    estimate = sum(space.table.chain(space.node_layers(n, choice)) for n in space.specs)
+    assert estimate == pytest.approx(macs_of(model), rel=1e-6)
+    assert macs_of(model) < macs_of(folded)
+
+
+def test_applying_leaves_the_model_alone_and_runs(folded, data):
+    space = Space(folded, LatencyTable("macs"), PassContext(data))
+    before = [n.name for n in folded.graph]
+    everything = {i: len(u.levels) for i, u in enumerate(space.units)}
+    model, done = space.apply(everything)
+    assert [n.name for n in folded.graph] == before
+    assert done["int8"]["int8_ops"] > 0
+    ops = {n.op_type for n in model.graph}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    (out,) = run(model, [{"input": data.arrays["input"][:4]}])
+    assert np.isfinite(next(iter(out.values()))).all()
+
+
+def test_ops_between_int8_layers_follow_them(folded):
+    from lightir.quant.plan import quantizable_nodes
+
+    nodes = quantizable_nodes(folded.graph, PassContext())
+    convs = {n for n in nodes if n.op_type == "Conv"}
+    assert between(nodes, set()) == set()
+    follow = between(nodes, convs)
+    assert follow and all(n.op_type != "Conv" for n in follow)
+
+
+def test_unnamed_nodes_get_names():
+    model = zoo.build("resnet")
+    for node in list(model.graph)[:3]:
+        node.name = ""
+    assert name_nodes(model) == 3
+    names = [n.name for n in model.graph]
+    assert all(names) and len(set(names)) == len(names)
