@@ -16,7 +16,10 @@ samples (the per-layer sensitivity); the levels are ordered by least output erro
 objective saved (AMC's and NetAdapt's trade-off, greedy rather than learned); prefixes of that
 order are applied for real, with the least-squares refit of pruned and factorized layers and
 int8 calibration on the *fit* samples, and scored on the *selection* samples, by bisection
-for the longest prefix within budget. The calibration rows passes may fit on are split: the
+for the longest prefix within budget on the first half of them; the answer is the fastest
+point evaluated that is within budget on both halves (the longest prefix within budget on
+some samples sits at their edge, and the pass manager's held-out check then rolled it back:
+PP-OCRv5's line classifier at ``max-drop=0.01``, tools/README.md). The calibration rows passes may fit on are split: the
 first half (at least 32 where there are 64) selects, the rest fits; the pass manager's own
 held-out rows (verification, and ``--metric``'s check) are never seen.
 
@@ -193,7 +196,15 @@ def _nothing_better(search: Search, original, metric: str) -> str:
     budget = f"max-drop={search.max_drop:g}"
     if not tried:
         return f"no candidate could be evaluated ({search.interrupted or 'nothing to change'})"
-    within = [p for p in tried if p.meets]
+    within = [p for p in tried if p.meets and p.confirmed]
+    unconfirmed = [p for p in tried if p.meets and not p.confirmed]
+    if unconfirmed and not within:
+        fastest = min(unconfirmed, key=lambda p: p.measured)
+        return (
+            f"the settings within {budget} on half of the selection samples missed it on the "
+            f"other half (the fastest, {_show(fastest, search)}, dropped "
+            f"{fastest.confirm_drop:.4f} there); add calibration samples or raise max-drop"
+        )
     if within:
         fastest = min(within, key=lambda p: p.measured)
         return (

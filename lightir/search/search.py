@@ -56,9 +56,11 @@ class Point:
     steps: int
     estimate: float
     measured: float
-    drop: float
+    drop: float  # on the search half of the selection samples
     score: dict
     meets: bool
+    confirm_drop: float = 0.0  # on the confirmation half
+    confirmed: bool = True
     model: ir.Model | None = field(default=None, repr=False)
 
     def as_dict(self, unit: str) -> dict:
@@ -70,6 +72,8 @@ class Point:
             "drop": round(self.drop, 5),
             "score": self.score,
             "meets": self.meets,
+            "confirm_drop": round(self.confirm_drop, 5),
+            "confirmed": self.confirmed,
         }
 
 
@@ -91,6 +95,11 @@ class Search:
         self.selection = list(selection.batches(batch_size=BATCH))
         rows = sum(len(next(iter(b.values()))) for b in self.selection)
         self.labels = None if selection.labels is None else np.asarray(selection.labels)[:rows]
+        # The path is bisected on the first half; the answer must also meet the budget on the
+        # second (the longest prefix within budget on some samples sits at their edge).
+        half = len(self.selection) // 2
+        self.split = _rows(self.selection[:half]) if half else rows
+        self.best: Point | None = None
         self.probe = list(selection.head(min(probes, rows)).batches(batch_size=BATCH))
         self.reference = self._outputs(space.model, self.selection)
         self.probe_reference = self._outputs(space.model, self.probe)
@@ -128,6 +137,12 @@ class Search:
             return original - value, {"value": value}
         score = self.metric.score(outputs, reference, labels)
         return original - score.value, score.as_dict()
+
+    def _part(self, outputs: dict, rows: slice) -> tuple[dict, dict, np.ndarray | None]:
+        """Outputs, reference and labels of some selection rows."""
+        labels = None if self.labels is None else self.labels[rows]
+        picked = {k: v[rows] for k, v in outputs.items()}
+        return picked, {k: v[rows] for k, v in self.reference.items()}, labels
 
     def _measure(self, model: ir.Model) -> float:
         """The whole model's objective: latency in seconds, MACs or weight bytes."""
@@ -242,7 +257,9 @@ class Search:
         else:
             model, _ = self.space.apply(self.choice(steps))
         outputs = self._outputs(model, self.selection)
-        drop, score = self._drop(outputs, self.reference, self.labels, interval=True)
+        first, second = (slice(0, self.split), slice(self.split, None))
+        drop, score = self._drop(*self._part(outputs, first), interval=True)
+        confirm = self._drop(*self._part(outputs, second))[0] if self.split < self.samples else drop
         estimate = self.path[steps - 1][2] if steps else self.space.base_cost()
         point = Point(
             steps,
@@ -251,9 +268,15 @@ class Search:
             drop,
             score,
             drop <= self.max_drop,
-            model,
+            confirm,
+            confirm <= self.max_drop,
         )
         self.points.append(point)
+        if point.meets and point.confirmed:
+            if self.best is None or point.measured < self.best.measured:
+                if self.best is not None:
+                    self.best.model = None  # one model held at a time
+                point.model, self.best = model, point
         logger.info(
             "compress: %d of %d steps: drop %.4f (budget %.4f), %s %.4g",
             steps,
@@ -287,9 +310,7 @@ class Search:
         except KeyboardInterrupt:
             self.interrupted = "interrupted (Ctrl-C)"
             logger.warning("compress: interrupted; keeping the best model found so far")
-        within = [p for p in self.points if p.meets]
-        best = min(within, key=lambda p: p.measured) if within else original
-        return best
+        return self.best if self.best is not None else original
 
     # ----------------------------------------------------------------------- reporting
     def _unit(self) -> str:
