@@ -19,9 +19,11 @@ int8 calibration on the *fit* samples, and scored on the *selection* samples, by
 for the longest prefix within budget on the first half of them; the answer is the fastest
 point evaluated that is within budget on both halves (the longest prefix within budget on
 some samples sits at their edge, and the pass manager's held-out check then rolled it back:
-PP-OCRv5's line classifier at ``max-drop=0.01``, tools/README.md). The calibration rows passes may fit on are split: the
-first half (at least 32 where there are 64) selects, the rest fits; the pass manager's own
-held-out rows (verification, and ``--metric``'s check) are never seen.
+PP-OCRv5's line classifier at ``max-drop=0.01``, tools/README.md). From the best prefix, the
+later steps are then tried one at a time, skipping those that break the budget (bisection
+stops at the first that does). The calibration rows passes may fit on are split: the first
+half (at least 32 where there are 64) selects, the rest fits; the pass manager's own held-out
+rows (verification, and ``--metric``'s check) are never seen.
 
 The report's stats hold the sensitivity table (``--sensitivity FILE.csv|json`` writes it),
 the measured latency table, the front (every evaluated point: metric drop, estimated and
@@ -154,7 +156,7 @@ class Compress(Pass):
         best = search.front()
         front_seconds = time.perf_counter() - started - sensitivity_seconds - path_seconds
         context.declines.extend(fit_context.declines)
-        original = next(p for p in search.points if p.steps == 0)
+        original = search.points[0]
         stats = {
             "metric": metric.name,
             "max_drop": options.max_drop,
@@ -176,7 +178,7 @@ class Compress(Pass):
             "chosen": search.describe(best),
             "stopped": search.interrupted,
         }
-        if best.steps == 0:
+        if not best.choice:
             raise PassDeclined(_nothing_better(search, original, metric.name), stats)
         stats["speedup"] = round(original.measured / best.measured, 3)
         stats["selection_drop"] = round(best.drop, 5)
@@ -192,7 +194,7 @@ class Compress(Pass):
 
 def _nothing_better(search: Search, original, metric: str) -> str:
     """Why the original stays: nothing met the budget, or nothing that did was cheaper."""
-    tried = [p for p in search.points if p.steps]
+    tried = [p for p in search.points if p.choice]
     budget = f"max-drop={search.max_drop:g}"
     if not tried:
         return f"no candidate could be evaluated ({search.interrupted or 'nothing to change'})"

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 BATCH = 8  # samples per onnxruntime run: activations of a large model stay small
 SENSITIVITY_SHARE = 0.6  # of the time limit
+EXTEND_TRIES = 6  # steps past the best prefix that may fail before the search stops
 
 
 class _OutOfTime(Exception):
@@ -62,11 +63,14 @@ class Point:
     confirm_drop: float = 0.0  # on the confirmation half
     confirmed: bool = True
     model: ir.Model | None = field(default=None, repr=False)
+    choice: dict[int, int] = field(default_factory=dict, repr=False)
+    extra: int = 0  # steps taken past the prefix, skipping those that broke the budget
 
     def as_dict(self, unit: str) -> dict:
         """Plain dict for the report."""
         return {
             "steps": self.steps,
+            "extra_steps": self.extra,
             f"estimated_{unit}": self.estimate,
             f"measured_{unit}": self.measured,
             "drop": round(self.drop, 5),
@@ -250,17 +254,18 @@ class Search:
             levels[unit] = level
         return levels
 
-    def evaluate(self, steps: int) -> Point:
-        """Apply the path's first ``steps`` steps for real, score and measure the model."""
-        if steps == 0:
+    def evaluate(self, steps: int, choice: dict[int, int] | None = None, extra: int = 0) -> Point:
+        """Apply the path's first ``steps`` steps (or ``choice``) for real, score and measure."""
+        choice = self.choice(steps) if choice is None else choice
+        if not choice:
             model = clone_model(self.space.model)
         else:
-            model, _ = self.space.apply(self.choice(steps))
+            model, _ = self.space.apply(choice)
         outputs = self._outputs(model, self.selection)
         first, second = (slice(0, self.split), slice(self.split, None))
         drop, score = self._drop(*self._part(outputs, first), interval=True)
         confirm = self._drop(*self._part(outputs, second))[0] if self.split < self.samples else drop
-        estimate = self.path[steps - 1][2] if steps else self.space.base_cost()
+        estimate = self.space.cost(choice)
         point = Point(
             steps,
             estimate,
@@ -270,6 +275,8 @@ class Search:
             drop <= self.max_drop,
             confirm,
             confirm <= self.max_drop,
+            choice=dict(choice),
+            extra=extra,
         )
         self.points.append(point)
         if point.meets and point.confirmed:
@@ -278,9 +285,10 @@ class Search:
                     self.best.model = None  # one model held at a time
                 point.model, self.best = model, point
         logger.info(
-            "compress: %d of %d steps: drop %.4f (budget %.4f), %s %.4g",
+            "compress: %d of %d steps%s: drop %.4f (budget %.4f), %s %.4g",
             steps,
             len(self.path),
+            f" and {extra} more" if extra else "",
             drop,
             self.max_drop,
             self.objective,
@@ -310,7 +318,39 @@ class Search:
         except KeyboardInterrupt:
             self.interrupted = "interrupted (Ctrl-C)"
             logger.warning("compress: interrupted; keeping the best model found so far")
+        try:
+            self.extend()
+        except KeyboardInterrupt:
+            self.interrupted = "interrupted (Ctrl-C)"
+            logger.warning("compress: interrupted; keeping the best model found so far")
         return self.best if self.best is not None else original
+
+    def extend(self) -> None:
+        """From the best prefix, take the later steps one at a time, skipping those that break.
+
+        Bisection stops at the first step that breaks the budget; the steps after it, on
+        other units, may not. Each is tried on top of the best choice so far and kept when the
+        result stays within budget on both halves and is not measured slower; a unit whose
+        step broke the budget is not tried again. At most ``EXTEND_TRIES`` failures.
+        """
+        if self.best is None or not self.path:
+            return
+        prefix = self.best.steps
+        base, extra, failures = dict(self.best.choice), 0, 0
+        skipped: set[int] = set()
+        for unit, level, _ in self.path[prefix:]:
+            if failures >= EXTEND_TRIES or not self._time_left():
+                break
+            if unit in skipped or base.get(unit, 0) != level - 1:
+                continue
+            trial = {**base, unit: level}
+            before = self.best
+            point = self.evaluate(prefix, trial, extra + 1)
+            if point.meets and point.confirmed and point.measured <= before.measured * 1.02:
+                base, extra = trial, extra + 1
+            else:
+                skipped.add(unit)
+                failures += 1
 
     # ----------------------------------------------------------------------- reporting
     def _unit(self) -> str:
@@ -322,7 +362,7 @@ class Search:
     def describe(self, point: Point) -> dict:
         """What the chosen point changed, per kind."""
         picked: dict[str, list[str]] = {"prune": [], "lowrank": [], "int8": []}
-        for unit_index, level in self.choice(point.steps).items():
+        for unit_index, level in point.choice.items():
             unit = self.space.units[unit_index]
             picked[unit.kind].append(f"{unit.label}: {unit.levels[level - 1].label}")
         return picked
@@ -331,7 +371,7 @@ class Search:
         """Every evaluated point, sorted by steps."""
         unit, scale = self._unit(), self._scale()
         rows = []
-        for point in sorted(self.points, key=lambda p: p.steps):
+        for point in sorted(self.points, key=lambda p: (p.steps, p.extra)):
             row = point.as_dict(unit)
             row[f"estimated_{unit}"] = round(row[f"estimated_{unit}"] * scale, 4)
             row[f"measured_{unit}"] = round(row[f"measured_{unit}"] * scale, 4)

@@ -150,7 +150,7 @@ class Space:
     # ------------------------------------------------------------------------ the units
     def base_cost(self) -> float:
         """The objective of the layers the table prices, unchanged."""
-        return sum(self.table.cost(spec) for spec in self.specs.values())
+        return self.cost({})
 
     def _prune_units(self) -> None:
         groups, _ = ChannelGraph(self.model).groups()
@@ -357,6 +357,10 @@ class Space:
                 chain = self._chain_specs(self.specs[node].with_(cin=cin, cout=cout), steps)
             self._chains[key] = chain
         return self._chains[key]
+
+    def cost(self, choice: dict[int, int]) -> float:
+        """The objective of the priced layers under ``choice``."""
+        return sum(self.table.chain(self.node_layers(node, choice)) for node in self.specs)
 
     def step_cost(self, index: int, level: int, choice: dict[int, int]) -> float:
         """The objective's change when unit ``index`` goes to ``level`` from ``choice``."""
