@@ -31,6 +31,10 @@ measured objective) and what the chosen model changed. With ``--metric``, the pa
 checks the drop again on its held-out rows and rolls the pass back when even the upper end of
 the score's 95% interval is more than ``max-drop`` below the original's.
 
+With a per-sample metric (the built-in ones), the search counts only the samples that got
+worse, so samples a candidate happens to get right cannot hide as many it gets wrong; the
+pass manager's held-out check uses the metric as it is.
+
 The search stops at ``time-limit`` seconds (or Ctrl-C), keeping the best model found so far.
 When no evaluated point is within budget, the pass is declined with the smallest drop found
 and its objective.
@@ -162,6 +166,7 @@ class Compress(Pass):
             "max_drop": options.max_drop,
             "objective": options.objective,
             "selection_samples": selection.rows,
+            "probe_samples": search.probe_rows,
             "fit_samples": fit.rows,
             "units": {kind: sum(u.kind == kind for u in space.units) for kind in KINDS},
             "path_steps": len(search.path),
