@@ -150,15 +150,7 @@ class Search:
         (on PP-OCRv5's line classifier, a net gain on the selection samples was a loss of 3
         of 80 held-out answers).
         """
-        per_sample = self.metric.per_sample
-        if per_sample is not None:
-            before = np.asarray(per_sample(reference, reference, labels), np.float64)
-            after = np.asarray(per_sample(outputs, reference, labels), np.float64)
-            drop = float(np.clip(before - after, 0.0, None).mean())
-        else:
-            drop = self.metric.value(reference, reference, labels) - self.metric.value(
-                outputs, reference, labels
-            )
+        drop = worse(self.metric, outputs, reference, labels)
         if not interval:
             return drop, {}
         return drop, self.metric.score(outputs, reference, labels).as_dict()
@@ -169,11 +161,12 @@ class Search:
         picked = {k: v[rows] for k, v in outputs.items()}
         return picked, {k: v[rows] for k, v in self.reference.items()}, labels
 
-    def _measure(self, model: ir.Model) -> float:
+    def _measure(self, model: ir.Model, quick: bool = False) -> float:
         """The whole model's objective: latency in seconds, MACs or weight bytes."""
         if self.objective == "latency":
             sess = session(model, self.space.table.threads)
-            return timed(lambda: sess.run(None, self.feed), min_runs=10, min_seconds=0.2)
+            seconds = 0.05 if quick else 0.2
+            return timed(lambda: sess.run(None, self.feed), min_runs=10, min_seconds=seconds)
         shapes = {k: v.shape for k, v in self.feed.items()}
         cost = model_cost(model, shapes)
         if self.objective == "bytes":
@@ -197,7 +190,7 @@ class Search:
             range(len(units)), key=lambda i: min((lv.delta for lv in units[i].levels), default=0)
         )
         done = 0
-        prepared = None
+        prepared = in_place = None
         try:
             for index in order:
                 unit = units[index]
@@ -210,6 +203,14 @@ class Search:
                         model = prepared.only(unit.key)
                     else:
                         model, _ = self.space.apply({index: level_index}, probe=True)
+                    if unit.kind == "int8" and self.objective == "latency":
+                        # Q/DQ boundaries and layout changes depend on the neighbours: the
+                        # whole model with this layer in int8 is timed (the table times the
+                        # layer alone, as an island).
+                        if in_place is None:
+                            in_place = self._measure(self.space.model, quick=True)
+                        alone = self._measure(model, quick=True) - in_place
+                        self.space.correct(index, level_index, alone - level.delta)
                     outputs = self._outputs(model, self.probe)
                     labels = None if self.labels is None else self.labels[: _rows(self.probe)]
                     level.error = self._error(outputs, self.probe_reference)
@@ -325,13 +326,14 @@ class Search:
         try:
             while count and self._time_left():
                 point = self.evaluate(high)
-                if point.meets:
+                within = point.meets and point.confirmed
+                if within:
                     low = high
                 else:
                     count = high  # nothing at or beyond high is taken
                 if count - low <= max(1, count // 64):
                     break
-                high = (low + count) // 2 if not point.meets else (low + count + 1) // 2
+                high = (low + count) // 2 if not within else (low + count + 1) // 2
                 if high in {p.steps for p in self.points}:
                     break
             if not self._time_left():
@@ -398,6 +400,19 @@ class Search:
             row[f"measured_{unit}"] = round(row[f"measured_{unit}"] * scale, 4)
             rows.append(row)
         return rows
+
+
+def worse(metric: Metric, outputs, reference, labels) -> float:
+    """The metric's drop from ``reference`` to ``outputs``, counting only what got worse.
+
+    Per sample for a per-sample metric (a sample that got better does not offset one that got
+    worse); the plain drop of the metric's value otherwise.
+    """
+    if metric.per_sample is not None:
+        before = np.asarray(metric.per_sample(reference, reference, labels), np.float64)
+        after = np.asarray(metric.per_sample(outputs, reference, labels), np.float64)
+        return float(np.clip(before - after, 0.0, None).mean())
+    return metric.value(reference, reference, labels) - metric.value(outputs, reference, labels)
 
 
 class _Int8Probe:

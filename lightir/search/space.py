@@ -69,6 +69,9 @@ class Level:
     error: float = math.nan  # relative squared output error when alone
     drop: float = math.nan  # the metric's drop when alone
     chain: list[ConvSpec] = field(default_factory=list)  # lowrank: the chain's layers
+    # What the whole model measured with this level alone adds to the table's price (int8:
+    # the Q/DQ boundaries and layout changes its neighbours see).
+    correction: float = 0.0
 
 
 @dataclass
@@ -359,13 +362,24 @@ class Space:
         return self._chains[key]
 
     def cost(self, choice: dict[int, int]) -> float:
-        """The objective of the priced layers under ``choice``."""
-        return sum(self.table.chain(self.node_layers(node, choice)) for node in self.specs)
+        """The objective of the priced layers under ``choice``, with measured corrections."""
+        layers = sum(self.table.chain(self.node_layers(node, choice)) for node in self.specs)
+        return layers + sum(
+            self.units[i].levels[level - 1].correction for i, level in choice.items() if level
+        )
+
+    def correct(self, index: int, level: int, correction: float) -> None:
+        """Add what the whole model measured to the price of unit ``index`` at ``level``."""
+        entry = self.units[index].levels[level - 1]
+        entry.correction = correction
+        entry.delta += correction
 
     def step_cost(self, index: int, level: int, choice: dict[int, int]) -> float:
         """The objective's change when unit ``index`` goes to ``level`` from ``choice``."""
         after = {**choice, index: level}
-        change = 0.0
+        levels = self.units[index].levels
+        now = choice.get(index, 0)
+        change = levels[level - 1].correction - (levels[now - 1].correction if now else 0.0)
         for node in self.units[index].touches:
             change += self.table.chain(self.node_layers(node, after))
             change -= self.table.chain(self.node_layers(node, choice))

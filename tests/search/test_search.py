@@ -1,0 +1,28 @@
+"""The search's drop: what got worse counts, what got better does not offset it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lightir import metrics
+from lightir.search.search import worse
+
+
+def test_a_sample_gained_does_not_hide_a_sample_lost():
+    labels = np.array([0, 1, 1, 0])
+    reference = {"y": np.array([[1.0, 0], [0, 1], [1, 0], [1, 0]])}  # 3 of 4 right
+    outputs = {"y": np.array([[1.0, 0], [1, 0], [0, 1], [1, 0]])}  # loses #1, gains #2
+    top1 = metrics.resolve("top1")
+    assert top1.value(outputs, reference, labels) == top1.value(reference, reference, labels)
+    assert worse(top1, outputs, reference, labels) == pytest.approx(0.25)
+    assert worse(metrics.resolve("agreement"), outputs, reference, None) == pytest.approx(0.5)
+
+
+def test_a_plug_in_metric_drops_by_its_value():
+    def mean_output(outputs, reference, labels):
+        return float(np.mean(outputs["y"]))
+
+    metric = metrics.resolve(mean_output)
+    reference, outputs = {"y": np.ones((4, 2))}, {"y": np.full((4, 2), 0.75)}
+    assert worse(metric, outputs, reference, None) == pytest.approx(0.25)
