@@ -6,11 +6,12 @@
 
 For each model, each budget: ``compress{max-drop=B}`` with the model's metric, and every
 single-pass setting (``prune`` at ratios 0.1-0.6, ``svd`` / ``spatial-svd`` / ``tucker`` at
-energies 0.95, 0.85, 0.7 and 0.5, all with the least-squares refit; ``int8``), run with structural checks
-only so that the metric alone judges them. Every model is scored on an *evaluation* split
-that no run saw (not the calibration file's held-out rows either); per family the fastest
-setting within the budget on it is the baseline. Latencies are onnxruntime medians of
-interleaved, shuffled rounds (one thread, batch 1), measured side by side in one process.
+energies 0.95, 0.85, 0.7 and 0.5, all with the least-squares refit; ``int8``), run with
+structural checks only so that the metric alone judges them. Every model is scored on an
+*evaluation* split that no run saw (not the calibration file's held-out rows either); per
+family the fastest setting within the budget on it is the baseline. Latencies are
+onnxruntime medians of interleaved, shuffled rounds (one thread, batch 1), measured side by
+side in one process.
 
 Writes ``search.json`` (every figure, the fronts) and ``search.md`` (the table for
 tools/README.md) into ``--out``.
@@ -232,6 +233,8 @@ def peak(target: str, calib_rows: int, pipeline: str) -> None:
             str(calib),
             "-o",
             str(folder / "out.onnx"),
+            "--report",
+            str(folder / "report.json"),
         ],
         capture_output=True,
         text=True,

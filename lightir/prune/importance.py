@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 DATA_CRITERIA = ("activation", "entropy", "output-error")  # they need calibration data
 MAX_SELECTION_COLUMNS = 4608  # a 512-channel 3x3 conv; wider consumers fall back to l1
-CAPTURE_BYTES = 1 << 30  # activations held at once while the moments are taken
+CAPTURE_BYTES = 256 << 20  # activations held at once while the moments are taken
 
 
 def weight_rows(node: ir.Node, index: int) -> np.ndarray:

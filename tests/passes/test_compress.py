@@ -156,3 +156,22 @@ def test_cli_writes_the_sensitivity_and_the_front(tmp_path, labeled):
     assert json.loads(front.read_text())["rows"][0]["steps"] == 0
     bad = lightir_opt("zoo:digits", "-p", "compress", "--calib", calib, "--front", "x.txt")
     assert bad.returncode == 2 and "give a .csv or .json" in bad.stderr
+
+
+def test_latency_is_measured_per_layer_and_per_candidate(labeled):
+    """The default objective: a table of layer timings, int8 timed in place, whole-model
+    timings of every candidate (figures vary run to run; their presence and sense do not)."""
+    result = lightir.optimize("zoo:digits", "compress{max-drop=0.02}", calib=labeled, metric="top1")
+    record = result.report.record("compress")
+    stats = record.stats
+    assert stats["objective"] == "latency" and stats["table_entries"] > 0
+    assert all(row["ms"] > 0 for row in stats["latency_table"])
+    assert all(point["measured_ms"] > 0 for point in stats["front"])
+    assert {row["kind"] for row in stats["sensitivity"]} >= {"prune", "int8"}
+    if record.status == "changed":
+        assert stats["speedup"] > 1.0
+        chosen = [p for p in stats["front"] if p["meets"] and p["confirmed"]]
+        fastest = min(p["measured_ms"] for p in chosen)
+        assert stats["speedup"] == pytest.approx(stats["front"][0]["measured_ms"] / fastest, 0.01)
+    else:
+        assert "cheaper than the original" in record.message
