@@ -96,3 +96,19 @@ def test_no_import_cycles():
     graph.remove_edges_from([(a, b) for a, b in graph.edges if b.startswith(a + ".")])
     cycles = sorted(nx.simple_cycles(graph), key=len)
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+def test_every_package_is_installed():
+    """A package missing from pyproject's list works in an editable install and is absent
+    from a wheel (lightir.search was, until this test)."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    on_disk = {
+        "lightir." + ".".join(init.parent.relative_to(ROOT / "lightir").parts)
+        for init in (ROOT / "lightir").rglob("__init__.py")
+        if init.parent != ROOT / "lightir"
+    }
+    assert on_disk <= listed, sorted(on_disk - listed)
+    assert set(setuptools["package-dir"]) == listed
