@@ -219,8 +219,7 @@ class _MetricCheck:
         self.labels = None
 
     def _outputs(self, model: ir.Model) -> dict[str, np.ndarray]:
-        runs = OrtModel(model).run_all(list(self.data.batches(batch_size=8)))
-        return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
+        return OrtModel(model).run_rows(list(self.data.batches(batch_size=8)))
 
     def start(self, model: ir.Model, report: Report) -> None:
         """Score the original (a metric that fails on it stops the run before any pass)."""

@@ -200,6 +200,11 @@ class OrtModel:
         """Run every batch in order."""
         return [self.run(batch) for batch in batches]
 
+    def run_rows(self, batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Run every batch; each output with the samples of all batches on axis 0."""
+        runs = self.run_all(batches)
+        return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
+
 
 class Probe:
     """Runs a structural copy of a model (weights shared) with extra values as outputs."""

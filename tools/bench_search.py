@@ -33,8 +33,9 @@ import numpy as np
 import lightir
 from lightir import metrics, zoo
 from lightir.data import LABELS_KEY, CalibrationData, input_specs
+from lightir.onnx_bridge import OrtModel
 from lightir.search.latency import interleaved
-from lightir.testing import corpus, run, tasks
+from lightir.testing import corpus, tasks
 
 METRICS = {
     "digits": "top1",
@@ -77,8 +78,7 @@ def data(name: str, folder: Path) -> tuple[str, Path, Path]:
 
 
 def outputs_of(model, data: CalibrationData) -> dict[str, np.ndarray]:
-    runs = run(model, list(data.bind(input_specs(model)).batches(batch_size=8)))
-    return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
+    return OrtModel(model).run_rows(list(data.bind(input_specs(model)).batches(batch_size=8)))
 
 
 def score(metric, model, original, evaluation: Path):

@@ -129,8 +129,7 @@ class Search:
     # ----------------------------------------------------------------------- measuring
     @staticmethod
     def _outputs(model: ir.Model, batches: list[dict]) -> dict[str, np.ndarray]:
-        runs = OrtModel(model).run_all(batches)
-        return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
+        return OrtModel(model).run_rows(batches)
 
     def _error(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
         """Relative squared error, averaged over outputs."""

@@ -56,6 +56,7 @@ from lightir.search.latency import ConvSpec, LatencyTable
 logger = logging.getLogger(__name__)
 
 RATIOS = (0.25, 0.5, 0.75)
+PRICED = ("Conv", "Gemm", "MatMul")  # ops the latency table prices (as convolutions)
 ENERGIES = (0.95, 0.85, 0.7, 0.5)
 
 
@@ -173,6 +174,13 @@ class Space:
         for index, group in enumerate(groups):
             if planner.protected(group) or group.components[0].frozen:
                 continue
+            component = group.components[0]
+            made = Counter(node for node, _ in component.producers)
+            read = Counter(node for node, _ in component.consumers)
+            touched = set(made) | set(read)
+            if any(n not in self.specs and n.op_type in PRICED for n in touched):
+                continue  # a layer the table cannot price
+            touches = {n: (read[n], made[n]) for n in touched if n in self.specs}
             step = planner.step(group)
             keeps = sorted(
                 {planner.keep_count(group.size, int(group.size * r), step) for r in RATIOS},
@@ -182,20 +190,21 @@ class Space:
             for keep in keeps:
                 if keep >= group.size:
                     continue
-                delta = self._prune_delta(group, group.size - keep)
-                if delta is None:
+                removed = group.size - keep
+                resized = {
+                    n: resize(self.specs[n], removed * taken[0], removed * taken[1])
+                    for n, taken in touches.items()
+                }
+                if any(spec is None for spec in resized.values()):
                     break
-                label = f"keep {keep} of {group.size}"
-                levels.append(Level(label, keep, delta))
+                delta = sum(
+                    self.table.cost(new) - self.table.cost(self.specs[n])
+                    for n, new in resized.items()
+                )
+                levels.append(Level(f"keep {keep} of {group.size}", (keep, group.size), delta))
             if levels:
                 candidates.append(index)
                 label = f"channels of {', '.join(group.producer_nodes)}"
-                component = group.components[0]
-                made = Counter(node for node, _ in component.producers)
-                read = Counter(node for node, _ in component.consumers)
-                touches = {n: (read[n], made[n]) for n in set(made) | set(read) if n in self.specs}
-                for level in levels:
-                    level.setting = (level.setting, group.size)
                 self.units.append(Unit("prune", index, label, levels, touches))
         # Channel orders once, on the unpruned model: prune's output-error importance.
         scorer = ChannelScorer(self.model, self.batches, self.refit)
@@ -208,29 +217,6 @@ class Space:
             limit = group.size - min(level.setting[0] for level in unit.levels)
             scores = scorer.scores(group, "auto", limit)
             self.orders[index] = np.argsort(scores, kind="stable")
-
-    def _prune_delta(self, group, removed: int) -> float | None:
-        """Objective change when ``removed`` components of ``group`` go; None if unpriced."""
-        component = group.components[0]
-        made = Counter(node for node, _ in component.producers)
-        read = Counter(node for node, _ in component.consumers)
-        delta = 0.0
-        for node in set(made) | set(read):
-            spec = self.specs.get(node)
-            if spec is None:
-                if node.op_type in ("Conv", "Gemm", "MatMul"):
-                    return None
-                continue
-            cin = spec.cin - removed * read[node]
-            cout = spec.cout - removed * made[node]
-            group_count = spec.group
-            if spec.group > 1 and spec.group == spec.cin:  # depthwise: one group per channel
-                group_count = cin
-            if cin < 1 or cout < 1:
-                return None
-            new = spec.with_(cin=cin, cout=cout, group=group_count)
-            delta += self.table.cost(new) - self.table.cost(spec)
-        return delta
 
     def _lowrank_units(self) -> None:
         methods = {}
@@ -310,7 +296,7 @@ class Space:
         layer), in int8 when chosen.
         """
         spec = self.specs[node]
-        cin, cout = spec.cin, spec.cout
+        fewer_in = fewer_out = 0
         chain, int8 = None, False
         factorized = None
         for index in self.by_node.get(node, ()):
@@ -322,18 +308,18 @@ class Space:
             if unit.kind == "prune":
                 keep, size = setting.setting
                 read, made = unit.touches[node]
-                cin -= (size - keep) * read
-                cout -= (size - keep) * made
+                fewer_in += (size - keep) * read
+                fewer_out += (size - keep) * made
             elif unit.kind == "lowrank":
                 chain, factorized = setting.chain, setting.setting
             else:
                 int8 = True
-        cin, cout = max(cin, 1), max(cout, 1)
-        if chain is not None and (cin, cout) != (spec.cin, spec.cout):
-            chain = self._pruned_chain(node, *factorized, cin, cout)
+        fewer_in, fewer_out = min(fewer_in, spec.cin - 1), min(fewer_out, spec.cout - 1)
+        pruned = resize(spec, fewer_in, fewer_out)
+        if chain is not None and (fewer_in or fewer_out):
+            chain = self._pruned_chain(node, *factorized, pruned.cin, pruned.cout)
         if chain is None:
-            group = cin if spec.group > 1 and spec.group == spec.cin else spec.group
-            layers = [spec.with_(cin=cin, cout=cout, group=group)]
+            layers = [pruned]
         else:
             layers = chain
         return [layer.with_(int8=int8) for layer in layers]
@@ -472,6 +458,18 @@ def between(nodes: list[ir.Node], weighted: set[ir.Node]) -> set[ir.Node]:
                 reached.add(other)
                 frontier.append(other)
     return reached
+
+
+def resize(spec: ConvSpec, fewer_in: int, fewer_out: int) -> ConvSpec | None:
+    """``spec`` with fewer input and output channels; None when none would be left.
+
+    A depthwise conv keeps one group per channel.
+    """
+    cin, cout = spec.cin - fewer_in, spec.cout - fewer_out
+    if cin < 1 or cout < 1:
+        return None
+    group = cin if spec.group > 1 and spec.group == spec.cin else spec.group
+    return spec.with_(cin=cin, cout=cout, group=group)
 
 
 def cheaper(layer, steps: list[ConvStep]) -> bool:
