@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--samples",
         type=int,
         default=None,
-        help="verification samples (default: 2 synthesized, or a quarter of --calib's rows, "
-        "2 to 8; one batch if the batch is dynamic)",
+        help="verification samples (default: 2 synthesized, or 32 held-out --calib rows, "
+        "half of them when it has fewer than 64)",
     )
     parser.add_argument(
         "--dim",

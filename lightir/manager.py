@@ -91,6 +91,19 @@ def _inputs_description(calibration: CalibrationData | None, batches: list[dict]
     return f"{len(batches)} batch(es), {rows} sample(s), {source}"
 
 
+VERIFY_BATCH = 8  # rows per onnxruntime run: a detector's activations for 32 pages at once are GBs
+
+
+def verification_rows(rows: int) -> int:
+    """Calibration rows the verifier judges on: ``metrics.MIN_HOLDOUT`` (32), held out.
+
+    One flipped decision in 8 samples read 0.875 against a 0.9 bound (MTCNN O-Net after
+    prune); in 32 it reads 0.969, and the interval says how much 32 can tell. With fewer
+    than 64 rows, half of them, so the passes keep the other half to fit on; at least 2.
+    """
+    return max(2, min(metrics.MIN_HOLDOUT, rows // 2))
+
+
 def _verification_inputs(
     specs: list[InputSpec],
     calibration: CalibrationData | None,
@@ -100,9 +113,9 @@ def _verification_inputs(
 ) -> list[dict[str, np.ndarray]]:
     if calibration is None:
         return synthesize(specs, samples=samples or 2, dims=dict(dims or {}), seed=seed)
-    # Two lines of text told int8's fate on a recognizer; eight tell it better.
-    samples = samples or min(8, max(2, calibration.rows // 4))
-    batches = list(calibration.batches(batch_size=samples, limit=max(samples, 1)))
+    samples = samples or verification_rows(calibration.rows)
+    batch = min(samples, VERIFY_BATCH)
+    batches = list(calibration.batches(batch_size=batch, limit=max(samples, 1)))
     if not batches:
         raise InputError(f"--calib {calibration.source}: too few samples for one batch")
     return batches
@@ -294,7 +307,8 @@ def optimize(
             onnxruntime runs).
         keep_going: after a pass is rolled back, run the remaining passes.
         samples: verification samples (one batch when the batch dim is dynamic). Default:
-            2 synthesized; with ``calib``, a quarter of its rows, at least 2 and at most 8.
+            2 synthesized; with ``calib``, 32 of its rows (half of them when it has fewer
+            than 64, at least 2), which the passes do not fit on (:func:`verification_rows`).
         dims: values for named dynamic dims (``{"batch": 4}``).
         seed: seed of synthesized inputs.
         tolerances: per pass name, a relative-error bound overriding its contract's.

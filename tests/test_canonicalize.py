@@ -57,8 +57,8 @@ def test_dynamic_batch_from_minus_one_takes_32_calibration_samples(tmp_path):
     rows = np.random.default_rng(1).standard_normal((32, 3, 6, 6)).astype(np.float32)
     result = lightir.optimize(path, "int8", calib=CalibrationData({"x": rows}))
     assert result.report.ok, result.report.failures
-    # a quarter of the 32 rows verify (one batch: the batch dim is dynamic); 24 calibrate
-    assert result.report.inputs.startswith("1 batch(es), 8 sample(s)")
+    # half of the 32 rows verify, 8 per run (the batch dim is dynamic); 16 calibrate
+    assert result.report.inputs.startswith("2 batch(es), 16 sample(s)")
 
 
 def test_nothing_to_canonicalize_leaves_no_row():

@@ -152,6 +152,30 @@ def test_calibration_file_feeds_verification(tmp_path):
     assert "calibration file" in result.report.inputs and "3 sample" in result.report.inputs
 
 
+@pytest.mark.parametrize(("rows", "judged"), [(80, 32), (40, 20), (3, 2)])
+def test_verification_holds_out_32_rows_and_passes_fit_on_the_rest(
+    tmp_path, throwaway_passes, rows, judged
+):
+    seen = {}
+
+    @lightir.register_pass("record-fit-rows", contract=lightir.Contract.lossy(min_cosine=0.9))
+    class RecordFitRows(lightir.Pass):
+        """Records the calibration rows it is given; changes nothing."""
+
+        def run(self, model, context):
+            seen["fit"] = context.calibration.arrays["input"]
+            return lightir.PassResult(model, modified=False)
+
+    data = np.random.default_rng(0).standard_normal((rows, 3, 32, 32)).astype(np.float32)
+    data[:, 0, 0, 0] = np.arange(rows)  # each row names itself
+    np.savez(tmp_path / "calib.npz", input=data)
+    report = lightir.optimize("zoo:resnet", "record-fit-rows", calib=tmp_path / "calib.npz").report
+    assert f"{judged} sample(s)" in report.inputs
+    fit = sorted(int(v) for v in seen["fit"][:, 0, 0, 0])
+    # The rows verification judges are not fit on, unless the file is too small to split.
+    assert fit == (list(range(judged, rows)) if rows >= 2 * judged else list(range(rows)))
+
+
 def test_calibration_file_with_wrong_shape_is_refused(tmp_path):
     np.savez(tmp_path / "calib.npz", input=np.zeros((4, 3, 16, 16), np.float32))
     with pytest.raises(lightir.InputError, match="axis 2 is 16, the model expects 32"):

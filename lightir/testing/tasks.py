@@ -532,6 +532,7 @@ def _mtcnn_dataset(net: str, calibrating: bool, count: int, seed: int) -> Datase
 
 
 CALIBRATION_SEED = 1000
+CALIBRATION_MAX = 64  # the largest calibration split (its strings are kept out of evaluation)
 EVALUATION_SEED = 2000
 
 
@@ -545,6 +546,8 @@ def dataset(name: str, split: str = "evaluation", count: int = 32) -> Dataset:
         raise ValueError(f"split must be calibration or evaluation, not {split!r}")
     task = corpus.MODELS[name].task
     calibrating = split == "calibration"
+    if calibrating and count > CALIBRATION_MAX:
+        raise ValueError(f"at most {CALIBRATION_MAX} calibration samples, not {count}")
     seed = CALIBRATION_SEED if calibrating else EVALUATION_SEED
     if task.startswith("mtcnn-"):
         return _mtcnn_dataset(task.split("-")[1], calibrating, count, seed)
@@ -555,8 +558,10 @@ def dataset(name: str, split: str = "evaluation", count: int = 32) -> Dataset:
     }
     make = makers.get(task, _text_line)
     lines = _line_budget(task, count)
-    avoid = () if calibrating else _strings(CALIBRATION_SEED, _line_budget(task, count), make)
-    strings = _strings(seed, lines, make, avoid)
+    if calibrating:
+        strings = _strings(seed, lines, make)
+    else:
+        strings = _evaluation_strings(task, lines, make)
     if task == "ppocr-rec":
         return _rec_dataset(name, strings, seed)
     if task in ("ctc-captcha", "ctc-captcha-old"):
@@ -570,6 +575,23 @@ def dataset(name: str, split: str = "evaluation", count: int = 32) -> Dataset:
     if task == "yolox-chars":
         return _chars_dataset(strings, seed)
     return _logits_dataset(name, count, seed)
+
+
+def _evaluation_strings(task: str, lines: int, make) -> list[str]:
+    """Evaluation strings: none is in any calibration split up to ``CALIBRATION_MAX`` samples.
+
+    Drawn avoiding the calibration split of the same size, as the corpus tables were measured;
+    a string only a larger calibration split holds is replaced in place by a fresh draw, so
+    the rest of the set stays what it was.
+    """
+    strings = _strings(EVALUATION_SEED, lines, make, _strings(CALIBRATION_SEED, lines, make))
+    every = set(_strings(CALIBRATION_SEED, _line_budget(task, CALIBRATION_MAX), make))
+    rng = np.random.default_rng(EVALUATION_SEED + 1)
+    for index, text in enumerate(strings):
+        while text in every or text in strings[:index]:
+            text = make(rng)
+        strings[index] = text
+    return strings
 
 
 def _line_budget(task: str, count: int) -> int:

@@ -42,6 +42,16 @@ def test_splits_share_no_string():
     assert calib.inputs["x"].shape == (32, 3, 48, 320)
 
 
+def test_no_calibration_split_up_to_the_largest_shares_a_string_with_evaluation():
+    # Text detectors draw 8 lines a page: the 64-page calibration split once shared a line
+    # with the 32-page evaluation split, which avoided only a calibration split of its size.
+    evaluation = tasks.dataset("ppocrv6-tiny-det", "evaluation", 32)
+    largest = tasks.dataset("ppocrv6-tiny-det", "calibration", tasks.CALIBRATION_MAX)
+    assert not set(largest.strings) & set(evaluation.strings)
+    with pytest.raises(ValueError, match="at most 64 calibration samples"):
+        tasks.dataset("ppocrv6-tiny-det", "calibration", tasks.CALIBRATION_MAX + 1)
+
+
 @pytest.mark.parametrize("name", corpus.SMALL)
 @pytest.mark.parametrize("real", [False, True], ids=["synthesized", "real"])
 def test_reparam_is_kept_exact_and_never_costs_more(name, real, calibration):
