@@ -34,19 +34,21 @@ Budget:
   MAC saved. Importance is normalized per group. With calibration data, each group's curve
   is its measured output error when pruned alone.
 
-Kept channel counts are rounded to a multiple of ``round`` (8 by default, what vectorized
-kernels like; a grouped conv's group of 8 channels is one step), and groups produced by the
-first layer or consumed by the last one are protected unless ``protect-first`` /
-``protect-last`` are false.
+Kept channel counts are rounded to the nearest multiple of ``round`` (a grouped conv's group
+of 8 channels is one step), and groups produced by the first layer or consumed by the last
+one are protected unless ``protect-first`` / ``protect-last`` are false.
 
-``round=16`` matches onnxruntime's NCHWc channel block on AVX-512 (8 with AVX2): a count
-between two blocks is padded up, so channels removed below a block boundary save MACs on paper
-and no time there. Measured on the AVX-512 VNNI machine at ``ratio=0.2,refit=true``
-(``tools/README.md``): MTCNN R-Net runs at 1.00 of the original with ``round=8`` (MACs
-0.875) and at 0.88 with ``round=16`` (MACs 0.75). 16 is not the default because rounding to
-nearest with a coarse step overshoots the ratio on narrow layers (48 -> 32 channels at 0.2):
-R-Net's face decisions then agree on 0.81 of the crops, and O-Net and PP-OCRv6 small det,
-kept at ``round=8``, are rolled back at 16.
+``round=0`` (the default) rounds to the channel block onnxruntime's convolutions pad to on
+the machine the pass runs on, measured (:func:`lightir.search.latency.conv_channel_block`):
+16 where MLAS runs its NCHWc kernels with AVX-512, 8 with AVX2. A count between two blocks
+is padded up, so channels removed below a block boundary cost accuracy and save no time.
+Measured on the AVX-512 VNNI machine at ``ratio=0.2,refit=true`` with 32 held-out
+verification rows (``tools/README.md``): MTCNN R-Net runs at 1.00 of the original with
+``round=8`` (MACs 0.875) and at 0.88 with 16 (MACs 0.75, face decisions agreeing on 0.94 of
+the evaluation crops); O-Net 1.01 / 0.82; PP-OCRv6 small det 0.83 / 0.68 (mask IoU 0.960 /
+0.952). Rounding to the nearest block takes more than ``ratio`` from some narrow layers
+(48 -> 32 channels at 0.2) and less from others. Give ``round=8`` (or 1) when the model will
+run elsewhere, on a runtime without channel blocks.
 
 Repair after removal:
 
@@ -63,7 +65,7 @@ Repair after removal:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import onnx_ir as ir
@@ -76,6 +78,7 @@ from lightir.prune.importance import DATA_CRITERIA
 from lightir.prune.plan import PrunePlanner, where
 from lightir.prune.surgery import prune_components
 from lightir.registry import register_pass
+from lightir.search.latency import conv_channel_block
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class Options:
     )
     scope: Literal["uniform", "global"] = "uniform"
     target_macs: float = 0.0
-    round: int = 8
+    round: int = 0  # 0: the measured channel block of this machine's convolutions
     protect_first: bool = True
     protect_last: bool = True
     refit: bool = False
@@ -101,8 +104,8 @@ class Options:
             raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
         if not 0.0 <= self.target_macs <= 1.0:
             raise ValueError(f"target-macs must be in (0, 1], got {self.target_macs}")
-        if self.round < 1:
-            raise ValueError(f"round must be >= 1, got {self.round}")
+        if self.round < 0:
+            raise ValueError(f"round must be >= 1 (or 0: measured), got {self.round}")
 
 
 @register_pass("prune", contract=Contract.lossy(min_cosine=0.9))
@@ -128,6 +131,8 @@ class Prune(Pass):
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Analyse, plan, remove, then refit or compensate the consumers."""
         options = self.options
+        if not options.round:
+            options = replace(options, round=conv_channel_block())
         common_passes.ShapeInferencePass()(model)
         groups, frozen = ChannelGraph(model).groups()
         for group, reason in frozen:
@@ -140,4 +145,5 @@ class Prune(Pass):
             model, components, compensate=options.compensate, batches=batches, refit=options.refit
         )
         stats["groups"] = len(groups)
+        stats["round"] = options.round
         return PassResult(model, modified=stats["channels_removed"] > 0, stats=stats)

@@ -15,6 +15,7 @@ analytic: ``macs`` and ``bytes`` (weights, at one byte per int8 weight).
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import statistics
@@ -187,6 +188,33 @@ def interleaved(
         for key in order:
             samples[key].append(timed(runners[key], min_runs=3, min_seconds=0.01))
     return {key: statistics.median(values) for key, values in samples.items()}
+
+
+BLOCK_PROBE = (32, 40, 48)  # output channels of the probe conv: 40 is mid-block at 16
+
+
+def block_from_times(t32: float, t40: float, t48: float) -> int:
+    """16 when 40 channels cost at least 3/4 of the way from 32 to 48 (padded up), else 8."""
+    if t48 <= t32 * 1.05:  # channel counts hardly matter here: no block to align to
+        return 8
+    return 16 if (t40 - t32) >= 0.75 * (t48 - t32) else 8
+
+
+@functools.cache
+def conv_channel_block(threads: int = 1) -> int:
+    """The channel block onnxruntime's float convolutions pad to on this machine: 16 or 8.
+
+    Measured, not read from CPU flags: a 3x3 convolution (64 input channels, 14x14) timed
+    side by side at 32, 40 and 48 output channels (:func:`block_from_times`). Where MLAS
+    runs convolutions in its NCHWc layout with 16-channel blocks (AVX-512), 40 channels cost
+    what 48 do; with 8-channel blocks (AVX2) or none, about midway. On the AVX-512 VNNI
+    machine of ``tools/README.md``: 69, 97 and 97 us, so 16. Measured once per process.
+    """
+    spec = ConvSpec(64, BLOCK_PROBE[0], (3, 3), 14, 14, pads=(1, 1, 1, 1))
+    models = {c: spec_model(spec.with_(cout=c)) for c in BLOCK_PROBE}
+    x = np.random.default_rng(0).standard_normal((1, 64, 14, 14)).astype(np.float32)
+    times = interleaved(models, {"x": x}, threads=threads)
+    return block_from_times(*(times[c] for c in BLOCK_PROBE))
 
 
 class LatencyTable:

@@ -440,6 +440,19 @@ class Outcome:
         return self.verdict != "bug"
 
 
+# Options the fuzzer gives a pass instead of its defaults. The generator's layers have 4-32
+# channels; prune's default rounds to the measured channel block (16 on AVX-512), which
+# leaves most of them whole, and the fuzzer is there to exercise the surgery.
+FUZZ_OPTIONS = {"prune": "prune{round=8}"}
+
+
+def fuzz_pipelines() -> list[str]:
+    """Every registered pass (with :data:`FUZZ_OPTIONS`), then the named pipelines."""
+    from lightir.registry import all_passes, all_pipelines
+
+    return [FUZZ_OPTIONS.get(name, name) for name in sorted(all_passes())] + sorted(all_pipelines())
+
+
 def synthesized_calibration(model: ir.Model, rows: int, seed: int) -> CalibrationData:
     """``rows`` synthesized samples as calibration data (whole batches of a fixed batch)."""
     specs = input_specs(model)

@@ -76,6 +76,21 @@ def test_kept_channel_counts_are_rounded():
             assert node.inputs[1].const_value.shape[0] % 8 == 0
 
 
+def test_default_round_is_the_measured_channel_block_of_this_machine():
+    from lightir.search.latency import conv_channel_block
+
+    block = conv_channel_block()
+    result = lightir.optimize("zoo:resnet", "prune{ratio=0.3}", tolerances=ANY_OUTPUT)
+    assert result.report.records[0].stats["round"] == block in (8, 16)
+    kept = [n.inputs[1].const_value.shape[0] for n in result.model.graph if n.op_type == "Conv"]
+    original = [
+        n.inputs[1].const_value.shape[0] for n in zoo.build("resnet").graph if n.op_type == "Conv"
+    ]
+    # Every count the pass changed is a whole number of blocks.
+    assert all(k % block == 0 for k, o in zip(kept, original) if k != o)
+    assert kept != original
+
+
 def test_target_macs_is_met():
     original = zoo.build("resnet")
     result = lightir.optimize(original, "prune{target-macs=0.6}", tolerances=ANY_OUTPUT)
@@ -96,7 +111,9 @@ def test_frozen_channels_are_refused_and_explained():
     z.dtype, z.shape = ir.DataType.FLOAT, ir.Shape([1, 16, 6, 6])
     out = model.graph.outputs[0]
     out.dtype, out.shape = ir.DataType.FLOAT, ir.Shape([1, 4, 6, 6])
-    result = lightir.optimize(model, "prune{ratio=0.5,protect-first=false}", verify="structural")
+    result = lightir.optimize(
+        model, "prune{ratio=0.5,protect-first=false,round=8}", verify="structural"
+    )
     shapes = [n.inputs[1].const_value.shape[0] for n in result.model.graph if n.op_type == "Conv"]
     assert shapes == [8, 16, 4]  # the conv feeding MyOp keeps all its channels
     assert any("MyOp" in d for d in declines(result))
@@ -185,7 +202,7 @@ def test_yolo_c2f_split_sizes_follow_the_pruned_channels(name, tmp_path):
     model = zoo.build(name)
     # Structure is the point here (seeded, untrained weights make the score part's cosine a
     # coin toss): checked structurally, then run in onnxruntime, where wrong sizes fail.
-    result = lightir.optimize(model, "prune{ratio=0.3}", verify="structural")
+    result = lightir.optimize(model, "prune{ratio=0.3,round=8}", verify="structural")
     assert result.report.ok, result.report.failures
     assert result.report.final.macs < 0.8 * result.report.original.macs
     feeds = random_inputs(model)
@@ -238,7 +255,7 @@ def test_a_group_that_rounds_back_to_its_size_says_so():
     y = b.relu(b.conv(b.relu(b.conv(b.relu(b.conv(x, 16, 3)), 16, 3)), 16, 3))
     b.output(b.conv(y, 4, 1, pads=[0] * 4), "y")
     model = b.build()
-    result = lightir.optimize(model, "prune{ratio=0.2}", tolerances=ANY_OUTPUT)
+    result = lightir.optimize(model, "prune{ratio=0.2,round=8}", tolerances=ANY_OUTPUT)
     assert result.report.records[0].status == "unchanged"
     assert any("rounds back to 16 at round=8" in d for d in declines(result))
     finer = lightir.optimize(model, "prune{ratio=0.2,round=1}", tolerances=ANY_OUTPUT)

@@ -10,7 +10,14 @@ import pytest
 
 from lightir import zoo
 from lightir.analysis.cost import inferred_shapes
-from lightir.search.latency import ConvSpec, LatencyTable, session, spec_model
+from lightir.search.latency import (
+    ConvSpec,
+    LatencyTable,
+    block_from_times,
+    conv_channel_block,
+    session,
+    spec_model,
+)
 
 
 def test_spec_of_a_conv_reads_its_geometry():
@@ -54,3 +61,17 @@ def test_the_table_measures_each_shape_once_and_prices_by_objective():
     assert LatencyTable("bytes").cost(spec.with_(int8=True)) == 16 * 16 * 9
     with pytest.raises(ValueError, match="objective"):
         LatencyTable("watts")
+
+
+def test_block_from_times_reads_padding():
+    # 40 channels cost what 48 do: padded to a block of 16 (AVX-512 NCHWc).
+    assert block_from_times(69e-6, 97e-6, 97e-6) == 16
+    # 40 channels midway: blocks of 8 (AVX2), or no blocks.
+    assert block_from_times(69e-6, 83e-6, 97e-6) == 8
+    # Counts hardly matter (overhead-bound): nothing to align to.
+    assert block_from_times(10e-6, 10.4e-6, 10.3e-6) == 8
+
+
+def test_conv_channel_block_is_measured_once():
+    assert conv_channel_block() in (8, 16)
+    assert conv_channel_block.cache_info().currsize >= 1

@@ -14,15 +14,14 @@ import onnx_ir as ir
 import pytest
 
 import lightir
-from lightir.registry import all_passes, all_pipelines
-from lightir.testing.fuzz import check_pass, random_model, shrink
+from lightir.testing.fuzz import check_pass, fuzz_pipelines, random_model, shrink
 from lightir.verify import exact_tolerance
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "fuzz"
 EXACT_GRAPHS = 200  # exact passes are cheap and the ones that must never be wrong
 LOSSY_GRAPHS = 100
 
-PIPELINES = sorted(all_passes()) + sorted(all_pipelines())
+PIPELINES = fuzz_pipelines()
 
 
 def _is_exact(pipeline: str) -> bool:
