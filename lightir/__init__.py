@@ -10,7 +10,14 @@ Public API::
 
 from __future__ import annotations
 
-from lightir.errors import InputError, LightirError, PassDeclined, PassFailedError, UsageError
+from lightir.errors import (
+    BudgetUnmet,
+    InputError,
+    LightirError,
+    PassDeclined,
+    PassFailedError,
+    UsageError,
+)
 from lightir.io import load, save
 from lightir.manager import Instrument, Result, optimize
 from lightir.pass_base import EXACT, Contract, NoOptions, Pass, PassContext, PassResult
@@ -21,6 +28,7 @@ from lightir.report import PassRecord, Report
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetUnmet",
     "EXACT",
     "Contract",
     "InputError",

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from lightir import registry
-from lightir.errors import LightirError, UsageError
+from lightir.errors import BudgetUnmet, LightirError, UsageError
 from lightir.instruments import DumpDir, PrintIRAfter
 from lightir.io import save
 from lightir.manager import VERIFY_MODES, optimize
@@ -249,6 +249,16 @@ def run(argv: list[str]) -> int:
         print(render_timing(report), file=sys.stderr)
     if args.explain:
         print(render_explain(report), file=sys.stderr)
+    unmet = [r for r in report.records if r.failure == "budget"]
+    if unmet:
+        # The user's budget cannot be met: an input error, and no model is written.
+        # What the search measured still goes out: it says how far the budget is.
+        if args.report:
+            _write_json(args.report, report.as_dict())
+        for path, key in ((args.sensitivity, "sensitivity"), (args.front, "front")):
+            if path:
+                _write_rows(path, _stat_rows(report, key), f"--{key}")
+        raise BudgetUnmet(f"{unmet[0].message}; no model written")
     if args.output and args.target and report.ok:
         from lightir.lowering import compile_model
 

@@ -44,3 +44,14 @@ class PassDeclined(LightirError):
     def __init__(self, message: str, stats: dict | None = None) -> None:
         super().__init__(message)
         self.stats = dict(stats or {})
+
+
+class BudgetUnmet(PassDeclined):
+    """No setting a budgeted pass tried meets the user's budget (``compress{max-drop=...}``).
+
+    The budget is the input at fault: the pass is recorded as declined (the model left as it
+    was, ``PassRecord.failure == "budget"``), and ``lightir-opt`` says what the pass found
+    closest and exits 2 without writing the model.
+    """
+
+    exit_code = 2

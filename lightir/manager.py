@@ -39,7 +39,7 @@ from lightir.data import (
     input_specs,
     synthesize,
 )
-from lightir.errors import InputError, PassDeclined, PassFailedError, UsageError
+from lightir.errors import BudgetUnmet, InputError, PassDeclined, PassFailedError, UsageError
 from lightir.ir_util import clone_model, opset_of
 from lightir.onnx_bridge import OrtModel
 from lightir.pass_base import Pass, PassContext
@@ -497,6 +497,8 @@ class _Run:
         except PassDeclined as exc:
             declined = str(exc)
             record.stats.update(exc.stats)
+            if isinstance(exc, BudgetUnmet):
+                record.failure = "budget"
         except Exception as exc:
             logger.debug("pass %s raised", pass_.name, exc_info=True)
             failure, record.failure, modified = (

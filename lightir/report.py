@@ -29,7 +29,8 @@ class PassRecord:
     declines: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     # Why a rolled-back pass failed: raised, structure, runtime, outputs or contract
-    # (:class:`lightir.verify.Verdict`); empty otherwise.
+    # (:class:`lightir.verify.Verdict`); "budget" for a declined pass that could not meet
+    # the user's budget (:class:`lightir.errors.BudgetUnmet`); empty otherwise.
     failure: str = ""
 
     @classmethod

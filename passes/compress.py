@@ -39,8 +39,11 @@ The search stops at ``time-limit`` seconds (540 by default, building its space i
 candidate being evaluated then finishes) or on Ctrl-C, keeping the best model found so far.
 On PP-OCRv5's text detector (640x640 inputs, 64 samples) the whole run took 646 s with a
 600 s limit, hence 540.
-When no evaluated point is within budget, the pass is declined with the smallest drop found
-and its objective.
+When no evaluated point is within budget, the budget is what cannot be met: the pass raises
+:class:`lightir.errors.BudgetUnmet` with the smallest drop found and its objective, the record
+is declined with ``failure == "budget"``, and ``lightir-opt`` exits 2 writing no model (its
+``--report`` and ``--front`` still say what was tried). When settings met the budget but none
+was cheaper than the original, or nothing could be evaluated, it is a plain decline (exit 0).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from typing import Literal
 import onnx_ir as ir
 
 from lightir import metrics
-from lightir.errors import PassDeclined, UsageError
+from lightir.errors import BudgetUnmet, PassDeclined, UsageError
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
 from lightir.search.latency import LatencyTable
@@ -192,7 +195,8 @@ class Compress(Pass):
             "stopped": search.interrupted,
         }
         if not best.choice:
-            raise PassDeclined(_nothing_better(search, original, metric.name), stats)
+            message, unmet = _nothing_better(search, original, metric.name)
+            raise (BudgetUnmet if unmet else PassDeclined)(message, stats)
         stats["speedup"] = round(original.measured / best.measured, 3)
         stats["selection_drop"] = round(best.drop, 5)
         logger.info(
@@ -205,12 +209,18 @@ class Compress(Pass):
         return PassResult(best.model, modified=True, stats=stats)
 
 
-def _nothing_better(search: Search, original, metric: str) -> str:
-    """Why the original stays: nothing met the budget, or nothing that did was cheaper."""
+def _nothing_better(search: Search, original, metric: str) -> tuple[str, bool]:
+    """Why the original stays, and whether that is because no setting met the budget.
+
+    Nothing met the budget (on both halves of the selection samples): the budget is unmet.
+    Something met it but nothing that did is cheaper, or nothing could be evaluated: a plain
+    decline.
+    """
     tried = [p for p in search.points if p.choice]
     budget = f"max-drop={search.max_drop:g}"
     if not tried:
-        return f"no candidate could be evaluated ({search.interrupted or 'nothing to change'})"
+        reason = search.interrupted or "nothing to change"
+        return f"no candidate could be evaluated ({reason})", False
     within = [p for p in tried if p.meets and p.confirmed]
     unconfirmed = [p for p in tried if p.meets and not p.confirmed]
     if unconfirmed and not within:
@@ -219,19 +229,19 @@ def _nothing_better(search: Search, original, metric: str) -> str:
             f"the settings within {budget} on half of the selection samples missed it on the "
             f"other half (the fastest, {_show(fastest, search)}, dropped "
             f"{fastest.confirm_drop:.4f} there); add calibration samples or raise max-drop"
-        )
+        ), True
     if within:
         fastest = min(within, key=lambda p: p.measured)
         return (
             f"nothing within {budget} is cheaper than the original: the best, "
             f"{_show(fastest, search)}, against {_show(original, search)}"
-        )
+        ), False
     closest = min(tried, key=lambda p: p.drop)
     return (
         f"no setting keeps {metric} within {budget} on the {search.samples} selection "
         f"samples: the smallest drop found was {closest.drop:.4f} at {_show(closest, search)} "
         f"(original {_show(original, search)}); raise max-drop or add kinds"
-    )
+    ), True
 
 
 def _show(point, search: Search) -> str:

@@ -77,20 +77,29 @@ def test_the_sensitivity_table_has_every_kind_and_level(searched):
         assert row["delta_macs"] < 0 or row["kind"] == "int8"
 
 
+UNMEETABLE = "compress{max-drop=0,objective=macs,kinds=prune+lowrank,time-limit=60}"
+
+
 def test_no_setting_within_budget_is_declined_with_the_best_found(labeled):
     # Every change moves the output a little: cosine cannot stay at exactly 1.
-    result = lightir.optimize(
-        "zoo:digits",
-        "compress{max-drop=0,objective=macs,kinds=prune+lowrank}",
-        calib=labeled,
-        metric="cosine",
-    )
+    result = lightir.optimize("zoo:digits", UNMEETABLE, calib=labeled, metric="cosine")
     record = result.report.record("compress")
-    assert record.status == "declined"
+    assert record.status == "declined" and record.failure == "budget"
     assert "no setting keeps cosine within max-drop=0" in record.message
     assert "smallest drop found" in record.message
     assert record.stats["front"]  # what it tried is still reported
     assert result.report.final.macs == result.report.original.macs
+
+
+def test_an_unmeetable_budget_exits_2_and_writes_no_model(labeled, tmp_path):
+    calib, out, front = tmp_path / "calib.npz", tmp_path / "small.onnx", tmp_path / "front.csv"
+    np.savez(calib, input=labeled.arrays["input"], __labels__=labeled.labels)
+    args = ("-p", UNMEETABLE, "--calib", calib, "--metric", "cosine", "-o", out, "-q")
+    done = lightir_opt("zoo:digits", *args, "--front", front)
+    assert done.returncode == 2, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("lightir-opt: error:")]
+    assert "smallest drop found" in line and "no model written" in line
+    assert not out.exists() and front.exists()  # what it explored says how far the budget is
 
 
 def test_a_time_limit_keeps_the_original_and_says_why(labeled):
