@@ -107,14 +107,11 @@ class PrunePlanner:
             size = self.groups[i].size
             wanted = int(size * options.ratio)
             limits[i] = size - self.keep_count(size, wanted, self.step(self.groups[i]))
-        if self.batches is not None and options.criterion in ("auto", "output-error"):
-            self.scorer.prepare([self.groups[i] for i in candidates if not uniform or limits[i]])
-        scores = {
-            i: self.scorer.scores(self.groups[i], options.criterion, limits[i] if uniform else None)
-            if limits[i] or not uniform
-            else np.zeros(self.groups[i].size)  # nothing goes: no order needed
-            for i in candidates
-        }
+        scored = [i for i in candidates if limits[i] or not uniform]
+        wanted = [(self.groups[i], limits[i] if uniform else None) for i in scored]
+        scores = dict(zip(scored, self.scorer.scores_many(wanted, options.criterion)))
+        for i in candidates:
+            scores.setdefault(i, np.zeros(self.groups[i].size))  # nothing goes: no order needed
         removal = (
             self._by_macs(candidates, scores)
             if options.target_macs

@@ -208,14 +208,12 @@ class Space:
                 self.units.append(Unit("prune", index, label, levels, touches))
         # Channel orders once, on the unpruned model: prune's output-error importance.
         scorer = ChannelScorer(self.model, self.batches, self.refit)
-        chosen = [groups[i] for i in candidates]
-        if self.batches is not None and chosen:
-            scorer.prepare(chosen)
+        wanted = []
         for index in candidates:
-            group = groups[index]
             unit = next(u for u in self.units if u.kind == "prune" and u.key == index)
-            limit = group.size - min(level.setting[0] for level in unit.levels)
-            scores = scorer.scores(group, "auto", limit)
+            limit = groups[index].size - min(level.setting[0] for level in unit.levels)
+            wanted.append((groups[index], limit))
+        for index, scores in zip(candidates, scorer.scores_many(wanted, "auto")):
             self.orders[index] = np.argsort(scores, kind="stable")
 
     def _lowrank_units(self) -> None:
