@@ -306,7 +306,7 @@ def optimize(
             (structure after every pass, numbers once at the end), ``"structural"`` (no
             onnxruntime runs).
         keep_going: after a pass is rolled back, run the remaining passes.
-        samples: verification samples (one batch when the batch dim is dynamic). Default:
+        samples: verification samples (run 8 at a time when the batch dim is dynamic). Default:
             2 synthesized; with ``calib``, 32 of its rows (half of them when it has fewer
             than 64, at least 2), which the passes do not fit on (:func:`verification_rows`).
         dims: values for named dynamic dims (``{"batch": 4}``).

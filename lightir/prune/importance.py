@@ -36,15 +36,13 @@ CAPTURE_BYTES = 256 << 20  # activations held at once while the moments are take
 MOMENT_BYTES = 256 << 20
 
 
-def _moment_bytes(node: ir.Node) -> int:
-    """Bytes of the second moments of ``node``'s rows (float64, columns squared)."""
+def _columns(node: ir.Node) -> int:
+    """Columns of a consumer's rows (:func:`layer_rows`): a Conv's patch, a Gemm's features."""
     weight = node.inputs[1].const_value
     if node.op_type == "Conv":
-        columns = weight.size // weight.shape[0]
-    else:
-        trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
-        columns = weight.shape[1 if trans_b else 0]
-    return 8 * columns * columns
+        return weight.size // weight.shape[0]
+    trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+    return weight.shape[1 if trans_b else 0]
 
 
 def weight_rows(node: ir.Node, index: int) -> np.ndarray:
@@ -127,16 +125,10 @@ class ChannelScorer:
         """The group's consuming layers, or None when one cannot be costed (see below)."""
         nodes = list(dict.fromkeys(node for c in group.components for node, _ in c.consumers))
         for node in nodes:
-            weight = node.inputs[1].const_value
-            if node.op_type == "Conv":
-                shape = node.inputs[0].shape
-                columns = weight.size // weight.shape[0]
-                if shape is None or shape.rank() != 4:
-                    return None
-            else:
-                trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
-                columns = weight.shape[1 if trans_b else 0]
-            if columns > MAX_SELECTION_COLUMNS:
+            shape = node.inputs[0].shape
+            if node.op_type == "Conv" and (shape is None or shape.rank() != 4):
+                return None
+            if _columns(node) > MAX_SELECTION_COLUMNS:
                 return None
         return nodes or None
 
@@ -149,21 +141,20 @@ class ChannelScorer:
         (about ``MOMENT_BYTES`` of them, one capture run per chunk) and dropped once the
         chunk is scored: holding every consumer's at once took ResNet-50's search to 1.7 GB.
         """
+        moments = self.batches is not None and criterion in ("auto", "output-error")
         chunks: list[list[int]] = [[]]
         held = 0
-        if self.batches is not None and criterion in ("auto", "output-error"):
-            for index, (group, _) in enumerate(wanted):
-                size = sum(_moment_bytes(node) for node in self.consumers(group) or [])
-                if chunks[-1] and held + size > MOMENT_BYTES:
-                    chunks.append([])
-                    held = 0
-                chunks[-1].append(index)
-                held += size
-        else:
-            chunks = [list(range(len(wanted)))]
+        for index, (group, _) in enumerate(wanted):
+            # Float64 second moments: columns squared per consumer.
+            size = sum(8 * _columns(n) ** 2 for n in self.consumers(group) or []) if moments else 0
+            if chunks[-1] and held + size > MOMENT_BYTES:
+                chunks.append([])
+                held = 0
+            chunks[-1].append(index)
+            held += size
         scores: list[np.ndarray | None] = [None] * len(wanted)
         for chunk in chunks:
-            if self.batches is not None and criterion in ("auto", "output-error"):
+            if moments:
                 self.prepare([wanted[i][0] for i in chunk])
             for i in chunk:
                 scores[i] = self.scores(wanted[i][0], criterion, wanted[i][1])
