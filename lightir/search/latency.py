@@ -54,7 +54,9 @@ class ConvSpec:
 
         ``shapes`` are inferred shapes by value name (one sample).
         """
-        weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+            return None  # a Constant has no inputs at all (PP-OCRv6's recognizer)
+        weight = constant(node.inputs[1])
         x = shapes.get(node.inputs[0].name) if node.inputs[0] is not None else None
         if weight is None or x is None or not all(isinstance(d, int) for d in x):
             return None

@@ -31,6 +31,10 @@ def test_spec_of_a_conv_reads_its_geometry():
     out = shapes[conv.outputs[0].name]
     assert spec.out_size == tuple(out[2:])
     assert spec.macs == out[1] * out[2] * out[3] * weight[1] * weight[2] * weight[3]
+    # Nodes that are not priced layers have no spec, a Constant (no inputs at all) included.
+    constant = ir.node("Constant", [], attributes={"value": ir.tensor(np.zeros(2, np.float32))})
+    relu = next(n for n in model.graph if n.op_type == "Relu")
+    assert ConvSpec.of_node(constant, shapes) is None and ConvSpec.of_node(relu, shapes) is None
 
 
 def test_a_layer_model_computes_its_convolution():
