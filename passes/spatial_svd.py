@@ -11,7 +11,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank.driver import LowRankMethod, LowRankPass, spatial_conv_layer
+from lightir.lowrank.driver import (
+    LowRankMethod,
+    LowRankPass,
+    placeholder,
+    spatial_conv_layer,
+)
 from lightir.lowrank.factor import (
     ConvStep,
     Factorization,
@@ -36,16 +41,11 @@ class SpatialMethod(LowRankMethod):
         return min(cin * kh, cout * kw)
 
     def energy_rank(self, layer, energy: float) -> int:
-        cout, cin, kh, kw = layer.weight.shape
-        matrix = layer.weight.transpose(1, 2, 0, 3).reshape(cin * kh, cout * kw)
-        return energy_rank(np.linalg.svd(matrix, compute_uv=False), energy)
+        return energy_rank(self.singular_values(layer, spatial_matrix(layer.weight)), energy)
 
     def factorize(self, layer, rank: int) -> Factorization:
         decomposition = self.decomposition(layer, spatial_matrix(layer.weight))
         vertical, horizontal, error = spatial_factors(layer.weight, rank, decomposition)
-        (sh, sw), (top, left, bottom, right) = layer.geometry["strides"], layer.geometry["pads"]
-        first = ConvStep(vertical, 1, (sh, 1), (top, 0, bottom, 0), (1, 1), None)
-        second = ConvStep(horizontal, 1, (1, sw), (0, left, 0, right), (1, 1), layer.bias)
 
         def make_dense():
             return np.einsum(
@@ -53,8 +53,23 @@ class SpatialMethod(LowRankMethod):
             )
 
         return Factorization(
-            [first, second], error, rank, extra={"make_dense": make_dense, "tag": "ssvd"}
+            _steps(layer, vertical, horizontal),
+            error,
+            rank,
+            extra={"make_dense": make_dense, "tag": "ssvd"},
         )
+
+    def shapes(self, layer, rank: int) -> list[ConvStep]:
+        cout, cin, kh, kw = layer.weight.shape
+        return _steps(layer, placeholder(rank, cin, kh, 1), placeholder(cout, rank, 1, kw))
+
+
+def _steps(layer, vertical: np.ndarray, horizontal: np.ndarray) -> list[ConvStep]:
+    """The kx1 conv with the vertical stride and pads, then the 1xk with the horizontal ones."""
+    (sh, sw), (top, left, bottom, right) = layer.geometry["strides"], layer.geometry["pads"]
+    first = ConvStep(vertical, 1, (sh, 1), (top, 0, bottom, 0), (1, 1), None)
+    second = ConvStep(horizontal, 1, (1, sw), (0, left, 0, right), (1, 1), layer.bias)
+    return [first, second]
 
 
 @register_pass("spatial-svd", contract=Contract.lossy(min_cosine=0.9))

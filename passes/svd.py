@@ -16,6 +16,7 @@ from lightir.lowrank.driver import (
     LowRankPass,
     conv_layer,
     dense_layer,
+    placeholder,
 )
 from lightir.lowrank.factor import ConvStep, Factorization, energy_rank, svd_factors
 from lightir.pass_base import Contract
@@ -39,27 +40,30 @@ class SvdMethod(LowRankMethod):
         return min(layer.weight.shape[:2])
 
     def energy_rank(self, layer, energy: float) -> int:
-        singular = np.linalg.svd(layer.weight[:, :, 0, 0], compute_uv=False)
-        return energy_rank(singular, energy)
+        return energy_rank(self.singular_values(layer, layer.weight[:, :, 0, 0]), energy)
 
     def factorize(self, layer, rank: int) -> Factorization:
         matrix = layer.weight[:, :, 0, 0]
         left, right, error = svd_factors(matrix, rank, self.decomposition(layer, matrix))
-        first = ConvStep(
-            right[:, :, None, None],
-            1,
-            layer.geometry["strides"],
-            layer.geometry["pads"],
-            (1, 1),
-            None,
-        )
-        second = ConvStep(left[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), layer.bias)
         return Factorization(
-            [first, second],
+            _steps(layer, right, left),
             error,
             rank,
             extra={"make_dense": lambda: (left @ right)[:, :, None, None], "tag": "svd"},
         )
+
+    def shapes(self, layer, rank: int) -> list[ConvStep]:
+        cout, cin = layer.weight.shape[:2]
+        return _steps(layer, placeholder(rank, cin), placeholder(cout, rank))
+
+
+def _steps(layer, right: np.ndarray, left: np.ndarray) -> list[ConvStep]:
+    """``right`` (rank x in) as a 1x1 conv with the layer's stride and pads, then ``left``."""
+    first = ConvStep(
+        right[:, :, None, None], 1, layer.geometry["strides"], layer.geometry["pads"], (1, 1), None
+    )
+    second = ConvStep(left[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), layer.bias)
+    return [first, second]
 
 
 @register_pass("svd", contract=Contract.lossy(min_cosine=0.9))

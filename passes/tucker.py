@@ -14,8 +14,21 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from lightir.lowrank.driver import LowRankMethod, LowRankOptions, LowRankPass, conv_layer
-from lightir.lowrank.factor import ConvStep, Factorization, energy_rank, mode_bases, tucker2_factors
+from lightir.lowrank.driver import (
+    LowRankMethod,
+    LowRankOptions,
+    LowRankPass,
+    conv_layer,
+    placeholder,
+)
+from lightir.lowrank.factor import (
+    ConvStep,
+    Factorization,
+    energy_rank,
+    mode_bases,
+    tucker2_factors,
+    unfold,
+)
 from lightir.pass_base import Contract
 from lightir.registry import register_pass
 
@@ -54,10 +67,8 @@ class TuckerMethod(LowRankMethod):
 
     def energy_rank(self, layer, energy: float) -> int:
         w = layer.weight
-        out_rank = energy_rank(np.linalg.svd(w.reshape(w.shape[0], -1), compute_uv=False), energy)
-        in_rank = energy_rank(
-            np.linalg.svd(np.moveaxis(w, 1, 0).reshape(w.shape[1], -1), compute_uv=False), energy
-        )
+        out_rank = energy_rank(self.singular_values(layer, unfold(w, 0), "out"), energy)
+        in_rank = energy_rank(self.singular_values(layer, unfold(w, 1), "in"), energy)
         cout, cin = w.shape[:2]
         full = max(cout, cin)
         return max(round(out_rank * full / cout), round(in_rank * full / cin))
@@ -70,14 +81,29 @@ class TuckerMethod(LowRankMethod):
         u_out, core, u_in, error = tucker2_factors(
             layer.weight, rank_out, rank_in, self.sweeps, self.bases[key]
         )
-        geometry = layer.geometry
-        reduce = ConvStep(u_in.T[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), None)
-        middle = ConvStep(core, 1, geometry["strides"], geometry["pads"], geometry["dilations"])
-        expand = ConvStep(u_out[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), layer.bias)
         dense = np.einsum("sryx,os,ir->oiyx", core, u_out, u_in, optimize=True)
         return Factorization(
-            [reduce, middle, expand], error, rank, extra={"dense": dense, "tag": "tucker"}
+            _steps(layer, u_out, core, u_in), error, rank, extra={"dense": dense, "tag": "tucker"}
         )
+
+    def shapes(self, layer, rank: int) -> list[ConvStep]:
+        rank_out, rank_in = self._ranks(layer, rank)
+        cout, cin, kh, kw = layer.weight.shape
+        return _steps(
+            layer,
+            placeholder(cout, rank_out),
+            placeholder(rank_out, rank_in, kh, kw),
+            placeholder(cin, rank_in),
+        )
+
+
+def _steps(layer, u_out: np.ndarray, core: np.ndarray, u_in: np.ndarray) -> list[ConvStep]:
+    """Reduce to ``rank_in`` (1x1), the core with the layer's geometry, expand (1x1)."""
+    geometry = layer.geometry
+    reduce = ConvStep(u_in.T[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), None)
+    middle = ConvStep(core, 1, geometry["strides"], geometry["pads"], geometry["dilations"])
+    expand = ConvStep(u_out[:, :, None, None], 1, (1, 1), (0, 0, 0, 0), (1, 1), layer.bias)
+    return [reduce, middle, expand]
 
 
 @register_pass("tucker", contract=Contract.lossy(min_cosine=0.9))

@@ -112,6 +112,11 @@ class Layer:
         )
 
 
+def placeholder(*shape: int) -> np.ndarray:
+    """A read-only float32 array of ``shape`` that takes no memory (for :meth:`shapes`)."""
+    return np.broadcast_to(np.float32(0), shape)
+
+
 def conv_layer(node: ir.Node) -> Layer | None:
     """A group-1 Conv with a constant weight of its own and a known input size."""
     if node.op_type != "Conv" or node.attributes.get_int("group", 1) != 1:
@@ -207,6 +212,31 @@ class LowRankMethod:
                 np.linalg.svd(matrix.astype(np.float64), full_matrices=False),
             )
         return cache[key][1]
+
+    def singular_values(self, layer: Layer, matrix: np.ndarray, mode: str = "") -> np.ndarray:
+        """Singular values of ``matrix`` (float64), computed once per layer weight and ``mode``.
+
+        What :meth:`energy_rank` reads: one SVD without its vectors serves every energy,
+        and :meth:`decomposition`'s are reused where it ran first.
+        """
+        key = (id(layer.weight), mode)
+        cache = self.__dict__.setdefault("_spectra", {})
+        if key not in cache:  # the entry holds the weight, so its id is not reused
+            done = self.__dict__.get("_decompositions", {}).get(id(layer.weight))
+            if done is not None and not mode:
+                values = done[1][1]
+            else:
+                values = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+            cache[key] = (layer.weight, values)
+        return cache[key][1]
+
+    def shapes(self, layer: Layer, rank: int) -> list[ConvStep]:
+        """The chain's steps at ``rank`` as pricing reads them (shapes and geometry).
+
+        By default :meth:`estimate`'s steps; methods whose steps' shapes follow from the rank
+        alone return placeholder weights (no memory) and skip the fit.
+        """
+        return self.estimate(layer, rank).steps
 
     def budget_ranks(self, grid: list[int]) -> list[int]:
         """Ranks the whole-model budget tries (all of the grid by default)."""

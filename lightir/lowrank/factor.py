@@ -122,7 +122,8 @@ def spatial_factors(
     return vertical, horizontal, truncation_error(s, rank)
 
 
-def _unfold(tensor: np.ndarray, mode: int) -> np.ndarray:
+def unfold(tensor: np.ndarray, mode: int) -> np.ndarray:
+    """The mode-``mode`` unfolding: that axis first, the rest flattened."""
     return np.moveaxis(tensor, mode, 0).reshape(tensor.shape[mode], -1)
 
 
@@ -130,8 +131,8 @@ def mode_bases(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Left singular vectors of the output- and input-channel unfoldings (HOSVD bases)."""
     w = weight.astype(np.float64)
     return (
-        np.linalg.svd(_unfold(w, 0), full_matrices=False)[0],
-        np.linalg.svd(_unfold(w, 1), full_matrices=False)[0],
+        np.linalg.svd(unfold(w, 0), full_matrices=False)[0],
+        np.linalg.svd(unfold(w, 1), full_matrices=False)[0],
     )
 
 
@@ -151,9 +152,9 @@ def tucker2_factors(
     u_out, u_in = full_out[:, :rank_out], full_in[:, :rank_in]
     for _ in range(sweeps):
         projected = np.einsum("oiyx,ir->oryx", w, u_in, optimize=True)
-        u_out = np.linalg.svd(_unfold(projected, 0), full_matrices=False)[0][:, :rank_out]
+        u_out = np.linalg.svd(unfold(projected, 0), full_matrices=False)[0][:, :rank_out]
         projected = np.einsum("oiyx,os->siyx", w, u_out, optimize=True)
-        u_in = np.linalg.svd(_unfold(projected, 1), full_matrices=False)[0][:, :rank_in]
+        u_in = np.linalg.svd(unfold(projected, 1), full_matrices=False)[0][:, :rank_in]
     core = np.einsum("oiyx,os,ir->sryx", w, u_out, u_in, optimize=True)
     approx = np.einsum("sryx,os,ir->oiyx", core, u_out, u_in, optimize=True)
     return u_out, core, u_in, relative_error(w, approx)
@@ -173,7 +174,7 @@ def cp_factors(
     rng = np.random.default_rng(seed)
     factors = []
     for mode in range(4):  # SVD start where the mode is large enough, random otherwise
-        u, s, _ = np.linalg.svd(_unfold(w, mode), full_matrices=False)
+        u, s, _ = np.linalg.svd(unfold(w, mode), full_matrices=False)
         start = u[:, : min(rank, u.shape[1])] * s[: min(rank, u.shape[1])]
         if start.shape[1] < rank:
             start = np.concatenate(

@@ -41,7 +41,7 @@ from lightir.analysis.channels import ChannelGraph
 from lightir.analysis.cost import inferred_shapes
 from lightir.data import concrete_shape, input_specs
 from lightir.ir_util import clone_model
-from lightir.lowrank.driver import factorize_layers
+from lightir.lowrank.driver import factorize_layers, placeholder
 from lightir.lowrank.factor import ConvStep, Unstable, chain_macs, chain_params
 from lightir.pass_base import PassContext
 from lightir.prune.importance import ChannelScorer
@@ -242,7 +242,7 @@ class Space:
                         if rank in seen or rank >= method.full_rank(layer):
                             continue
                         seen.add(rank)
-                        steps = method.estimate(layer, rank).steps
+                        steps = method.shapes(layer, rank)
                     except Unstable:
                         continue
                     chain = self._chain_specs(spec, steps)
@@ -330,14 +330,13 @@ class Space:
         key = (node, method_name, rank, cin, cout)
         if key not in self._chains:
             layer = self.layers[(node, method_name)]
-            shape = (cout, cin, *layer.weight.shape[2:])
-            weight = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-            bias = None if layer.bias is None else np.zeros(cout, np.float32)
+            weight = placeholder(cout, cin, *layer.weight.shape[2:])
+            bias = None if layer.bias is None else placeholder(cout)
             pruned = replace(layer, weight=weight, bias=bias)
             method = registry.get_pass(method_name)().method()  # its caches are per node
             chain = None
             try:
-                steps = method.estimate(pruned, min(rank, method.full_rank(pruned))).steps
+                steps = method.shapes(pruned, min(rank, method.full_rank(pruned)))
             except Unstable:
                 steps = None
             if steps is not None and cheaper(pruned, steps):
