@@ -15,8 +15,11 @@ better. Built-in metrics read the first graph output, shaped ``(samples, classes
 A plug-in is ``module:function`` or ``path/to/file.py:function``. The function is called as
 ``function(outputs, reference, labels)``: ``outputs`` and ``reference`` map each graph output
 name to an array with the samples on axis 0 (the scored model's and the original's), and
-``labels`` is the labels array or None. It returns a number, higher is better; its interval is
-a bootstrap over samples (200 resamples, seeded).
+``labels`` is the labels array or None. It returns a number, higher is better, or one number
+per sample (an array as long as axis 0), whose mean is the metric. Its interval is a bootstrap
+over samples (200 resamples, seeded), or a Wilson interval when every per-sample value is 0 or
+1. Per-sample values let ``compress`` count only the samples that got worse, as it does for
+the built-in metrics.
 """
 
 from __future__ import annotations
@@ -68,22 +71,26 @@ class Metric:
 
     def value(self, outputs: Outputs, reference: Outputs, labels: np.ndarray | None) -> float:
         """The metric on these samples, without an interval (cheap: a search scores often)."""
-        if self.per_sample is not None:
-            return float(np.mean(self.per_sample(outputs, reference, labels)))
-        return self._call(outputs, reference, labels)
+        return float(np.mean(self._values(outputs, reference, labels)))
+
+    def samples(
+        self, outputs: Outputs, reference: Outputs, labels: np.ndarray | None
+    ) -> np.ndarray | None:
+        """One value per sample, where the metric gives them (built-ins, per-sample plug-ins)."""
+        values = self._values(outputs, reference, labels)
+        return values if isinstance(values, np.ndarray) else None
 
     def score(self, outputs: Outputs, reference: Outputs, labels: np.ndarray | None) -> Score:
         """The metric on these samples (axis 0 of every array), with its interval."""
         count = len(next(iter(outputs.values())))
-        if self.per_sample is not None:
-            values = np.asarray(self.per_sample(outputs, reference, labels), np.float64)
+        values = self._values(outputs, reference, labels)
+        if isinstance(values, np.ndarray):
             mean = float(values.mean())
-            if self.proportion:
+            if self.proportion or np.isin(values, (0.0, 1.0)).all():
                 low, high = _wilson(mean, count)
             else:
                 low, high = _bootstrap(lambda rows: float(values[rows].mean()), count)
             return Score(mean, low, high, count)
-        value = self._call(outputs, reference, labels)
 
         def resampled(rows: np.ndarray) -> float:
             pick = {k: v[rows] for k, v in outputs.items()}
@@ -91,15 +98,30 @@ class Metric:
             return self._call(pick, ref, None if labels is None else labels[rows])
 
         low, high = _bootstrap(resampled, count)
-        return Score(value, low, high, count)
+        return Score(values, low, high, count)
 
-    def _call(self, outputs: Outputs, reference: Outputs, labels) -> float:
+    def _values(self, outputs: Outputs, reference: Outputs, labels) -> float | np.ndarray:
+        if self.per_sample is not None:
+            return np.asarray(self.per_sample(outputs, reference, labels), np.float64)
+        return self._call(outputs, reference, labels)
+
+    def _call(self, outputs: Outputs, reference: Outputs, labels) -> float | np.ndarray:
         try:
             value = self.function(outputs, reference, labels)
         except Exception as exc:
             raise UsageError(
                 f"--metric {self.name}: raised {type(exc).__name__}: {exc}; fix the function"
             ) from exc
+        if isinstance(value, (np.ndarray, list, tuple)) and np.ndim(value) == 1:
+            count = len(next(iter(outputs.values())))
+            array = np.asarray(value, np.float64)
+            if len(array) != count or not np.isfinite(array).all():
+                raise UsageError(
+                    f"--metric {self.name}: returned {len(array)} values for {count} samples"
+                    f"{'' if np.isfinite(array).all() else ', not all finite'}; return one "
+                    "finite number, or one per sample"
+                )
+            return array
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
             raise UsageError(
                 f"--metric {self.name}: returned {type(value).__name__}, not a number; "

@@ -407,9 +407,9 @@ def worse(metric: Metric, outputs, reference, labels) -> float:
     Per sample for a per-sample metric (a sample that got better does not offset one that got
     worse); the plain drop of the metric's value otherwise.
     """
-    if metric.per_sample is not None:
-        before = np.asarray(metric.per_sample(reference, reference, labels), np.float64)
-        after = np.asarray(metric.per_sample(outputs, reference, labels), np.float64)
+    after = metric.samples(outputs, reference, labels)
+    if after is not None:
+        before = metric.samples(reference, reference, labels)
         return float(np.clip(before - after, 0.0, None).mean())
     return metric.value(reference, reference, labels) - metric.value(outputs, reference, labels)
 

@@ -26,3 +26,22 @@ def test_a_plug_in_metric_drops_by_its_value():
     metric = metrics.resolve(mean_output)
     reference, outputs = {"y": np.ones((4, 2))}, {"y": np.full((4, 2), 0.75)}
     assert worse(metric, outputs, reference, None) == pytest.approx(0.25)
+
+
+def test_a_per_sample_plug_in_counts_only_what_got_worse():
+    def agrees(outputs, reference, labels):
+        return (outputs["y"].argmax(axis=1) == reference["y"].argmax(axis=1)).astype(float)
+
+    metric = metrics.resolve(agrees)
+    reference = {"y": np.array([[1.0, 0], [0, 1], [1, 0], [1, 0]])}
+    outputs = {"y": np.array([[1.0, 0], [1, 0], [0, 1], [1, 0]])}
+    assert worse(metric, outputs, reference, None) == pytest.approx(0.5)
+    score = metric.score(outputs, reference, None)
+    assert score.value == 0.5 and score.samples == 4
+    assert (score.low, score.high) == pytest.approx(metrics._wilson(0.5, 4))  # 0/1 values
+
+
+def test_a_plug_in_returning_the_wrong_number_of_values_is_a_usage_error():
+    metric = metrics.resolve(lambda outputs, reference, labels: np.ones(3))
+    with pytest.raises(metrics.UsageError, match="returned 3 values for 4 samples"):
+        metric.score({"y": np.ones((4, 2))}, {"y": np.ones((4, 2))}, None)
