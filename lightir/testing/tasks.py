@@ -634,11 +634,21 @@ def face_decisions(outputs, reference, labels) -> float:
     return float((got == ref).mean())
 
 
-def sequence_agreement(outputs, reference, labels) -> float:
-    """``--metric`` for CTC recognizers: time steps whose top-1 character agrees with the original.
+def sequence_agreement(outputs, reference, labels) -> np.ndarray:
+    """``--metric`` for CTC recognizers: per line, 1 when it reads as the original reads it.
 
-    Reads the first output, shaped samples x steps x characters.
+    Reads the first output, shaped samples x steps x characters (PP-OCR's, blank 0): the
+    greedy CTC decodings (repeats merged, blanks dropped) are compared, as ``evaluate``'s
+    ``sequence_agreement`` compares the strings. One value per sample, so ``compress``
+    counts only the lines that changed.
     """
     name = next(iter(reference))
-    got, ref = np.asarray(outputs[name]), np.asarray(reference[name])
-    return float((got.argmax(axis=-1) == ref.argmax(axis=-1)).mean())
+    got = np.asarray(outputs[name]).argmax(axis=-1)
+    ref = np.asarray(reference[name]).argmax(axis=-1)
+
+    def decoded(indices: np.ndarray) -> list[int]:
+        keep = np.ones(len(indices), bool)
+        keep[1:] = indices[1:] != indices[:-1]
+        return [int(i) for i in indices[keep] if i != 0]
+
+    return np.array([decoded(a) == decoded(b) for a, b in zip(got, ref)], np.float64)

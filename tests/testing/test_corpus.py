@@ -106,3 +106,14 @@ def test_the_task_metric_sees_a_broken_model():
     outputs = OrtModel(lightir.load(corpus.path(name))).run_all(data.batches())
     broken = [{k: np.roll(v, 1, axis=-1) for k, v in batch.items()} for batch in outputs]
     assert data.metric(outputs, broken)["char_accuracy"] < 0.5
+
+
+def test_sequence_agreement_compares_greedy_ctc_readings_per_line():
+    steps = np.array([[1, 1, 0, 1, 2], [0, 0, 0, 0, 0]])  # reads "1 1 2" and nothing
+    reference = {"y": np.eye(4)[steps]}
+    same_reading = np.array([[1, 0, 0, 1, 2], [0, 0, 0, 0, 0]])  # merged differently
+    other_reading = np.array([[1, 1, 1, 1, 2], [0, 0, 3, 0, 0]])  # "1 2", "3"
+    agree = tasks.sequence_agreement({"y": np.eye(4)[same_reading]}, reference, None)
+    assert agree.tolist() == [1.0, 1.0]
+    agree = tasks.sequence_agreement({"y": np.eye(4)[other_reading]}, reference, None)
+    assert agree.tolist() == [0.0, 0.0]
