@@ -234,4 +234,6 @@ def capture(
     for batch in batches:
         for name, array in probe.run(batch).items():
             results[name].append(array)
-    return {name: np.concatenate(parts, axis=0) for name, parts in results.items()}
+    del probe
+    # One value joined at a time, its parts dropped at once: twice the values never coexist.
+    return {name: np.concatenate(results.pop(name), axis=0) for name in list(results)}

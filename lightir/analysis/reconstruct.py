@@ -60,12 +60,26 @@ TARGET_BYTES = 256 << 20  # the original model's layer outputs held at once by a
 RIDGE = 1e-4
 
 
+def conv_out_size(shape: tuple[int, ...], node: ir.Node) -> tuple[int, int]:
+    """Output height and width of Conv ``node`` on an input of ``shape`` (explicit pads)."""
+    kh, kw = node.inputs[1].const_value.shape.numpy()[2:]
+    sh, sw = node.attributes.get_ints("strides", [1, 1])
+    dh, dw = node.attributes.get_ints("dilations", [1, 1])
+    top, left, bottom, right = node.attributes.get_ints("pads", [0, 0, 0, 0])
+    out_h = (shape[2] + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    out_w = (shape[3] + left + right - (kw - 1) * dw - 1) // sw + 1
+    return int(out_h), int(out_w)
+
+
 def conv_patches(
-    x: np.ndarray, node: ir.Node, rows: np.ndarray | None = None, seed: int = 0
+    x: np.ndarray, node: ir.Node, seed: int = 0, limit: int | None = None
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """im2col rows of ``x`` for Conv ``node`` at sampled output positions.
 
-    Returns the patches (P, C * kh * kw) and the (n, i, j) indices of the positions.
+    Returns the patches (P, C * kh * kw) and the (n, i, j) indices of the positions: all of
+    them, or ``MAX_ROWS`` sampled with ``seed``; with ``limit``, a further seeded sample of
+    that many, drawn before any patch is built (a 512-channel 3x3 conv's 16384 rows are
+    300 MB).
     """
     kh, kw = node.inputs[1].const_value.shape.numpy()[2:]
     sh, sw = node.attributes.get_ints("strides", [1, 1])
@@ -74,11 +88,12 @@ def conv_patches(
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     extent_h, extent_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     windows = sliding_window_view(padded, (extent_h, extent_w), axis=(2, 3))
-    out_h = (padded.shape[2] - extent_h) // sh + 1
-    out_w = (padded.shape[3] - extent_w) // sw + 1
+    out_h, out_w = conv_out_size(x.shape, node)
     total = x.shape[0] * out_h * out_w
     rng = np.random.default_rng(seed)
     flat = np.arange(total) if total <= MAX_ROWS else rng.choice(total, MAX_ROWS, replace=False)
+    if limit is not None and len(flat) > limit:
+        flat = flat[np.random.default_rng(seed).choice(len(flat), limit, replace=False)]
     n, rest = np.divmod(flat, out_h * out_w)
     i, j = np.divmod(rest, out_w)
     patches = windows[n, :, i * sh, j * sw][:, :, ::dh, ::dw]  # (P, C, kh, kw)
@@ -333,16 +348,25 @@ def _target_chunks(pairs, samples: int):
         yield chunk
 
 
-def layer_rows(node: ir.Node, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """The rows ``node`` multiplies by its weight matrix, and the columns per input channel.
+def layer_rows(
+    node: ir.Node, x: np.ndarray, limit: int | None = None
+) -> tuple[np.ndarray, int, int]:
+    """The rows ``node`` multiplies by its weight, the columns per channel, the rows available.
 
-    A Conv's rows are im2col patches (``kh * kw`` columns per channel); a Gemm's or a rank-2
-    MatMul's are its input rows (one column per feature).
+    The last is how many rows there were before ``limit`` (a seeded sample) was taken. A
+    Conv's rows are im2col patches (``kh * kw`` columns per channel, at most ``MAX_ROWS``
+    positions); a Gemm's or a rank-2 MatMul's are its input rows (one column per feature).
     """
     if node.op_type == "Conv":
         kh, kw = node.inputs[1].const_value.shape.numpy()[2:]
-        return conv_patches(x, node)[0], int(kh * kw)
-    return x.reshape(-1, x.shape[-1]), 1
+        out_h, out_w = conv_out_size(x.shape, node)
+        available = min(x.shape[0] * out_h * out_w, MAX_ROWS)
+        return conv_patches(x, node, limit=limit)[0], int(kh * kw), available
+    rows = x.reshape(-1, x.shape[-1])
+    available = len(rows)
+    if limit is not None and available > limit:
+        rows = rows[np.random.default_rng(0).choice(available, limit, replace=False)]
+    return rows, 1, available
 
 
 def layer_matrix(node: ir.Node) -> np.ndarray:
@@ -357,6 +381,8 @@ def layer_matrix(node: ir.Node) -> np.ndarray:
 
 
 SELECTION_ROWS = 8192
+MOMENT_BLOCK = 32 << 20  # bytes of float64 rows summed at once
+UPDATE_ROWS = 512  # rows of the inverse updated at once when a block is removed
 
 
 @dataclass
@@ -372,13 +398,26 @@ class Moments:
     posed: bool
 
     @classmethod
-    def of(cls, rows: np.ndarray) -> Moments:
-        """Moments of ``rows``, on at most ``SELECTION_ROWS`` of them (seeded sample)."""
-        posed = rows.shape[0] >= 2 * (rows.shape[1] + 1)
+    def of(cls, rows: np.ndarray, available: int | None = None) -> Moments:
+        """Moments of ``rows``, on at most ``SELECTION_ROWS`` of them (seeded sample).
+
+        ``available``: the rows there were before the caller sampled these (:func:`layer_rows`
+        with ``limit=SELECTION_ROWS``), which says whether the refit is well posed. The sums
+        run in float64 a block of rows at a time, not on a float64 copy of them all.
+        """
+        available = rows.shape[0] if available is None else available
+        posed = available >= 2 * (rows.shape[1] + 1)
         if rows.shape[0] > SELECTION_ROWS:
             rows = rows[np.random.default_rng(0).choice(rows.shape[0], SELECTION_ROWS, False)]
-        rows = rows.astype(np.float64)
-        return cls(rows.mean(axis=0), rows.T @ rows / rows.shape[0], posed)
+        columns = rows.shape[1]
+        total, second = np.zeros(columns), np.zeros((columns, columns))
+        step = max(1, MOMENT_BLOCK // (8 * columns))
+        for start in range(0, rows.shape[0], step):
+            block = rows[start : start + step].astype(np.float64)
+            total += block.sum(axis=0)
+            second += block.T @ block
+        count = max(rows.shape[0], 1)
+        return cls(total / count, second / count, posed)
 
 
 class RemovalCost:
@@ -407,8 +446,10 @@ class RemovalCost:
         self, moments: Moments, weight: np.ndarray, blocks: dict[int, np.ndarray], refit: bool
     ) -> None:
         mean, second = moments.mean, moments.second
-        covariance = second - np.outer(mean, mean)
-        self.energy = float(np.sum(weight * (covariance @ weight))) or 1.0  # BLAS, not einsum
+        # tr(W^T C W) with C = E[xx^T] - mean mean^T, without an n x n C (BLAS, not einsum)
+        projected = mean @ weight
+        energy = float(np.sum(weight * (second @ weight)) - projected @ projected)
+        self.energy = energy or 1.0
         self.blocks = blocks
         self.refit = refit and moments.posed
         if self.refit:
@@ -418,9 +459,10 @@ class RemovalCost:
             gram[-1, -1] = 1.0
             gram[np.diag_indices_from(gram)] += RIDGE * float(np.mean(np.diag(gram)))
             self.inverse = np.linalg.inv(gram)
+            del gram
             self.weight = np.concatenate([weight, np.zeros((1, weight.shape[1]))])
         else:
-            self.covariance, self.weight = covariance, weight
+            self.covariance, self.weight = second - np.outer(mean, mean), weight
             self.removed_sum = np.zeros_like(weight)  # C[:, S] W_S
 
     def costs(self, candidates: Sequence[int]) -> np.ndarray:
@@ -447,7 +489,11 @@ class RemovalCost:
             columns = self.inverse[:, g]
             solve = np.linalg.inv(self.inverse[np.ix_(g, g)])
             self.weight -= columns @ (solve @ self.weight[g])
-            self.inverse -= (columns @ solve) @ columns.T  # in place: n x n, once per step
+            scaled = columns @ solve
+            for start in range(0, len(scaled), UPDATE_ROWS):  # no n x n temporary
+                self.inverse[start : start + UPDATE_ROWS] -= (
+                    scaled[start : start + UPDATE_ROWS] @ columns.T
+                )
             self.weight[g] = 0.0
         else:
             self.removed_sum += self.covariance[:, g] @ self.weight[g]

@@ -18,6 +18,7 @@ import onnx_ir as ir
 
 from lightir.analysis.channels import ChannelGroup
 from lightir.analysis.reconstruct import (
+    SELECTION_ROWS,
     Moments,
     RemovalCost,
     layer_matrix,
@@ -30,10 +31,10 @@ logger = logging.getLogger(__name__)
 
 DATA_CRITERIA = ("activation", "entropy", "output-error")  # they need calibration data
 MAX_SELECTION_COLUMNS = 4608  # a 512-channel 3x3 conv; wider consumers fall back to l1
-CAPTURE_BYTES = 256 << 20  # activations held at once while the moments are taken
+CAPTURE_BYTES = 128 << 20  # activations held at once while the moments are taken
 # Second moments held at once (float64, columns x columns per consumer). All of ResNet-50's
 # together are about 1 GB (a 512-channel 3x3 conv alone: 4608^2 x 8 = 170 MB).
-MOMENT_BYTES = 256 << 20
+MOMENT_BYTES = 128 << 20
 
 
 def _columns(node: ir.Node) -> int:
@@ -193,8 +194,11 @@ class ChannelScorer:
             values = capture(self.model, chunk, self.batches)
             for name in chunk:
                 for node in by_input[name]:
-                    rows, per_channel = layer_rows(node, values[name])
-                    self.moments[node] = (Moments.of(rows), per_channel)
+                    rows, per_channel, available = layer_rows(
+                        node, values[name], limit=SELECTION_ROWS
+                    )
+                    self.moments[node] = (Moments.of(rows, available), per_channel)
+                    del rows
             del values
 
     def _output_error(self, group: ChannelGroup, limit: int | None) -> np.ndarray | None:
