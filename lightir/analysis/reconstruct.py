@@ -440,6 +440,9 @@ class RemovalCost:
     (compensation), so the cost of a removed set S is the variance of what it contributed,
     ``tr(W_S^T C_SS W_S)`` with ``C`` the covariance of the rows, grown greedily (ThiNet's
     selection, Luo et al. 2017). Correlated channels cost less together than apart.
+
+    The moments are consumed: their second moment becomes the inverse's (or the
+    covariance's) workspace, so a 4608-column layer holds one 170 MB matrix, not three.
     """
 
     def __init__(
@@ -453,16 +456,27 @@ class RemovalCost:
         self.blocks = blocks
         self.refit = refit and moments.posed
         if self.refit:
-            gram = np.zeros((len(mean) + 1,) * 2)
-            gram[:-1, :-1] = second
-            gram[:-1, -1] = gram[-1, :-1] = mean
-            gram[-1, -1] = 1.0
-            gram[np.diag_indices_from(gram)] += RIDGE * float(np.mean(np.diag(gram)))
-            self.inverse = np.linalg.inv(gram)
-            del gram
-            self.weight = np.concatenate([weight, np.zeros((1, weight.shape[1]))])
+            # H = [[S + r I, m], [m^T, 1 + r]] (rows with a bias column, ridge r). Only the
+            # rows' block of H^-1 enters the costs and the weight updates, and it is the
+            # inverse of the Schur complement S + r I - m m^T / (1 + r): built in ``second``
+            # itself (the moments are handed over), no (n+1) x (n+1) copy of it is made.
+            n = len(mean)
+            ridge = RIDGE * (float(np.trace(second)) + 1.0) / (n + 1)
+            schur = second
+            for start in range(0, n, UPDATE_ROWS):  # no n x n temporary for the outer product
+                rows = slice(start, start + UPDATE_ROWS)
+                schur[rows] -= np.outer(mean[rows] / (1.0 + ridge), mean)
+            schur[np.diag_indices(n)] += ridge
+            moments.second = None  # consumed
+            self.inverse = np.linalg.inv(schur)
+            del schur, second
+            self.weight = weight.copy()
         else:
-            self.covariance, self.weight = second - np.outer(mean, mean), weight
+            for start in range(0, len(mean), UPDATE_ROWS):  # C = S - m m^T, in place
+                rows = slice(start, start + UPDATE_ROWS)
+                second[rows] -= np.outer(mean[rows], mean)
+            moments.second = None  # consumed
+            self.covariance, self.weight = second, weight
             self.removed_sum = np.zeros_like(weight)  # C[:, S] W_S
 
     def costs(self, candidates: Sequence[int]) -> np.ndarray:

@@ -16,6 +16,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
+from lightir import memory
 from lightir.analysis.channels import ChannelGroup
 from lightir.analysis.reconstruct import (
     SELECTION_ROWS,
@@ -160,6 +161,7 @@ class ChannelScorer:
             for i in chunk:
                 scores[i] = self.scores(wanted[i][0], criterion, wanted[i][1])
             self.moments.clear()
+            memory.release()
         return scores
 
     def prepare(self, groups: list[ChannelGroup]) -> None:
@@ -222,7 +224,7 @@ class ChannelScorer:
                 columns[node][k].append(index)
         layers = []
         for node in nodes:
-            moments, per_channel = self.moments[node]
+            moments, per_channel = self.moments.pop(node)  # RemovalCost consumes them
             blocks = {
                 k: np.concatenate([np.arange(c * per_channel, (c + 1) * per_channel) for c in cs])
                 for k, cs in columns[node].items()
