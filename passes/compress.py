@@ -19,11 +19,14 @@ int8 calibration on the *fit* samples, and scored on the *selection* samples, by
 for the longest prefix within budget on the first half of them; the answer is the fastest
 point evaluated that is within budget on both halves (the longest prefix within budget on
 some samples sits at their edge, and the pass manager's held-out check then rolled it back:
-PP-OCRv5's line classifier at ``max-drop=0.01``, tools/README.md). From the best prefix, the
-later steps are then tried one at a time, skipping those that break the budget (bisection
-stops at the first that does). The calibration rows passes may fit on are split: the first
-half (at least 32 where there are 64) selects, the rest fits; the pass manager's own held-out
-rows (verification, and ``--metric``'s check) are never seen.
+PP-OCRv5's line classifier at ``max-drop=0.01``, tools/README.md). The settings single passes
+would make on every layer (each prune ratio, each low-rank method at each energy, int8) are
+evaluated as well where they are estimated cheaper than the best point, so a single pass that
+meets the budget is never faster than the answer on the selection samples. From the best
+point, the later steps of the path are then tried one at a time, skipping those that break
+the budget (bisection stops at the first that does). The calibration rows passes may fit on
+are split: the first half (at least 32 where there are 64) selects, the rest fits; the pass
+manager's own held-out rows (verification, and ``--metric``'s check) are never seen.
 
 The report's stats hold the sensitivity table (``--sensitivity FILE.csv|json`` writes it),
 the measured latency table, the front (every evaluated point: metric drop, estimated and

@@ -36,7 +36,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from lightir import registry
+from lightir import memory, registry
 from lightir.analysis.channels import ChannelGraph
 from lightir.analysis.cost import inferred_shapes
 from lightir.data import concrete_shape, input_specs
@@ -73,6 +73,8 @@ class Level:
     # What the whole model measured with this level alone adds to the table's price (int8:
     # the Q/DQ boundaries and layout changes its neighbours see).
     correction: float = 0.0
+    # The single-pass setting it comes from: the share of channels pruned, the energy kept.
+    strength: float = 1.0
 
 
 @dataclass
@@ -140,8 +142,10 @@ class Space:
         self.orders: dict[int, np.ndarray] = {}
         self.layers: dict[tuple[ir.Node, str], Any] = {}  # (node, low-rank method) -> layer
         self._chains: dict[tuple, list[ConvSpec] | None] = {}
+        memory.release()  # what the passes before freed (ResNet-50: 230 MB)
         if "prune" in kinds:
             self._prune_units()
+            memory.release()
         if "lowrank" in kinds:
             self._lowrank_units()
         if "int8" in kinds:
@@ -182,12 +186,11 @@ class Space:
                 continue  # a layer the table cannot price
             touches = {n: (read[n], made[n]) for n in touched if n in self.specs}
             step = planner.step(group)
-            keeps = sorted(
-                {planner.keep_count(group.size, int(group.size * r), step) for r in RATIOS},
-                reverse=True,
-            )
+            ratios: dict[int, float] = {}  # keep -> the first ratio that gives it
+            for r in RATIOS:
+                ratios.setdefault(planner.keep_count(group.size, int(group.size * r), step), r)
             levels = []
-            for keep in keeps:
+            for keep in sorted(ratios, reverse=True):
                 if keep >= group.size:
                     continue
                 removed = group.size - keep
@@ -201,7 +204,8 @@ class Space:
                     self.table.cost(new) - self.table.cost(self.specs[n])
                     for n, new in resized.items()
                 )
-                levels.append(Level(f"keep {keep} of {group.size}", (keep, group.size), delta))
+                label = f"keep {keep} of {group.size}"
+                levels.append(Level(label, (keep, group.size), delta, strength=ratios[keep]))
             if levels:
                 candidates.append(index)
                 label = f"channels of {', '.join(group.producer_nodes)}"
@@ -250,7 +254,9 @@ class Space:
                     delta = self.table.chain(chain) - self.table.cost(spec)
                     if delta < 0:
                         label = f"{method_name} energy {energy:g} (rank {rank})"
-                        levels.append(Level(label, (method_name, rank), delta, chain=chain))
+                        levels.append(
+                            Level(label, (method_name, rank), delta, chain=chain, strength=energy)
+                        )
             levels = pareto(levels)
             if levels:
                 label = f"{node.op_type} '{node.name}'"
@@ -285,6 +291,44 @@ class Space:
             label = f"{node.op_type} '{node.name}'"
             level = Level("int8", True, delta)
             self.units.append(Unit("int8", node.name, label, [level], {node: (0, 0)}))
+
+    def families(self) -> list[tuple[str, str | None, tuple[float, ...]]]:
+        """The single passes the space can express: kind, low-rank method, strengths.
+
+        Strengths go from the strongest (cheapest) to the weakest.
+        """
+        families: list[tuple[str, str | None, tuple[float, ...]]] = []
+        kinds = {unit.kind for unit in self.units if unit.levels}
+        if "prune" in kinds:
+            families.append(("prune", None, tuple(sorted(RATIOS, reverse=True))))
+        methods = {lv.setting[0] for u in self.units if u.kind == "lowrank" for lv in u.levels}
+        for method in ("svd", "spatial-svd", "tucker"):
+            if method in methods:
+                families.append(("lowrank", method, tuple(sorted(ENERGIES))))
+        if "int8" in kinds:
+            families.append(("int8", None, (1.0,)))
+        return families
+
+    def uniform(self, kind: str, method: str | None, strength: float) -> dict[int, int]:
+        """The choice a single pass makes at ``strength``; units it cannot change stay as they are.
+
+        Every unit of ``kind`` (and ``method``) goes to the level nearest ``strength``, the
+        stronger one on a tie.
+        """
+        choice = {}
+        for index, unit in enumerate(self.units):
+            if unit.kind != kind:
+                continue
+            options = [
+                (level_index, level)
+                for level_index, level in enumerate(unit.levels, start=1)
+                if method is None or level.setting[0] == method
+            ]
+            if options:
+                # Levels run weakest first: on a tie the later (stronger) one wins.
+                nearest = min(options, key=lambda o: (abs(o[1].strength - strength), -o[0]))
+                choice[index] = nearest[0]
+        return choice
 
     # ------------------------------------------------------------------------ pricing
     def node_layers(self, node: ir.Node, choice: dict[int, int]) -> list[ConvSpec]:

@@ -54,9 +54,12 @@ def test_the_search_shrinks_the_model_within_budget_on_unseen_samples(searched, 
     # The front: the original, then candidates; the chosen one is the cheapest within budget.
     front = stats["front"]
     assert front[0]["steps"] == 0 and front[0]["drop"] == 0.0
-    within = [p for p in front if p["meets"]]
+    within = [p for p in front if p["meets"] and p["confirmed"]]  # on both selection halves
     assert min(p["measured_macs"] for p in within) == searched.report.final.macs
     assert all(p["drop"] <= 0.02 for p in within)
+    # Single passes over every layer are on the front too (prune at its strongest first).
+    singles = [p["single_pass"] for p in front if p["single_pass"] and not p["extra_steps"]]
+    assert singles and singles[0] == "prune 0.75"
     # Under the MAC objective the estimate is exact.
     assert all(p["estimated_macs"] == p["measured_macs"] for p in front)
     # On the evaluation split no step saw, accuracy stays within budget plus its interval.

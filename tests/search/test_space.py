@@ -43,6 +43,27 @@ def test_every_kind_has_units_and_levels_save(folded, data):
             assert all(level.delta < 0 for level in unit.levels), unit.label
 
 
+def test_single_pass_settings_map_onto_every_unit_they_can_change(folded, data):
+    space = Space(folded, LatencyTable("macs"), PassContext(data))
+    families = {(kind, method): strengths for kind, method, strengths in space.families()}
+    assert families[("prune", None)] == (0.75, 0.5, 0.25)  # strongest first
+    assert families[("lowrank", "tucker")] == (0.5, 0.7, 0.85, 0.95)
+    prune = space.uniform("prune", None, 0.5)
+    assert set(prune) == {i for i, u in enumerate(space.units) if u.kind == "prune"}
+    for index, level in prune.items():
+        group = space.units[index].levels[level - 1].setting[1]
+        assert space.units[index].levels[level - 1].setting[0] == group // 2  # half kept
+    tucker = space.uniform("lowrank", "tucker", 0.7)
+    assert tucker and all(
+        space.units[i].levels[lv - 1].setting[0] == "tucker" for i, lv in tucker.items()
+    )
+    # A 1x1 conv has no tucker level: its unit is not in the choice.
+    lowrank = {i for i, u in enumerate(space.units) if u.kind == "lowrank"}
+    assert set(tucker) < lowrank
+    assert space.uniform("lowrank", "cp", 0.7) == {}
+    assert space.cost(space.uniform("prune", None, 0.75)) < space.cost(prune)
+
+
 def test_a_choice_is_priced_exactly_as_applied(folded, data):
     """Under the MAC objective, pruning and factorizing together (a pruned layer's chain has
     fewer channels at both ends) cost what the applied model counts."""
