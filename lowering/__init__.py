@@ -5,7 +5,7 @@ package does not import TVM, and the rest of lightir works without it.
 
     from lightir.lowering import compile_model, load
     compile_model(model, "model.so", target="x86")   # also writes model.json
-    outputs = load("model.so").run({"input": x})
+    outputs = load("model.so").run(None, {"input": x})   # as an onnxruntime session: a list
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +126,7 @@ def compile_model(
             for s in specs
         ],
         "outputs": [v.name for v in model.graph.outputs],
+        "output_specs": [_value_spec(v) for v in model.graph.outputs],
         "target": spec.config,
         "target_name": spec.name,
         "device": "cuda" if spec.kind == "cuda" else "cpu",
@@ -332,7 +333,7 @@ def _runner(library: Path, metadata: dict, spec: TargetSpec, result: LoweringRes
     """A ``run(feeds) -> outputs`` for the library here or under emulation, else None + a note."""
     if spec.runs_here:
         result.checked_on = "this machine"
-        return CompiledModel(library, metadata).run
+        return CompiledModel(library, metadata).run_dict
     if spec.kind == "arm":
         from lightir.lowering.emulation import find
 
@@ -378,8 +379,43 @@ def _check(model, run, metadata, result, samples, seed, dims) -> None:
         )
 
 
+ORT_TYPES = {"float32": "float", "float64": "double"}  # numpy name -> onnxruntime's
+
+
+def _value_spec(value) -> dict:
+    """Name, shape (ints, dim names, or None) and numpy dtype name of a graph output."""
+    shape = None
+    if value.shape is not None:
+        shape = [d if isinstance(d, int) else (str(d) if str(d) else None) for d in value.shape]
+    dtype = None
+    if value.dtype is not None:
+        dtype = str(np.dtype(value.dtype.numpy()))
+    return {"name": value.name, "shape": shape, "dtype": dtype}
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output as onnxruntime's ``NodeArg`` describes it."""
+
+    name: str
+    shape: list | None
+    type: str | None  # "tensor(float)", as onnxruntime writes it
+
+    @classmethod
+    def of(cls, spec: dict) -> NodeArg:
+        """From a library's metadata entry."""
+        dtype = spec.get("dtype")
+        kind = None if dtype is None else f"tensor({ORT_TYPES.get(dtype, dtype)})"
+        return cls(spec["name"], spec.get("shape"), kind)
+
+
 class CompiledModel:
-    """A compiled library called like an onnxruntime session: ``run(feeds) -> {name: array}``."""
+    """A compiled library called like an onnxruntime ``InferenceSession``.
+
+    ``run(output_names, input_feed) -> [arrays]`` with ``get_inputs()`` / ``get_outputs()``,
+    so code written against a session runs against the library unchanged; ``run_dict(feeds)``
+    returns the outputs by name.
+    """
 
     def __init__(self, library: str | os.PathLike, metadata: dict | None = None) -> None:
         import tvm
@@ -397,10 +433,43 @@ class CompiledModel:
         self.input_names = [i["name"] for i in metadata["inputs"]]
         self.output_names = list(metadata["outputs"])
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def get_inputs(self) -> list[NodeArg]:
+        """The inputs, with the shapes the library was built for."""
+        return [NodeArg.of(spec) for spec in self.metadata["inputs"]]
+
+    def get_outputs(self) -> list[NodeArg]:
+        """The outputs (shape and type unknown in a library built without output_specs)."""
+        specs = self.metadata.get("output_specs") or [{"name": n} for n in self.output_names]
+        return [NodeArg.of(spec) for spec in specs]
+
+    def run(
+        self,
+        output_names: Sequence[str] | None,
+        input_feed: Mapping[str, np.ndarray] | None = None,
+        run_options=None,
+    ) -> list[np.ndarray]:
+        """The named outputs (all when None), in that order, as a list: onnxruntime's ``run``."""
+        if isinstance(output_names, Mapping) or input_feed is None:
+            raise UsageError(
+                "CompiledModel.run(output_names, input_feed) takes onnxruntime's arguments: "
+                "call run(None, feeds), or run_dict(feeds) for outputs by name"
+            )
+        names = list(self.output_names if output_names is None else output_names)
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise UsageError(
+                f"no output {unknown[0]!r}; the library's outputs are {self.output_names}"
+            )
+        outputs = self.run_dict(input_feed)
+        return [outputs[name] for name in names]
+
+    def run_dict(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for one set of inputs (shapes as built)."""
         import tvm
 
+        missing = [name for name in self.input_names if name not in feeds]
+        if missing:
+            raise UsageError(f"missing input {missing[0]!r}; the library takes {self.input_names}")
         for spec in self.metadata["inputs"]:
             got = tuple(np.shape(feeds[spec["name"]]))
             if got != tuple(spec["shape"]):

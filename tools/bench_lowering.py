@@ -58,7 +58,10 @@ def main() -> None:
                     warm_tuned = str(warm.metadata["tuning"]["tuned_now"])
                 compiled = load(work / "m.so")
                 medians = interleaved_medians(
-                    {"ort": lambda f, s=session: s.run(None, f), "tvm": compiled.run},
+                    {
+                        "ort": lambda f, s=session: s.run(None, f),
+                        "tvm": lambda f: compiled.run(None, f),
+                    },
                     feeds,
                     blocks=15,
                     per_block=20,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 
 import lightir
@@ -50,9 +51,27 @@ def test_x86_library_matches_onnxruntime(tmp_path, name):
     feeds = random_inputs(model, samples=1, seed=42)
     shape = tuple(meta["inputs"][0]["shape"])
     feeds = [{k: v[:1].reshape(shape) for k, v in f.items()} for f in feeds]
-    expected, actual = run(model, feeds)[0], compiled.run(feeds[0])
+    expected, actual = run(model, feeds)[0], compiled.run_dict(feeds[0])
     for key in expected:
         np.testing.assert_allclose(actual[key], expected[key], rtol=1e-4, atol=1e-5)
+    # Code written against an onnxruntime session runs against the library unchanged.
+    lightir.save(model, tmp_path / f"{name}.onnx")
+    session = ort.InferenceSession(tmp_path / f"{name}.onnx", providers=["CPUExecutionProvider"])
+    for runner in (session, compiled):
+        (inp,), outputs = runner.get_inputs(), runner.get_outputs()
+        assert inp.name == meta["inputs"][0]["name"] and inp.type == "tensor(float)"
+        names = [o.name for o in outputs]
+        assert names == list(expected) and all(o.type == "tensor(float)" for o in outputs)
+        got = runner.run(names[::-1], {inp.name: feeds[0][inp.name]})
+        assert isinstance(got, list)
+        np.testing.assert_allclose(got[0], expected[names[-1]], rtol=1e-4, atol=1e-5)
+    assert compiled.get_inputs()[0].shape == list(shape)
+    with pytest.raises(lightir.UsageError, match=r"run\(None, feeds\)"):
+        compiled.run(feeds[0])
+    with pytest.raises(lightir.UsageError, match="no output 'nope'"):
+        compiled.run(["nope"], feeds[0])
+    with pytest.raises(lightir.UsageError, match=f"missing input '{inp.name}'"):
+        compiled.run(None, {})
 
 
 def test_wide_softmax_is_as_accurate_as_onnxruntime(tmp_path):
@@ -70,7 +89,7 @@ def test_wide_softmax_is_as_accurate_as_onnxruntime(tmp_path):
     z[..., 5] += 16
     truth = np.exp(z.astype(np.float64) - z.max(-1, keepdims=True))
     truth /= truth.sum(-1, keepdims=True)
-    compiled = load(tmp_path / "softmax.so").run({"z": z})["p"]
+    compiled = load(tmp_path / "softmax.so").run(["p"], {"z": z})[0]
     reference = run(model, [{"z": z}])[0]["p"]
     assert np.abs(compiled - truth).max() <= 1e-6
     assert np.abs(compiled - reference).max() <= 1e-5
