@@ -16,6 +16,7 @@ At the end the result is compared with the original model (accumulated drift).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -381,7 +382,30 @@ def optimize(
     report.seconds = time.perf_counter() - start
     if verify == "end" and report.failures:
         raise PassFailedError(report.failures[-1])
+    stamp_provenance(model, report)
     return Result(model, report)
+
+
+PROVENANCE_KEY = "lightir.provenance"
+
+
+def stamp_provenance(model: ir.Model, report: Report) -> None:
+    """Write what was done into the model's ``metadata_props`` (Netron shows them).
+
+    ``lightir.version``, ``lightir.pipeline`` and ``lightir.provenance`` (the JSON of
+    :meth:`Report.provenance`); a model optimized before keeps that record under
+    ``previous``. Other metadata (an exporter's) is left as it is.
+    """
+    provenance = report.provenance()
+    earlier = model.metadata_props.get(PROVENANCE_KEY)
+    if earlier:
+        try:
+            provenance["previous"] = json.loads(earlier)
+        except ValueError:
+            provenance["previous"] = earlier
+    model.metadata_props["lightir.version"] = provenance["version"]
+    model.metadata_props["lightir.pipeline"] = report.pipeline
+    model.metadata_props[PROVENANCE_KEY] = json.dumps(provenance, separators=(",", ":"))
 
 
 def _check_preconditions(

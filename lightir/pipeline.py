@@ -203,7 +203,16 @@ def format_pipeline(specs: list[PassSpec]) -> str:
                 for f in option_fields(pass_cls.Options)
                 if f.default is not dataclasses.MISSING
             }
-            options = {k: v for k, v in options.items() if defaults.get(k, object()) != v}
+            # A strength given at its default value still says "do not search the strength"
+            # (lightir.strength): it stays, so the text runs what was run.
+            strength = getattr(pass_cls, "strength", None)
+            kept = set() if strength is None else {strength.option, *strength.alternatives}
+            kept = {key.replace("-", "_") for key in kept}
+            options = {
+                k: v
+                for k, v in options.items()
+                if k.replace("-", "_") in kept or defaults.get(k, object()) != v
+            }
         canonical.append(str(PassSpec(spec.name, options)))
     return ",".join(canonical)
 

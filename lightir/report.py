@@ -90,9 +90,50 @@ class Report:
                 return record
         raise KeyError(f"no pass {name!r} in this run: {[r.name for r in self.records]}")
 
+    def provenance(self) -> dict:
+        """What was done and how it was checked: the record written into the output model.
+
+        Per pass: its contract, what became of it and, where it was verified, the worst
+        output error and cosine against the original; then the run's drift and metric.
+        """
+        from lightir import __version__
+
+        passes = []
+        for record in self.records:
+            entry = {"pass": record.name, "contract": record.contract, "status": record.status}
+            if record.vs_original:
+                rel, cos, top1 = _worst(record.vs_original)
+                entry.update(rel_error=rel, cosine=cos)
+                if top1 != "-":
+                    entry["top1"] = top1
+            if record.tolerance:
+                entry["tolerance"] = record.tolerance
+            passes.append(entry)
+        provenance = {
+            "tool": "lightir",
+            "version": __version__,
+            "pipeline": self.pipeline,
+            "verify": self.verify,
+            "inputs": self.inputs,
+            "passes": passes,
+            "macs": [self.original.macs, (self.final or self.original).macs],
+            "params": [self.original.params, (self.final or self.original).params],
+        }
+        if self.drift:
+            rel, cos, _ = _worst(self.drift)
+            provenance["drift"] = {"rel_error": rel, "cosine": cos}
+        if self.metric:
+            provenance["metric"] = {
+                "name": self.metric.get("name"),
+                "drop": self.metric.get("drop"),
+                "samples": (self.metric.get("final") or {}).get("samples"),
+            }
+        return provenance
+
     def as_dict(self) -> dict:
         """Plain dict for ``--report FILE.json``."""
         return {
+            "provenance": self.provenance(),
             "model": self.model,
             "pipeline": self.pipeline,
             "verify": self.verify,

@@ -44,6 +44,30 @@ def test_main_job_folds_every_bn_and_matches(tmp_path):
     assert data["original"]["nodes"] > data["final"]["nodes"]
 
 
+def test_the_output_model_records_what_was_done_to_it(tmp_path):
+    source, out, again = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "again.onnx"
+    lightir.save(zoo.build("resnet"), source)
+    before = source.read_bytes()
+    report = tmp_path / "report.json"
+    done = lightir_opt(source, "-p", "fold-bn,prune{ratio=0.3}", "-o", out, "--report", report)
+    assert done.returncode == 0, done.stderr
+    assert source.read_bytes() == before  # the input is never modified
+    props = {p.key: p.value for p in onnx.load(out).metadata_props}  # what Netron shows
+    assert props["lightir.version"] == lightir.__version__
+    assert props["lightir.pipeline"] == "fold-bn,prune{ratio=0.3}"
+    provenance = json.loads(props["lightir.provenance"])
+    fold, prune = provenance["passes"]
+    assert fold == {**fold, "pass": "fold-bn", "contract": "exact", "status": "changed"}
+    assert prune["contract"].startswith("lossy") and prune["status"] == "changed"
+    assert float(prune["cosine"]) >= 0.9 and float(fold["rel_error"]) < 1e-4
+    assert provenance["macs"][1] < provenance["macs"][0] and "drift" in provenance
+    assert json.loads(report.read_text())["provenance"] == provenance  # the same record
+    # Optimized again, the earlier record is kept.
+    assert lightir_opt(out, "-p", "cleanup", "-o", again).returncode == 0
+    props = {p.key: p.value for p in onnx.load(again).metadata_props}
+    assert json.loads(props["lightir.provenance"])["previous"] == provenance
+
+
 PLUGIN = textwrap.dedent(
     """
     import onnx_ir as ir

@@ -42,6 +42,14 @@ def test_round_trip_is_canonical(optioned_pass):
     assert format_pipeline(parse_pipeline(text)) == text
 
 
+def test_a_strength_given_at_its_default_stays_in_the_canonical_text():
+    # prune's default ratio is 0.3, but "prune" searches its strength and
+    # "prune{ratio=0.3}" does not: the report's pipeline text must say which ran.
+    assert format_pipeline(parse_pipeline("prune{ratio=0.3,round=0}")) == "prune{ratio=0.3}"
+    assert format_pipeline(parse_pipeline("prune")) == "prune"
+    assert format_pipeline(parse_pipeline("svd{energy=0.0}")) == "svd{energy=0.0}"
+
+
 def test_option_types_are_converted(optioned_pass):
     (spec,) = parse_pipeline("demo-prune{ratio=0.25,round=16,fast=yes}")
     assert spec.options == {"ratio": 0.25, "round": 16, "fast": True}
