@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lightir import registry
+from lightir import registry, zoo
 from lightir.errors import BudgetUnmet, LightirError, UsageError
 from lightir.instruments import DumpDir, PrintIRAfter
 from lightir.io import save
@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tuning-db", metavar="DIR", help="tuning database, reused across runs and models"
     )
     parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines")
+    parser.add_argument(
+        "--list-models", action="store_true", help="list the bundled models (zoo:NAME)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads for checks")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
@@ -159,15 +162,32 @@ def list_passes() -> str:
     lines = ["passes:"]
     for name, cls in registry.all_passes().items():
         lines.append(f"  {name:<18} {cls.contract.describe():<28} {cls.summary}")
+        strength = getattr(cls, "strength", None)
+        searched = set() if strength is None else {strength.option, *strength.alternatives}
+        searched = {key.replace("-", "_") for key in searched}
         for f in option_fields(cls.Options):
             if f.default is dataclasses.MISSING:
                 default = "(required)"
+            elif f.name in searched and not cls.contract.is_exact:
+                # Not the value it runs at: with none of these given, the strength is searched.
+                default = "(searched when no strength is given)"
+            elif "shown" in f.metadata:  # a sentinel default: what it means instead
+                default = f"({f.metadata['shown']})"
             else:
                 default = format_value(f.default)
             lines.append(f"  {'':<18}   {f.name.replace('_', '-')}={default}")
     lines.append("pipelines:")
     for name, named in registry.all_pipelines().items():
         lines.append(f"  {name:<18} = {named.text:<26} {named.summary}")
+    return "\n".join(lines)
+
+
+def list_models() -> str:
+    """The text of ``--list-models``: each bundled model and what it is."""
+    lines = ["bundled models (give as zoo:NAME):"]
+    for name in zoo.names():
+        doc = (zoo.BUILDERS[name].__doc__ or "").strip().splitlines()
+        lines.append(f"  zoo:{name:<14} {doc[0] if doc else ''}")
     return "\n".join(lines)
 
 
@@ -195,6 +215,9 @@ def run(argv: list[str]) -> int:
         registry.load_pass_plugin(plugin)
     if args.list_passes:
         print(list_passes())
+        return 0
+    if args.list_models:
+        print(list_models())
         return 0
     if not args.model:
         raise UsageError("no input model; give a .onnx file or zoo:NAME")
@@ -293,6 +316,8 @@ def run(argv: list[str]) -> int:
             )
     elif args.output and not args.target:
         save(result.model, args.output)
+    elif not args.output and not args.quiet:
+        print("no -o given: nothing written (-o OUT.onnx writes the result)", file=sys.stderr)
     if args.report:
         _write_json(args.report, report.as_dict())
     for path, key in ((args.sensitivity, "sensitivity"), (args.front, "front")):
@@ -343,7 +368,7 @@ def _write_rows(path: str, rows: list[dict], flag: str) -> None:
             writer.writerow(
                 {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
             )
-    os.replace(tmp, target)
+    _publish(tmp, target)
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -351,6 +376,17 @@ def _write_json(path: str, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.resolve().parent)
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=2, default=float)
+    _publish(tmp, target)
+
+
+def _publish(tmp: str, target: Path) -> None:
+    """Move a finished temporary file into place with the permissions a plain write gives.
+
+    ``mkstemp`` makes files only their owner can read (0600); reports are for everyone.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, target)
 
 

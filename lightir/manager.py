@@ -33,6 +33,7 @@ from lightir import metrics, registry
 from lightir.analysis.cost import ModelCost, model_cost
 from lightir.canonicalize import canonicalize
 from lightir.data import (
+    DEFAULT_DYNAMIC_DIM,
     LABELS_KEY,
     CalibrationData,
     InputSpec,
@@ -86,10 +87,34 @@ class Instrument:
         """Called after the pass ran and was checked (``model`` is the accepted model)."""
 
 
-def _inputs_description(calibration: CalibrationData | None, batches: list[dict]) -> str:
+def _inputs_description(
+    calibration: CalibrationData | None,
+    batches: list[dict],
+    specs: list[InputSpec],
+    dims: Mapping[str, int],
+) -> str:
     rows = sum(next(iter(b.values())).shape[0] for b in batches) if batches else 0
     source = f"calibration file {calibration.source}" if calibration else "synthesized"
-    return f"{len(batches)} batch(es), {rows} sample(s), {source}"
+    text = f"{len(batches)} batch(es), {rows} sample(s), {source}"
+    if calibration is None:
+        assumed = [
+            f"{dim or f'{spec.name}[{axis}]'}={DEFAULT_DYNAMIC_DIM}"
+            for spec in specs
+            for axis, dim in enumerate(spec.shape)
+            if axis > 0 and not isinstance(dim, int) and dim not in dims
+        ]
+        if assumed:
+            text += f"; assumed {', '.join(dict.fromkeys(assumed))} (set with --dim NAME=N)"
+    return text
+
+
+def _check_dims(specs: list[InputSpec], dims: Mapping[str, int]) -> None:
+    """Every ``--dim`` names a dynamic dim of the model."""
+    names = sorted({d for spec in specs for d in spec.shape if isinstance(d, str) and d})
+    unknown = sorted(set(dims) - set(names))
+    if unknown:
+        known = f"its named dynamic dims are {', '.join(names)}" if names else "it has none"
+        raise UsageError(f"--dim {unknown[0]}: the model has no dynamic dim of that name; {known}")
 
 
 VERIFY_BATCH = 8  # rows per onnxruntime run: a detector's activations for 32 pages at once are GBs
@@ -342,6 +367,7 @@ def optimize(
     calibration = _bind_calibration(calib, model)
     _check_preconditions(passes, model, calibration)
     specs = input_specs(model)
+    _check_dims(specs, dims or {})
     batches = _verification_inputs(specs, calibration, samples, dims, seed)
     held, check = _holdout(metric, calibration, batches, passes, model)
     shapes = _cost_shapes(specs, calibration, batches, dims)
@@ -357,7 +383,7 @@ def optimize(
         model=name,
         pipeline=pipeline_text,
         verify=verify,
-        inputs=_inputs_description(calibration, batches),
+        inputs=_inputs_description(calibration, batches, specs, dims or {}),
         # Counted on the canonical form: weights held in Constant nodes count as parameters.
         original=model_cost(model, shapes),
         rounding_noise=verifier.noise,
@@ -371,6 +397,7 @@ def optimize(
         model, failed = run.step(scheduled, model)
         schedule.changed |= run.changed
         if failed and not keep_going:
+            report.skipped = schedule.remaining()
             break
 
     report.drift, failure = verifier.finish(model, passes)
@@ -576,9 +603,15 @@ class _Schedule:
     def __init__(self, items: list) -> None:
         self.items = items
         self.changed = False
+        self.position = 0
+
+    def remaining(self) -> list[str]:
+        """Names of the items after the one being run (a fixpoint group by its name)."""
+        return [item.name for item in self.items[self.position + 1 :]]
 
     def __iter__(self):
-        for item in self.items:
+        for position, item in enumerate(self.items):
+            self.position = position
             if not isinstance(item, Fixpoint):
                 yield item
                 continue

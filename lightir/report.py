@@ -77,6 +77,7 @@ class Report:
     canonicalize: PassRecord | None = None  # import canonicalization, before the passes
     # The user's metric (lightir.metrics): name, original and final Score dicts, drop.
     metric: dict | None = None
+    skipped: list[str] = field(default_factory=list)  # not run after a rollback
 
     @property
     def ok(self) -> bool:
@@ -149,6 +150,7 @@ class Report:
             "passes": [r.as_dict() for r in self.records],
             "drift": [m.as_dict() for m in self.drift],
             "metric": self.metric,
+            "skipped": self.skipped,
         }
 
 
@@ -233,8 +235,12 @@ def render_table(report: Report) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     drift_rel, drift_cos, drift_top1 = _worst(report.drift)
     lines.append(
-        f"model {report.model}; pipeline {report.pipeline}; verify {report.verify} on "
-        f"{report.inputs}"
+        f"model {report.model}; pipeline {report.pipeline}; "
+        + (
+            "verify structural (no numeric check)"
+            if report.verify == "structural"
+            else f"verify {report.verify} on {report.inputs}"
+        )
     )
     final = report.final or report.original
     lines.append(
@@ -258,6 +264,13 @@ def render_table(report: Report) -> str:
                     else ""
                 )
             )
+    if report.skipped:
+        rolled = next((r for r in reversed(report.records) if r.status == "rolled-back"), None)
+        after = f" after #{rolled.index} {rolled.name} was rolled back" if rolled else ""
+        lines.append(
+            f"stopped{after}: {', '.join(report.skipped)} did not run (--keep-going runs "
+            "them on the model as it is)"
+        )
     if report.metric and "final" in report.metric:
         m = report.metric
         original, result = m["original"], m["final"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import pytest
 
 import lightir
 from lightir import zoo
-from lightir.testing import op_types, random_inputs, run
+from lightir.testing import from_text, op_types, random_inputs, run
 
 
 def lightir_opt(*args, cwd=None):
@@ -214,3 +215,41 @@ def test_a_declined_pass_is_named_exits_0_and_the_model_is_written(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "declined: the model is already quantized" in done.stderr
     assert twice.is_file()
+
+
+def test_what_a_newcomer_tripped_over_is_said(tmp_path):
+    """Issue 16, item 8: each of these was silent or wrong."""
+    report = tmp_path / "r.json"
+    done = lightir_opt("zoo:resnet", "-p", "fold-bn", "--verify", "structural", "--report", report)
+    assert done.returncode == 0, done.stderr
+    assert "no -o given: nothing written" in done.stderr
+    assert "verify structural (no numeric check)" in done.stderr
+    assert report.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not 0600
+    # A rollback names the passes that then did not run, and how to run them.
+    done = lightir_opt("zoo:resnet", "-p", "prune{ratio=0.9,round=1},cleanup,fold-bn")
+    assert done.returncode == 1
+    assert "stopped after #1 prune was rolled back: cleanup, fold-bn did not run" in done.stderr
+    assert "--keep-going" in done.stderr
+    # An unknown --dim is an error; dims that were assumed are said.
+    done = lightir_opt("zoo:resnet", "-p", "fold-bn", "--dim", "height=3")
+    assert done.returncode == 2 and "--dim height: the model has no dynamic dim" in done.stderr
+    source = tmp_path / "dyn.onnx"
+    lightir.save(
+        from_text(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[N, 3, H, W] x) => (float[N, 3, H, W] y) { y = Relu(x) }"""
+        ),
+        source,
+    )
+    done = lightir_opt(source, "-p", "cleanup", "--dim", "W=16")
+    assert "assumed H=64 (set with --dim NAME=N)" in done.stderr, done.stderr
+    listed = lightir_opt("--list-models")
+    assert listed.returncode == 0 and "zoo:digits" in listed.stdout
+    passes = lightir_opt("--list-passes").stdout
+    assert "energy=0.0" not in passes and "(searched when no strength is given)" in passes
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -35,7 +35,7 @@ calibration inputs (``output_error``, measured in the final model, so upstream e
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -59,7 +59,10 @@ class LowRankOptions:
 
     rank: int = 0
     ratio: float = 0.0
-    energy: float = 0.0
+    # 0 means "not given": the energy policy is the fallback, at 0.9 (--list-passes says so).
+    energy: float = field(
+        default=0.0, metadata={"shown": "0.9 unless rank, ratio, tol or target-macs is given"}
+    )
     tol: float = 0.0
     target_macs: float = 0.0
     round: int = 8
