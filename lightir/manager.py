@@ -588,6 +588,8 @@ class _Run:
             self.report.failures.append(record.message)
         else:
             record.status = "changed" if modified else "unchanged"
+            if not modified:
+                record.message = _why_unchanged(pass_, record.declines)
             self.changed |= modified
             self.done.add(pass_.name)
         record.cost = model_cost(model, self.shapes) if modified else _last_cost(self.report)
@@ -622,6 +624,15 @@ class _Schedule:
                 if not round_changed:
                     break
                 logger.info("%s: round %d changed the model", item.name, round_index + 1)
+
+
+def _why_unchanged(pass_: Pass, declines: list[str]) -> str:
+    """Why a pass that ran changed nothing: its declined matches, else what it looks for."""
+    if declines:
+        more = f" (and {len(declines) - 1} more; --explain lists them)" if len(declines) > 1 else ""
+        return f"every match was declined: {declines[0]}{more}"
+    looks_for = getattr(pass_, "looks_for", "") or pass_.summary.rstrip(".")
+    return f"nothing in this model to change; it looks for: {looks_for}"
 
 
 def _last_cost(report: Report) -> ModelCost:

@@ -153,6 +153,8 @@ class Pass:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # What an ``unchanged`` row says the pass looked for and did not find (default: summary).
+    looks_for: ClassVar[str] = ""
     contract: ClassVar[Contract] = EXACT
     Options: ClassVar[type] = NoOptions
     # The ai.onnx opset the ops and attributes this pass emits need. The pass manager raises

@@ -264,6 +264,9 @@ def render_table(report: Report) -> str:
                     else ""
                 )
             )
+    for record in report.records:
+        if record.status == "unchanged" and record.message:
+            lines.append(f"#{record.index} {record.name} unchanged: {record.message}")
     if report.skipped:
         rolled = next((r for r in reversed(report.records) if r.status == "rolled-back"), None)
         after = f" after #{rolled.index} {rolled.name} was rolled back" if rolled else ""

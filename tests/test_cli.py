@@ -243,6 +243,12 @@ def test_what_a_newcomer_tripped_over_is_said(tmp_path):
     )
     done = lightir_opt(source, "-p", "cleanup", "--dim", "W=16")
     assert "assumed H=64 (set with --dim NAME=N)" in done.stderr, done.stderr
+    # A pass that ran and changed nothing says why.
+    done = lightir_opt("zoo:resnet", "-p", "fold-bn,fold-bn,merge-branches", "--report", report)
+    assert "#2 fold-bn unchanged: nothing in this model to change; it looks for: " in done.stderr
+    assert "#3 merge-branches unchanged: every match was declined: " in done.stderr
+    records = json.loads(report.read_text())["passes"]
+    assert all(r["message"] for r in records if r["status"] == "unchanged")
     listed = lightir_opt("--list-models")
     assert listed.returncode == 0 and "zoo:digits" in listed.stdout
     passes = lightir_opt("--list-passes").stdout
