@@ -68,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", help="where to write the optimized model")
     parser.add_argument(
         "--calib",
-        help=".npz with one array per model input (axis 0 = samples), optionally __labels__",
+        help=".npz with one array per model input (axis 0 = samples), optionally __labels__; "
+        "or a folder (subfolders = labels) or .txt list of images (see --preprocess)",
+    )
+    parser.add_argument(
+        "--preprocess",
+        help="how --calib images become the input: resize=N,crop=HxW,mean=a:b:c,std=a:b:c,"
+        "scale=255,order=RGB|BGR,layout=NCHW|NHWC (defaults: the input's size and layout)",
     )
     parser.add_argument(
         "--metric",
@@ -264,6 +270,7 @@ def run(argv: list[str]) -> int:
         instruments=instruments,
         threads=args.threads,
         metric=args.metric,
+        preprocess=args.preprocess,
     )
     report = result.report
     if not args.quiet:

@@ -184,12 +184,27 @@ def _runs_exact_steps(passes: Sequence[Pass]) -> bool:
 
 
 def _bind_calibration(
-    calib: str | Path | CalibrationData | None, model: ir.Model
+    calib: str | Path | CalibrationData | None, model: ir.Model, preprocess=None
 ) -> CalibrationData | None:
     if calib is None:
         return None
-    data = calib if isinstance(calib, CalibrationData) else CalibrationData.from_npz(calib)
-    return data.bind(input_specs(model))
+    specs = input_specs(model)
+    if isinstance(calib, CalibrationData):
+        data = calib
+    elif Path(calib).is_dir() or Path(calib).suffix.lower() == ".txt":
+        from lightir.images import load_images
+
+        if len(specs) != 1:
+            raise InputError(
+                f"--calib {calib}: images feed a model with one input; this one has "
+                f"{len(specs)} ({', '.join(s.name for s in specs)}): give a .npz"
+            )
+        data = load_images(calib, specs[0], preprocess)
+    else:
+        if preprocess:
+            raise UsageError("--preprocess applies to --calib DIR or a list of images, not .npz")
+        data = CalibrationData.from_npz(calib)
+    return data.bind(specs)
 
 
 def _fitting_data(calibration: CalibrationData | None, held: int):
@@ -320,6 +335,7 @@ def optimize(
     instruments: Sequence[Instrument] = (),
     threads: int = 0,
     metric: str | Callable | None = None,
+    preprocess: str | None = None,
 ) -> Result:
     """Run ``pipeline`` on a model and check every pass.
 
@@ -327,7 +343,8 @@ def optimize(
         model_or_path: an ``onnx_ir.Model`` (left unchanged: the passes work on a copy that
             shares its weights), a ``.onnx`` path, or ``"zoo:NAME"``.
         pipeline: pipeline text (``"fold-bn,cleanup"``) or pass instances.
-        calib: calibration ``.npz`` path or data; also used as verification inputs.
+        calib: calibration ``.npz`` path or data, or a folder (or list file) of images
+            (:mod:`lightir.images`); also used as verification inputs.
         verify: ``"each"`` (structure and numbers after every pass, default), ``"end"``
             (structure after every pass, numbers once at the end), ``"structural"`` (no
             onnxruntime runs).
@@ -342,6 +359,8 @@ def optimize(
         threads: onnxruntime intra-op threads for verification (0: its default).
         metric: a :mod:`lightir.metrics` name, ``module:function`` or callable, scored on
             held-out calibration samples, original and result (``report.metric``).
+        preprocess: how images of ``calib`` become the input (``"resize=256,mean=..."``,
+            :class:`lightir.images.Preprocess`).
 
     Returns:
         :class:`Result`; ``result.report.ok`` is false when a pass was rolled back.
@@ -364,7 +383,7 @@ def optimize(
     check_input(source, name)
     model = clone_model(source)
     canonical = canonicalize(model)
-    calibration = _bind_calibration(calib, model)
+    calibration = _bind_calibration(calib, model, preprocess)
     _check_preconditions(passes, model, calibration)
     specs = input_specs(model)
     _check_dims(specs, dims or {})
