@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lightir import registry, zoo
+from lightir import progress, registry, zoo
 from lightir.errors import BudgetUnmet, LightirError, UsageError
 from lightir.instruments import DumpDir, PrintIRAfter
 from lightir.io import save
@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--list-models", action="store_true", help="list the bundled models (zoo:NAME)"
     )
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads for checks")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no table or progress bars on stderr"
+    )
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
     return parser
 
@@ -217,6 +219,8 @@ def run(argv: list[str]) -> int:
     )
     if not args.quiet and not args.debug:
         logging.getLogger("lightir.search").setLevel(logging.INFO)  # a search's progress
+    if args.quiet:
+        progress.enabled = False
     for plugin in args.load_pass_plugin:
         registry.load_pass_plugin(plugin)
     if args.list_passes:

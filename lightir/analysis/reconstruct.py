@@ -50,6 +50,7 @@ import numpy as np
 import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
+from lightir import progress
 from lightir.onnx_bridge import capture
 from lightir.rewrite import add_initializer
 
@@ -300,7 +301,7 @@ def refit_layers(
     done = {}
     targets: dict[str, np.ndarray] = {}
     chunks = _target_chunks(pairs, sum(len(next(iter(b.values()))) for b in batches))
-    for node, twin in pairs:
+    for node, twin in progress.bar(pairs, desc="refit"):
         if twin.outputs[0].name not in targets:  # the next chunk of targets, in order
             targets = capture(original, [t.outputs[0].name for _, t in next(chunks)], batches)
         x = capture(current, [node.inputs[0].name], batches)[node.inputs[0].name]

@@ -16,7 +16,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
-from lightir import memory
+from lightir import memory, progress
 from lightir.analysis.channels import ChannelGroup
 from lightir.analysis.reconstruct import (
     SELECTION_ROWS,
@@ -155,13 +155,15 @@ class ChannelScorer:
             chunks[-1].append(index)
             held += size
         scores: list[np.ndarray | None] = [None] * len(wanted)
-        for chunk in chunks:
-            if moments:
-                self.prepare([wanted[i][0] for i in chunk])
-            for i in chunk:
-                scores[i] = self.scores(wanted[i][0], criterion, wanted[i][1])
-            self.moments.clear()
-            memory.release()
+        with progress.bar(total=len(wanted), desc="prune: ordering channels") as shown:
+            for chunk in chunks:
+                if moments:
+                    self.prepare([wanted[i][0] for i in chunk])
+                for i in chunk:
+                    scores[i] = self.scores(wanted[i][0], criterion, wanted[i][1])
+                    shown.update(1)
+                self.moments.clear()
+                memory.release()
         return scores
 
     def prepare(self, groups: list[ChannelGroup]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Collection
 import numpy as np
 import onnx_ir as ir
 
+from lightir import progress
 from lightir.analysis.bn_stats import bn_output_means
 from lightir.onnx_bridge import Probe
 from lightir.pass_base import PassContext
@@ -42,7 +43,8 @@ def input_means(
     probe = Probe(model, sorted({n.inputs[0].name for n in layers}))
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for batch in calibration.batches(batch_size=8, limit=samples):
+    batches = calibration.batches(batch_size=8, limit=samples)
+    for batch in progress.bar(batches, desc="int8: bias correction"):
         for name, array in probe.run(batch).items():
             axes = (0, *range(2, array.ndim))
             sums[name] = sums.get(name, 0.0) + array.astype(np.float64).sum(axis=axes)

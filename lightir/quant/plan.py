@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from lightir import progress
 from lightir.data import input_specs, synthesize
 from lightir.ir_util import constant
 from lightir.onnx_bridge import Probe
@@ -199,7 +200,8 @@ def calibrate(
         runs = [synthesize(specs, samples=2, seed=100 + i)[0] for i in range(4)]
     calibrator = Calibrator(v.name for v in values)
     probe = Probe(model, [v.name for v in values])
-    for batch in runs:  # one batch at a time: memory does not grow with the data
+    # One batch at a time: memory does not grow with the data.
+    for batch in progress.bar(runs, desc="int8: calibrating"):
         calibrator.update(probe.run(batch))
     return calibrator.ranges(method)
 

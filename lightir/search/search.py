@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from lightir import memory
+from lightir import memory, progress
 from lightir.analysis.budget import allocate
 from lightir.analysis.cost import model_cost
 from lightir.data import input_specs
@@ -198,6 +198,7 @@ class Search:
         )
         done = 0
         prepared = in_place = None
+        shown = progress.bar(total=total, desc="compress: sensitivity")
         try:
             for index in order:
                 unit = units[index]
@@ -223,6 +224,7 @@ class Search:
                     level.error = self._error(outputs, self.probe_reference)
                     level.drop, _ = self._drop(outputs, self.probe_reference, labels)
                     done += 1
+                    shown.update(1)
                     if done % 10 == 0 or done == total:
                         logger.info("compress: sensitivity %d/%d", done, total)
         except _OutOfTime:
@@ -231,6 +233,7 @@ class Search:
         except KeyboardInterrupt:
             self.interrupted = f"interrupted (Ctrl-C): sensitivity measured {done} of {total}"
             logger.warning("compress: %s; searching those", self.interrupted)
+        shown.close()
         self.table = self._rows()
         for unit in units:
             unit.levels = _useful([lv for lv in unit.levels if not math.isnan(lv.error)])
