@@ -25,8 +25,17 @@ def _trim():
         return None
 
 
-def release() -> None:
-    """Collect garbage and return free heap memory to the system where glibc allows it."""
+RELEASE_MIN = 64 << 20  # below this a release is not worth a collection (tens of ms)
+
+
+def release(freed: int | None = None) -> None:
+    """Collect garbage and return free heap memory to the system where glibc allows it.
+
+    ``freed``: about how many bytes the caller just let go; under ``RELEASE_MIN`` nothing is
+    done, so small models (the fuzzer's hundreds of graphs) do not pay for a collection.
+    """
+    if freed is not None and freed < RELEASE_MIN:
+        return
     gc.collect()
     trim = _trim()
     if trim is not None:

@@ -145,25 +145,25 @@ class ChannelScorer:
         """
         moments = self.batches is not None and criterion in ("auto", "output-error")
         chunks: list[list[int]] = [[]]
-        held = 0
+        sizes = [0]  # bytes of each chunk's moments
         for index, (group, _) in enumerate(wanted):
             # Float64 second moments: columns squared per consumer.
             size = sum(8 * _columns(n) ** 2 for n in self.consumers(group) or []) if moments else 0
-            if chunks[-1] and held + size > MOMENT_BYTES:
+            if chunks[-1] and sizes[-1] + size > MOMENT_BYTES:
                 chunks.append([])
-                held = 0
+                sizes.append(0)
             chunks[-1].append(index)
-            held += size
+            sizes[-1] += size
         scores: list[np.ndarray | None] = [None] * len(wanted)
         with progress.bar(total=len(wanted), desc="prune: ordering channels") as shown:
-            for chunk in chunks:
+            for chunk, size in zip(chunks, sizes):
                 if moments:
                     self.prepare([wanted[i][0] for i in chunk])
                 for i in chunk:
                     scores[i] = self.scores(wanted[i][0], criterion, wanted[i][1])
                     shown.update(1)
                 self.moments.clear()
-                memory.release()
+                memory.release(size)
         return scores
 
     def prepare(self, groups: list[ChannelGroup]) -> None:

@@ -238,7 +238,7 @@ class Search:
         for unit in units:
             unit.levels = _useful([lv for lv in unit.levels if not math.isnan(lv.error)])
         prepared = None  # the int8 probe's calibrated copy goes before the release
-        memory.release()
+        memory.release(self.space.weight_bytes)
 
     def _rows(self) -> list[dict]:
         """The sensitivity table: one row per measured unit and level (useful or not)."""
@@ -322,7 +322,7 @@ class Search:
                     self.best.model = None  # one model held at a time
                 point.model, self.best = model, point
         del model, outputs
-        memory.release()
+        memory.release(self.space.weight_bytes)
         logger.info(
             "compress: %s%s: drop %.4f (budget %.4f), %s %.4g",
             single or f"{steps} of {len(self.path)} steps",

@@ -40,6 +40,7 @@ from lightir import memory, registry
 from lightir.analysis.channels import ChannelGraph
 from lightir.analysis.cost import inferred_shapes
 from lightir.data import concrete_shape, input_specs
+from lightir.io import tensor_bytes
 from lightir.ir_util import clone_model
 from lightir.lowrank.driver import factorize_layers, placeholder
 from lightir.lowrank.factor import ConvStep, Unstable, chain_macs, chain_params
@@ -142,10 +143,12 @@ class Space:
         self.orders: dict[int, np.ndarray] = {}
         self.layers: dict[tuple[ir.Node, str], Any] = {}  # (node, low-rank method) -> layer
         self._chains: dict[tuple, list[ConvSpec] | None] = {}
-        memory.release()  # what the passes before freed (ResNet-50: 230 MB)
+        # A model's worth of weights is what is freed between phases (ResNet-50: 100 MB).
+        self.weight_bytes = tensor_bytes(model)
+        memory.release(self.weight_bytes)  # what the passes before freed
         if "prune" in kinds:
             self._prune_units()
-            memory.release()
+            memory.release(self.weight_bytes)
         if "lowrank" in kinds:
             self._lowrank_units()
         if "int8" in kinds:
