@@ -28,15 +28,17 @@ def _trim():
 RELEASE_MIN = 64 << 20  # below this a release is not worth a collection (tens of ms)
 
 
-def release(freed: int | None = None) -> None:
-    """Collect garbage and return free heap memory to the system where glibc allows it.
+def release(freed: int | None = None, collect: bool = True) -> None:
+    """Return free heap memory to the system where glibc allows it, after a collection.
 
-    ``freed``: about how many bytes the caller just let go; under ``RELEASE_MIN`` nothing is
-    done, so small models (the fuzzer's hundreds of graphs) do not pay for a collection.
+    The trim costs microseconds and always runs. The collection (tens of milliseconds in a
+    big process) frees what only it can, such as a dropped model's weights (an IR model is
+    full of reference cycles); it runs when ``collect`` and ``freed`` (about how many bytes
+    the caller let go) is unknown or at least ``RELEASE_MIN``, so small models (the fuzzer's
+    hundreds of graphs) do not pay for it.
     """
-    if freed is not None and freed < RELEASE_MIN:
-        return
-    gc.collect()
+    if collect and (freed is None or freed >= RELEASE_MIN):
+        gc.collect()
     trim = _trim()
     if trim is not None:
         trim(0)

@@ -163,7 +163,7 @@ class ChannelScorer:
                     scores[i] = self.scores(wanted[i][0], criterion, wanted[i][1])
                     shown.update(1)
                 self.moments.clear()
-                memory.release(size)
+                memory.release(size, collect=False)  # arrays only: no cycles to collect
         return scores
 
     def prepare(self, groups: list[ChannelGroup]) -> None:
