@@ -26,6 +26,7 @@ from lightir.analysis.reconstruct import (
     layer_rows,
     removal_order,
 )
+from lightir.io import tensor_bytes
 from lightir.onnx_bridge import capture
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class ChannelScorer:
     def __init__(self, model: ir.Model, batches: list[dict] | None, refit: bool) -> None:
         self.model, self.batches, self.refit = model, batches, refit
         self.moments: dict[ir.Node, tuple[Moments, int]] = {}
+        self.weight_bytes = tensor_bytes(model)
 
     def scores(self, group: ChannelGroup, criterion: str, limit: int | None = None) -> np.ndarray:
         """One score per component of ``group``; the lowest go first.
@@ -163,7 +165,9 @@ class ChannelScorer:
                     scores[i] = self.scores(wanted[i][0], criterion, wanted[i][1])
                     shown.update(1)
                 self.moments.clear()
-                memory.release(size, collect=False)  # arrays only: no cycles to collect
+                # Each chunk drops a capture session over the model (an IR clone, full of
+                # cycles): worth a collection when the model or the moments are large.
+                memory.release(size + self.weight_bytes)
         return scores
 
     def prepare(self, groups: list[ChannelGroup]) -> None:
