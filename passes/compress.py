@@ -62,7 +62,7 @@ from lightir import metrics
 from lightir.errors import BudgetUnmet, PassDeclined, UsageError
 from lightir.pass_base import Contract, Pass, PassContext, PassResult
 from lightir.registry import register_pass
-from lightir.search.latency import LatencyTable
+from lightir.search.latency import LatencyTable, conv_channel_block
 from lightir.search.search import Search
 from lightir.search.space import Space, name_nodes
 
@@ -84,7 +84,9 @@ class Options:
     time_limit: float = 540.0
     threads: int = 1
     refit: bool = True
-    round: int = 8
+    # Kept channels and ranks in multiples of this; 0: under the latency objective, the
+    # channel block this machine's convolutions pad to (as prune's round=0), else 8.
+    round: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop < 1.0:
@@ -94,8 +96,8 @@ class Options:
             raise ValueError(f"kinds are {'+'.join(KINDS)} joined by '+', got {self.kinds!r}")
         if self.time_limit <= 0:
             raise ValueError(f"time-limit must be positive, got {self.time_limit}")
-        if self.round < 1 or self.threads < 0:
-            raise ValueError("round must be >= 1 and threads >= 0")
+        if self.round < 0 or self.threads < 0:
+            raise ValueError("round must be >= 1 (or 0: measured) and threads >= 0")
 
 
 # The output check is a sanity bound; the budget is the metric's (see metric_budget).
@@ -148,13 +150,18 @@ class Compress(Pass):
         started = time.perf_counter()  # the time limit covers building the space too
         name_nodes(model)
         table = LatencyTable(options.objective, options.threads)
+        round_to = options.round
+        if not round_to:
+            # 40 of 48 channels cost what 48 do where convolutions run in 16-channel blocks:
+            # levels between blocks save nothing and would only cost probes.
+            round_to = conv_channel_block(options.threads) if options.objective == "latency" else 8
         fit_context = PassContext(fit)
         space = Space(
             model,
             table,
             fit_context,
             kinds=tuple(options.kinds.split("+")),
-            round_to=options.round,
+            round_to=round_to,
             refit=options.refit,
         )
         search = Search(
@@ -181,6 +188,7 @@ class Compress(Pass):
             "selection_samples": selection.rows,
             "probe_samples": search.probe_rows,
             "fit_samples": fit.rows,
+            "round": round_to,
             "units": {kind: sum(u.kind == kind for u in space.units) for kind in KINDS},
             "path_steps": len(search.path),
             "table_entries": len(table.entries),

@@ -56,7 +56,7 @@ from lightir.search.latency import ConvSpec, LatencyTable
 
 logger = logging.getLogger(__name__)
 
-RATIOS = (0.25, 0.5, 0.75)
+RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75)
 PRICED = ("Conv", "Gemm", "MatMul")  # ops the latency table prices (as convolutions)
 ENERGIES = (0.95, 0.85, 0.7, 0.5)
 
@@ -89,6 +89,9 @@ class Unit:
     # The layers it changes; for prune, the channels each removed component takes from the
     # layer's inputs and outputs.
     touches: dict[ir.Node, tuple[int, int]] = field(default_factory=dict)
+    # Every level whose sensitivity was measured, useful or not: a single pass on every layer
+    # takes its own setting even where the path would skip it (``Space.uniform``).
+    measured: list[Level] = field(default_factory=list)
 
 
 def name_nodes(model: ir.Model) -> int:
@@ -316,21 +319,29 @@ class Space:
         """The choice a single pass makes at ``strength``; units it cannot change stay as they are.
 
         Every unit of ``kind`` (and ``method``) goes to the level nearest ``strength``, the
-        stronger one on a tie.
+        stronger one on a tie, among every level measured: the path keeps only the levels
+        that save the most for their error, but ``prune{ratio=0.6}`` prunes every group at
+        0.6 whether or not the table prices it cheaper than 0.5. A measured level the path
+        dropped is appended to the unit's levels (after the path's, so their indices stand).
         """
         choice = {}
         for index, unit in enumerate(self.units):
             if unit.kind != kind:
                 continue
+            pool = unit.levels + [lv for lv in unit.measured if lv not in unit.levels]
             options = [
-                (level_index, level)
-                for level_index, level in enumerate(unit.levels, start=1)
-                if method is None or level.setting[0] == method
+                level for level in pool if method is None or level.setting[0] == method
             ]
-            if options:
-                # Levels run weakest first: on a tie the later (stronger) one wins.
-                nearest = min(options, key=lambda o: (abs(o[1].strength - strength), -o[0]))
-                choice[index] = nearest[0]
+            if not options:
+                continue
+            # On a tie the stronger level wins: prune strengths grow, energies shrink.
+            stronger = 1 if kind == "prune" else -1
+            nearest = min(
+                options, key=lambda lv: (abs(lv.strength - strength), -stronger * lv.strength)
+            )
+            if nearest not in unit.levels:
+                unit.levels.append(nearest)
+            choice[index] = unit.levels.index(nearest) + 1
         return choice
 
     # ------------------------------------------------------------------------ pricing

@@ -45,3 +45,34 @@ def test_a_plug_in_returning_the_wrong_number_of_values_is_a_usage_error():
     metric = metrics.resolve(lambda outputs, reference, labels: np.ones(3))
     with pytest.raises(metrics.UsageError, match="returned 3 values for 4 samples"):
         metric.score({"y": np.ones((4, 2))}, {"y": np.ones((4, 2))}, None)
+
+
+def test_a_candidate_timed_faster_alone_is_timed_again_beside_the_best():
+    """Separate timings of a model of microseconds drift by more than candidates differ: a
+    candidate within the margin of the best is timed interleaved with it before it wins."""
+    import lightir
+    from lightir import zoo
+    from lightir.data import CalibrationData, input_specs
+    from lightir.pass_base import PassContext
+    from lightir.search.latency import LatencyTable
+    from lightir.search.search import Point, Search
+    from lightir.search.space import Space, name_nodes
+
+    original = zoo.digits()
+    images, labels = zoo.digits_test_split()
+    calib = CalibrationData({"input": images[:64]}, labels=labels[:64])
+    pruned = lightir.optimize(original, "prune{ratio=0.6}", verify="structural").model
+    name_nodes(original)
+    data = calib.bind(input_specs(original))
+    space = Space(original, LatencyTable("latency"), PassContext(data), kinds=("int8",))
+    search = Search(space, metrics.resolve("top1"), data, max_drop=0.01, time_limit=60)
+    best = Point(0, 1.0, 1e-3, 0.0, {}, True, model=pruned)
+    search.best = best
+    # The original, claimed 5% faster than its pruned copy (about 1.8x faster in truth).
+    candidate = Point(0, 1.0, 0.95e-3, 0.0, {}, True)
+    assert not search._faster(candidate, original)
+    assert candidate.measured > best.measured  # both now hold the side-by-side figures
+    assert best.measured < 1e-3
+    # Claimed 20% slower: no duel, no new figures.
+    slower = Point(0, 1.0, best.measured * 1.2, 0.0, {}, True)
+    assert not search._faster(slower, original) and slower.measured == best.measured * 1.2

@@ -11,7 +11,7 @@ from lightir.analysis.cost import inferred_shapes, node_macs
 from lightir.data import CalibrationData, input_specs
 from lightir.pass_base import PassContext
 from lightir.search.latency import LatencyTable
-from lightir.search.space import Space, between, name_nodes
+from lightir.search.space import RATIOS, Space, between, name_nodes
 from lightir.testing import run
 
 
@@ -46,7 +46,7 @@ def test_every_kind_has_units_and_levels_save(folded, data):
 def test_single_pass_settings_map_onto_every_unit_they_can_change(folded, data):
     space = Space(folded, LatencyTable("macs"), PassContext(data))
     families = {(kind, method): strengths for kind, method, strengths in space.families()}
-    assert families[("prune", None)] == (0.75, 0.5, 0.25)  # strongest first
+    assert families[("prune", None)] == tuple(sorted(RATIOS, reverse=True))  # strongest first
     assert families[("lowrank", "tucker")] == (0.5, 0.7, 0.85, 0.95)
     prune = space.uniform("prune", None, 0.5)
     assert set(prune) == {i for i, u in enumerate(space.units) if u.kind == "prune"}
@@ -62,6 +62,21 @@ def test_single_pass_settings_map_onto_every_unit_they_can_change(folded, data):
     assert set(tucker) < lowrank
     assert space.uniform("lowrank", "cp", 0.7) == {}
     assert space.cost(space.uniform("prune", None, 0.75)) < space.cost(prune)
+
+
+def test_a_single_pass_takes_its_setting_even_where_the_path_dropped_it(folded, data):
+    """The path keeps a unit's useful levels only; ``prune{ratio=0.5}`` still prunes that
+    unit at 0.5, from the levels whose sensitivity was measured, appended after the path's."""
+    space = Space(folded, LatencyTable("macs"), PassContext(data), kinds=("prune",))
+    index, unit = next((i, u) for i, u in enumerate(space.units) if len(u.levels) >= 3)
+    half = next(lv for lv in unit.levels if lv.strength == 0.5)
+    unit.measured = list(unit.levels)
+    unit.levels = [lv for lv in unit.levels if lv is not half]  # what _useful may leave
+    path_levels = list(unit.levels)
+    level = space.uniform("prune", None, 0.5)[index]
+    assert unit.levels[level - 1] is half
+    assert unit.levels[: len(path_levels)] == path_levels  # the path's indices stand
+    assert space.uniform("prune", None, 0.5)[index] == level  # appended once
 
 
 def test_a_choice_is_priced_exactly_as_applied(folded, data):
