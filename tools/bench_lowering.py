@@ -60,7 +60,7 @@ def main() -> None:
                 medians = interleaved_medians(
                     {
                         "ort": lambda f, s=session: s.run(None, f),
-                        "tvm": lambda f: compiled.run(None, f),
+                        "tvm": lambda f, c=compiled: c.run(None, f),
                     },
                     feeds,
                     blocks=15,

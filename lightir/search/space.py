@@ -329,9 +329,7 @@ class Space:
             if unit.kind != kind:
                 continue
             pool = unit.levels + [lv for lv in unit.measured if lv not in unit.levels]
-            options = [
-                level for level in pool if method is None or level.setting[0] == method
-            ]
+            options = [level for level in pool if method is None or level.setting[0] == method]
             if not options:
                 continue
             # On a tie the stronger level wins: prune strengths grow, energies shrink.
