@@ -110,10 +110,12 @@ class _FoldIntoLinear(RewriteRuleClassBase):
         )
         w_value = new_initializer(op, linear, "bnfold_weight", new_weight, dtype)
         b_value = new_initializer(op, linear, "bnfold_bias", new_bias, dtype)
+        # The folded layer keeps the layer's name (reports, Netron and --report-html's
+        # per-layer table follow layers by name); the old node leaves the graph with the BN.
         if extra_add:
-            product = op.op(self.op_type, x, w_value, **attributes)
+            product = op.op(self.op_type, x, w_value, _name=linear.name or None, **attributes)
             return op.Add(product, b_value)
-        return op.op(self.op_type, x, w_value, b_value, **attributes)
+        return op.op(self.op_type, x, w_value, b_value, _name=linear.name or None, **attributes)
 
     def fold(self, linear, weight, bias, scale, beta, mean):
         """Return (new weight, new bias, attributes, whether a separate Add is needed)."""

@@ -149,3 +149,13 @@ def test_declines_non_constant_weight():
     result = optimize(b.build())
     assert "BatchNormalization" in op_types(result.model)
     assert any("not a constant" in d for d in declines(result))
+
+
+def test_the_folded_layer_keeps_its_name():
+    """Reports, Netron and --report-html's layer table follow layers by name."""
+    model = zoo.resnet()
+    convs = [n.name for n in model.graph if n.op_type == "Conv"]
+    result = optimize(model)
+    assert [n.name for n in result.model.graph if n.op_type == "Conv"] == convs
+    names = [n.name for n in result.model.graph]
+    assert len(names) == len(set(names))
