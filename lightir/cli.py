@@ -117,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--report", help="write the machine-readable report to this JSON file")
     parser.add_argument(
+        "--report-html",
+        metavar="FILE",
+        help="write the report as one self-contained HTML page: tables and plots (the plots "
+        "need matplotlib: pip install 'lightir[report]')",
+    )
+    parser.add_argument(
+        "--report-md", metavar="FILE", help="write the report's tables as Markdown (CI logs)"
+    )
+    parser.add_argument(
         "--sensitivity",
         metavar="FILE",
         help="write compress's per-layer sensitivity table (FILE.csv or FILE.json)",
@@ -244,8 +253,13 @@ def run(argv: list[str]) -> int:
         from lightir.lowering import resolve
 
         resolve(args.target)  # an unknown target fails now, not after the pipeline ran
-    if args.report and not Path(args.report).resolve().parent.is_dir():
-        raise UsageError(f"--report {args.report}: its directory does not exist")
+    for flag, path in (
+        ("--report", args.report),
+        ("--report-html", args.report_html),
+        ("--report-md", args.report_md),
+    ):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"{flag} {path}: its directory does not exist")
     for flag, path in (("--sensitivity", args.sensitivity), ("--front", args.front)):
         if path and (Path(path).suffix not in (".csv", ".json")):
             raise UsageError(f"{flag} {path}: give a .csv or .json file name")
@@ -287,11 +301,7 @@ def run(argv: list[str]) -> int:
     if unmet:
         # The user's budget cannot be met: an input error, and no model is written.
         # What the search measured still goes out: it says how far the budget is.
-        if args.report:
-            _write_json(args.report, report.as_dict())
-        for path, key in ((args.sensitivity, "sensitivity"), (args.front, "front")):
-            if path:
-                _write_rows(path, _stat_rows(report, key), f"--{key}")
+        _write_reports(args, report)
         raise BudgetUnmet(f"{unmet[0].message}; no model written")
     if args.output and args.target and report.ok:
         from lightir.lowering import compile_model
@@ -329,11 +339,8 @@ def run(argv: list[str]) -> int:
         save(result.model, args.output)
     elif not args.output and not args.quiet:
         print("no -o given: nothing written (-o OUT.onnx writes the result)", file=sys.stderr)
-    if args.report:
-        _write_json(args.report, report.as_dict())
-    for path, key in ((args.sensitivity, "sensitivity"), (args.front, "front")):
-        if path:
-            _write_rows(path, _stat_rows(report, key), f"--{key}")
+    _write_reproducers(args, report)
+    _write_reports(args, report)
     for record in report.records:
         if record.status == "declined":
             print(f"{PROG}: {record.message}", file=sys.stderr)
@@ -347,6 +354,54 @@ def _require_tvm() -> None:
 
     if importlib.util.find_spec("tvm") is None:
         raise UsageError("--target needs Apache TVM: pip install 'lightir[tvm]'")
+
+
+def _write_reports(args, report) -> None:
+    """Every report the command line asked for: JSON, HTML, Markdown, the search's tables."""
+    if args.report:
+        _write_json(args.report, report.as_dict())
+    if args.report_html or args.report_md:
+        from lightir.report_html import render_html, render_markdown
+
+        if args.report_html:
+            _write_text(args.report_html, render_html(report))
+        if args.report_md:
+            _write_text(args.report_md, render_markdown(report))
+    for path, key in ((args.sensitivity, "sensitivity"), (args.front, "front")):
+        if path:
+            _write_rows(path, _stat_rows(report, key), f"--{key}")
+
+
+def _write_reproducers(args, report) -> None:
+    """Each exact pass that broke its contract: the model it fails on alone, next to -o."""
+    for record in report.records:
+        if record.reproducer is None:
+            continue
+        found = record.stats["bisect"]
+        if not args.output:
+            print(
+                f"{PROG}: #{record.index} {record.name}: a reproducer was cut "
+                f"({found['reproducer']}); give -o to write it next to the output",
+                file=sys.stderr,
+            )
+            continue
+        output = Path(args.output)
+        path = output.with_name(f"{output.stem}.{record.index}-{record.name}.repro.onnx")
+        save(record.reproducer, str(path))
+        found["reproducer_path"] = str(path)
+        print(
+            f"{PROG}: #{record.index} {record.name}: reproducer written to {path} "
+            f"({found['reproducer']}: {PROG} {path} -p '{found['pass']}' fails on it)",
+            file=sys.stderr,
+        )
+
+
+def _write_text(path: str, text: str) -> None:
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.resolve().parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    _publish(tmp, target)
 
 
 def _stat_rows(report, key: str) -> list[dict]:

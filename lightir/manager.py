@@ -16,6 +16,8 @@ At the end the result is compared with the original model (accumulated drift).
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import json
 import logging
 import time
@@ -30,7 +32,8 @@ import onnx_ir as ir
 
 from lightir import io as lightir_io
 from lightir import metrics, registry
-from lightir.analysis.cost import ModelCost, model_cost
+from lightir.analysis.cost import ModelCost, model_cost, model_profile
+from lightir.bisect import bisect
 from lightir.canonicalize import canonicalize
 from lightir.data import (
     DEFAULT_DYNAMIC_DIM,
@@ -48,6 +51,7 @@ from lightir.pass_base import Pass, PassContext
 from lightir.pipeline import (
     MAX_FIXPOINT_ROUNDS,
     Fixpoint,
+    PassSpec,
     expand,
     flatten,
     format_pipeline,
@@ -407,6 +411,7 @@ def optimize(
         original=model_cost(model, shapes),
         rounding_noise=verifier.noise,
     )
+    report.profile["before"] = model_profile(model, shapes)
     if canonical_verdict is not None:
         report.canonicalize = _canonical_record(canonical_verdict, canonical, report)
     check.start(model, report)
@@ -423,6 +428,7 @@ def optimize(
     if failure:
         report.failures.append(failure)
     report.final = _last_cost(report)
+    report.profile["after"] = model_profile(model, shapes)
     check.finish(model, report)
     report.verify_seconds = verifier.seconds
     report.seconds = time.perf_counter() - start
@@ -604,6 +610,8 @@ class _Run:
         elif failure is not None:
             model, record.status = snapshot, "rolled-back"
             record.message = f"{where} {failure}; rolled back"
+            if record.failure in BISECTED and pass_.contract.kind == "exact":
+                record.message += self._bisect(pass_, snapshot, record)
             self.report.failures.append(record.message)
         else:
             record.status = "changed" if modified else "unchanged"
@@ -616,6 +624,58 @@ class _Run:
         for instrument in self.instruments:
             instrument.after_pass(self.index, pass_, model, record)
         return model, record
+
+    def _bisect(self, pass_: Pass, snapshot: ir.Model, record: PassRecord) -> str:
+        """Name the rewrite that broke the exact pass (``lightir.bisect``); a message tail."""
+        if _BISECTING.get():
+            return ""  # a reproducer being checked: no bisection inside the bisection
+        started = time.perf_counter()
+        token = _BISECTING.set(True)
+        try:
+            found = bisect(
+                pass_,
+                snapshot,
+                lambda: PassContext(self.calibration, self.check.metric),
+                lambda trial: self.verifier.check(trial, pass_).failure,
+                lambda candidate: _fails_alone(pass_, candidate),
+            )
+        except Exception as exc:  # noqa: BLE001 - the diagnosis must not hide the failure
+            logger.debug("bisection of %s raised", pass_.name, exc_info=True)
+            record.stats["bisect"] = {"error": f"{type(exc).__name__}: {first_line(exc)}"}
+            return f" (bisection failed: {first_line(exc)})"
+        finally:
+            _BISECTING.reset(token)
+        record.stats["bisect"] = {
+            **found.as_dict(),
+            "pass": _pass_text(pass_),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        record.reproducer = found.reproducer
+        return f"; {found.describe()}"
+
+
+def _pass_text(pass_: Pass) -> str:
+    """The pipeline text that runs ``pass_`` with the options it was given."""
+    options = getattr(pass_, "options", None)
+    given = {key: getattr(options, key) for key in sorted(pass_.given) if hasattr(options, key)}
+    return str(PassSpec(pass_.name, given))
+
+
+def _fails_alone(pass_: Pass, model: ir.Model) -> bool:
+    """Whether ``pass_``, run alone on ``model`` and verified on synthesized inputs, fails."""
+    try:
+        result = optimize(model, [copy.copy(pass_)], verify="each")
+    except Exception:  # noqa: BLE001 - a candidate the manager refuses reproduces nothing
+        logger.debug("reproducer check raised", exc_info=True)
+        return False
+    return any(r.status == "rolled-back" for r in result.report.records)
+
+
+# Verifier failures a wrong rewrite causes (not "raised": the pass itself failed).
+BISECTED = ("contract", "outputs", "structure", "runtime")
+_BISECTING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "lightir_bisecting", default=False
+)
 
 
 class _Schedule:

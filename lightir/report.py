@@ -32,6 +32,9 @@ class PassRecord:
     # (:class:`lightir.verify.Verdict`); "budget" for a declined pass that could not meet
     # the user's budget (:class:`lightir.errors.BudgetUnmet`); empty otherwise.
     failure: str = ""
+    # The model an exact pass that broke its contract fails on alone (lightir.bisect); not
+    # in the JSON: lightir-opt writes it next to the output.
+    reproducer: Any = field(default=None, repr=False)
 
     @classmethod
     def begin(cls, index: int, pass_: Pass, cost: ModelCost) -> PassRecord:
@@ -78,6 +81,9 @@ class Report:
     # The user's metric (lightir.metrics): name, original and final Score dicts, drop.
     metric: dict | None = None
     skipped: list[str] = field(default_factory=list)  # not run after a rollback
+    # Op types and linear layers of the input and the result (analysis.cost.model_profile):
+    # the report's before/after tables.
+    profile: dict[str, dict] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -151,6 +157,7 @@ class Report:
             "drift": [m.as_dict() for m in self.drift],
             "metric": self.metric,
             "skipped": self.skipped,
+            "profile": self.profile,
         }
 
 
@@ -170,8 +177,8 @@ def _worst(metrics: list[OutputMetrics]) -> tuple[str, str, str]:
     return f"{rel:.2e}", f"{cos:.6f}", f"{min(top1):.3f}" if top1 else "-"
 
 
-def render_table(report: Report) -> str:
-    """The per-pass table printed on stderr by ``lightir-opt``."""
+def pass_table(report: Report) -> list[list[str]]:
+    """The per-pass table: a header row, the input, then one row per step."""
     header = [
         "#",
         "pass",
@@ -230,9 +237,13 @@ def render_table(report: Report) -> str:
                 orig_top1,
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    return rows
+
+
+def summary_lines(report: Report) -> list[str]:
+    """What the table does not show: the run, totals, judgements, no-ops, what was skipped."""
+    lines = []
+    o = report.original
     drift_rel, drift_cos, drift_top1 = _worst(report.drift)
     lines.append(
         f"model {report.model}; pipeline {report.pipeline}; "
@@ -282,7 +293,16 @@ def render_table(report: Report) -> str:
             f"original {Score(**original).describe()}, result {Score(**result).describe()}, "
             f"drop {m['drop']:.4f}"
         )
-    return "\n".join(lines)
+    return lines
+
+
+def render_table(report: Report) -> str:
+    """The per-pass table printed on stderr by ``lightir-opt``."""
+    rows = pass_table(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + summary_lines(report))
 
 
 def render_explain(report: Report) -> str:

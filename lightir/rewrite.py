@@ -3,17 +3,32 @@
 Passes write their local rewrites as onnxscript ``RewriteRuleClassBase`` rules whose ``check``
 returns a failed ``MatchResult`` with a reason; :func:`apply_rules` applies them and then, in a
 dry run with a tracer, records the reasons of the matches that remain (``--explain``).
+
+Every rewrite :func:`apply_rules` makes first asks the :class:`RewriteGate` in force, if any
+(:func:`gated`): the pass manager's bisection (``lightir.bisect``) runs a pass that broke its
+exact contract again with the first ``k`` rewrites only, to name the rewrite that moved the
+output, as LLVM's ``-opt-bisect-limit`` does for passes. A pass that rewrites in its own loop
+asks :func:`allow` before each rewrite and is bisected the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import copy
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRule, RewriteRuleSet
+from onnxscript.rewriter import (
+    MatchingTracer,
+    MatchResult,
+    MatchStatus,
+    RewriteRule,
+    RewriteRuleSet,
+)
 
 from lightir.pass_base import PassContext
 
@@ -45,6 +60,68 @@ class _DeclineTracer(MatchingTracer):
             status == MatchStatus.NO_MATCH and reason in _FRIENDLY
         ):
             self.declines.append((rule, node, _FRIENDLY.get(reason, reason)))
+
+
+@dataclass
+class RewriteGate:
+    """Lets the first ``limit`` rewrites through (all when ``None``) and records each one."""
+
+    limit: int | None = None
+    seen: list[tuple[str, str, list[str]]] = field(default_factory=list)  # rule, root, nodes
+
+    def ask(self, rule: str, root: ir.Node, nodes: Sequence[ir.Node] = ()) -> bool:
+        """Whether this rewrite may happen; it is counted either way."""
+        if self.limit is not None and len(self.seen) >= self.limit:
+            return False
+        names = [n.name or n.op_type for n in nodes] or [root.name or root.op_type]
+        self.seen.append((rule, root.name or root.op_type, names))
+        return True
+
+
+_GATE: contextvars.ContextVar[RewriteGate | None] = contextvars.ContextVar(
+    "lightir_rewrite_gate", default=None
+)
+
+
+@contextlib.contextmanager
+def gated(gate: RewriteGate) -> Iterator[RewriteGate]:
+    """Run the rewrites inside the block through ``gate``."""
+    token = _GATE.set(gate)
+    try:
+        yield gate
+    finally:
+        _GATE.reset(token)
+
+
+def allow(node: ir.Node, what: str, nodes: Sequence[ir.Node] = ()) -> bool:
+    """For passes with their own rewrite loop: ask before rewriting at ``node``.
+
+    ``what`` names the rewrite (the bisection reports it), ``nodes`` the nodes it replaces.
+    True outside a bisection.
+    """
+    gate = _GATE.get()
+    return True if gate is None else gate.ask(what, node, nodes)
+
+
+def _gated_rules(rule_set: RewriteRuleSet, gate: RewriteGate) -> RewriteRuleSet:
+    """The rules, each of whose matches asks ``gate`` once its own check has passed."""
+    rules = []
+    for rule in rule_set.rules:
+        clone = copy.copy(rule)
+        check = rule._condition_function
+        name = rule.name or type(rule).__name__
+
+        def gated_check(context, _check=check, _name=name, **bindings):
+            result = _check(context, **bindings)
+            if not result:
+                return result
+            if not gate.ask(_name, context.root, context.nodes):
+                return MatchResult().fail(f"{NOT_A_CANDIDATE}bisection: past the rewrite limit")
+            return result
+
+        clone._condition_function = gated_check
+        rules.append(clone)
+    return RewriteRuleSet(rules, commute=False)
 
 
 def skip(result, reason: str):
@@ -79,6 +156,9 @@ def apply_rules(
     it (one dry run of the matcher).
     """
     rule_set = rules if isinstance(rules, RewriteRuleSet) else RewriteRuleSet(list(rules))
+    gate = _GATE.get()
+    if gate is not None:
+        rule_set = _gated_rules(rule_set, gate)
     total = 0
     while True:
         count = rule_set.apply_to_model(model)

@@ -115,3 +115,58 @@ def model_cost(model: ir.Model, input_shapes: dict[str, tuple[int, ...]]) -> Mod
         if tensor.dtype in _WEIGHT_DTYPES:
             params += math.prod(tensor.shape.numpy())
     return ModelCost(nodes=nodes, params=params, macs=macs, bytes=total_bytes)
+
+
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _weight_of(node: ir.Node) -> ir.TensorProtocol | None:
+    """The weight of a linear node: its constant second input, or a DequantizeLinear's.
+
+    An int8 model's weights reach the layer through a DequantizeLinear of an int8 constant.
+    """
+    if len(node.inputs) < 2 or node.inputs[1] is None:
+        return None
+    value = node.inputs[1]
+    if value.const_value is not None:
+        return value.const_value
+    producer = value.producer()
+    if producer is not None and producer.op_type == "DequantizeLinear" and producer.inputs[0]:
+        return producer.inputs[0].const_value
+    return None
+
+
+def model_profile(model: ir.Model, input_shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Op types and linear layers of ``model``, for the report's before/after tables.
+
+    ``{"ops": {op_type: count}, "layers": [{"name", "op", "macs", "params", "shape",
+    "dtype"}]}``: every Conv, ConvTranspose, Gemm and MatMul with a constant weight (through
+    a DequantizeLinear for int8), with its MACs at ``input_shapes`` and its weight and bias
+    elements. Read-only.
+    """
+    shapes = inferred_shapes(model, input_shapes)
+    ops: dict[str, int] = {}
+    layers = []
+    for graph in model.graphs():
+        for node in graph:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+            if node.op_type not in LINEAR_OPS:
+                continue
+            weight = _weight_of(node)
+            if weight is None:
+                continue
+            params = math.prod(weight.shape.numpy())
+            bias = node.inputs[2] if len(node.inputs) > 2 else None
+            if bias is not None and bias.const_value is not None:
+                params += math.prod(bias.const_value.shape.numpy())
+            layers.append(
+                {
+                    "name": node.name or "",
+                    "op": node.op_type,
+                    "macs": node_macs(node, shapes),
+                    "params": int(params),
+                    "shape": [int(d) for d in weight.shape.numpy()],
+                    "dtype": weight.dtype.name.lower(),
+                }
+            )
+    return {"ops": dict(sorted(ops.items())), "layers": layers}

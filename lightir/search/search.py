@@ -278,6 +278,12 @@ class Search:
         """The sensitivity table: one row per measured unit and level (useful or not)."""
         rows = []
         for unit in self.space.units:
+            # The layers it changes: a channel group's producers, or the layer itself.
+            layers = [
+                node.name
+                for node, (_, made) in unit.touches.items()
+                if unit.kind != "prune" or made
+            ]
             for level in unit.levels:
                 if math.isnan(level.error):
                     continue
@@ -285,6 +291,7 @@ class Search:
                     {
                         "kind": unit.kind,
                         "unit": unit.label,
+                        "layers": layers,
                         "level": level.label,
                         f"delta_{self._unit()}": level.delta * self._scale(),
                         "output_error": level.error,
