@@ -24,6 +24,7 @@ from lightir.manager import VERIFY_MODES, optimize
 from lightir.pass_base import option_fields
 from lightir.pipeline import format_value
 from lightir.report import render_explain, render_table, render_timing
+from lightir.verify import first_line
 
 logger = logging.getLogger("lightir")
 PROG = "lightir-opt"
@@ -350,10 +351,22 @@ def run(argv: list[str]) -> int:
 
 
 def _require_tvm() -> None:
+    """Import TVM now, before any pass runs.
+
+    A broken install is then a one-line error (exit 2), not a traceback after the pipeline.
+    """
     import importlib.util
 
     if importlib.util.find_spec("tvm") is None:
         raise UsageError("--target needs Apache TVM: pip install 'lightir[tvm]'")
+    try:
+        import tvm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any failure to import is the same answer
+        raise UsageError(
+            f"--target needs Apache TVM, which is installed but does not import "
+            f"({type(exc).__name__}: {first_line(exc)}); reinstall it: "
+            "pip install --force-reinstall 'lightir[tvm]'"
+        ) from exc
 
 
 def _write_reports(args, report) -> None:

@@ -26,6 +26,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
+from lightir.analysis.bn_stats import FOLDED_BN
 from lightir.ir_util import constant
 from lightir.pass_base import Pass, PassContext, PassResult
 from lightir.registry import register_pass
@@ -114,8 +115,14 @@ class _FoldIntoLinear(RewriteRuleClassBase):
         # per-layer table follow layers by name); the old node leaves the graph with the BN.
         if extra_add:
             product = op.op(self.op_type, x, w_value, _name=linear.name or None, **attributes)
-            return op.Add(product, b_value)
-        return op.op(self.op_type, x, w_value, b_value, _name=linear.name or None, **attributes)
+            out = op.Add(product, b_value)
+        else:
+            out = op.op(self.op_type, x, w_value, b_value, _name=linear.name or None, **attributes)
+        # The BN's statistics stay on the node that now computes its output: without data,
+        # int8's bias correction and prune's compensation read them (analysis.bn_stats).
+        gamma = bn.inputs[1].const_value.numpy().astype(np.float64)
+        out.producer().meta[FOLDED_BN] = (gamma, beta.copy())
+        return out
 
     def fold(self, linear, weight, bias, scale, beta, mean):
         """Return (new weight, new bias, attributes, whether a separate Add is needed)."""

@@ -259,3 +259,24 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_tvm_that_does_not_import_is_a_one_line_error_before_any_pass(tmp_path):
+    """An installed but broken TVM (a missing libtvm.so) was an internal error."""
+    broken = tmp_path / "site" / "tvm"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libtvm.so: cannot open shared object')")
+    output = tmp_path / "m.so"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run(
+        [sys.executable, "-m", "lightir.cli", "zoo:resnet", "-p", "fold-bn", "--target", "x86"]
+        + ["-o", str(output)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not import (ImportError: libtvm.so" in lines[0], lines
+    assert not output.exists()

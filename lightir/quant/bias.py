@@ -53,9 +53,17 @@ def input_means(
 
 
 def correct_biases(
-    layers: list[ir.Node], means: dict[str, np.ndarray], bits: int, context: PassContext
+    layers: list[ir.Node],
+    means: dict[str, np.ndarray],
+    bits: int,
+    context: PassContext,
+    quantized: bool = False,
 ) -> int:
-    """Subtract each layer's expected rounding shift from its bias; returns the count."""
+    """Subtract each layer's expected rounding shift from its bias; returns the count.
+
+    ``quantized``: the layers are being quantized (int8), so a layer without an input mean
+    is reported as quantized without the correction, not as declined.
+    """
     corrected = 0
     levels = 2 ** (bits - 1) - 1
     for node in layers:
@@ -64,7 +72,10 @@ def correct_biases(
             found = bn_output_means(node.inputs[0])
             mean = None if found is None else found[1]
         if mean is None:
-            context.decline(node, "no calibration data and no BatchNormalization statistics")
+            reason = "no calibration data and no BatchNormalization statistics for its input"
+            if quantized:
+                reason = f"quantized without bias correction: {reason} (give --calib)"
+            context.decline(node, reason)
             continue
         weight = node.inputs[1].const_value.numpy().astype(np.float64)
         axis = weight_axis(node)

@@ -47,7 +47,9 @@ def write_qdq(
     wanted = {v.name for v in activations(nodes)}
     if bias_correct:
         bits = 7 if reduce_range else 8
-        correct_biases(correctable_layers(model, set(nodes)), plan.means, bits, context)
+        correct_biases(
+            correctable_layers(model, set(nodes)), plan.means, bits, context, quantized=True
+        )
     for node in nodes:
         absorbed = absorbed_activation(node)
         if absorbed is not None:

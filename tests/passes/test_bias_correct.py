@@ -52,3 +52,25 @@ def test_bias_correction_handles_depthwise_convs():
     data = np.random.default_rng(1).uniform(0, 4, (16, 8, 6, 6)).astype(np.float32)
     result = lightir.optimize(model, "bias-correct", calib=CalibrationData({"x": data}))
     assert result.report.ok and result.report.records[0].stats["corrected"] == 1
+
+
+def test_after_fold_bn_the_folded_statistics_still_drive_the_correction():
+    """int8 folds BN first (its prerequisite); without data, the folded layer's BN statistics
+    are what bias correction has. Same corrected bias as before the fold."""
+    b = GraphBuilder("bn", seed=1)
+    x = b.input("x", [1, 4, 6, 6])
+    y = b.relu(b.batch_norm(b.conv(x, 16, 3)))
+    b.output(b.conv(y, 8, 1, pads=[0] * 4, bias=True), "y")
+    model = b.build()
+    before = lightir.optimize(model, "bias-correct").model
+    after = lightir.optimize(model, "fold-bn,bias-correct")
+    assert after.report.record("bias-correct").stats["corrected"] == 1
+
+    def last_bias(m):
+        conv = [n for n in m.graph if n.op_type == "Conv"][-1]
+        return conv.inputs[2].const_value.numpy()
+
+    np.testing.assert_allclose(last_bias(after.model), last_bias(before), rtol=1e-6)
+    # A layer fed by a plain conv (no BN folded into it) still declines.
+    declined = lightir.optimize(pointwise(), "fold-bn,bias-correct")
+    assert any("no calibration data" in d for d in declines(declined))

@@ -192,3 +192,14 @@ def test_auto_keeps_layers_float_for_a_probability_map_by_its_soft_iou():
     assert strict.report.ok and strict.report.record("int8").stats["float_ops"]
     loose = lightir.optimize(model, "int8{auto-cosine=0.5,auto-iou=0.5}")
     assert loose.report.ok and loose.report.record("int8").stats["float_ops"] == []
+
+
+def test_layers_quantized_without_bias_correction_say_so_not_declined():
+    """--explain listed them as int8 declines though they were quantized."""
+    result = lightir.optimize("zoo:resnet", "int8")
+    record = result.report.record("int8")
+    skipped = [d for d in record.declines if "bias correction" in d]
+    assert skipped and all(d.split(": ", 1)[1].startswith("quantized without") for d in skipped)
+    # The stem conv reads the graph input: no mean without data. Its weight is int8 all the same.
+    assert any("conv_0" in d for d in skipped)
+    assert any("conv_0" in op for op in record.stats["int8_ops"])
