@@ -16,7 +16,15 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # not a dependency: onnxruntime-gpu or -openvino provide it too
+    raise ImportError(
+        "lightir runs models with onnxruntime, and none is installed: pip install "
+        "'lightir[cpu]', or one of onnxruntime-gpu / onnxruntime-openvino (any one: they "
+        "install the same module)"
+    ) from exc
 
 logger = logging.getLogger(__name__)
 

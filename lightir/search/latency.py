@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 
 from lightir.ir_util import constant
+from lightir.onnx_bridge import ort
 from lightir.quant.qdq import insert_qdq, quantize_weight
 
 OBJECTIVES = ("latency", "macs", "bytes")
