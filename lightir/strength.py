@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import numpy as np
 import onnx_ir as ir
 
+from lightir import progress
 from lightir.data import draw
 from lightir.errors import PassDeclined
 from lightir.ir_util import clone_model
@@ -71,7 +73,17 @@ def strongest(
         chosen.given = pass_.given | {strength.option}
         return chosen
 
+    # A bisection: at most one trial more than log2 of the values.
+    trials = 1 + math.ceil(math.log2(max(len(values), 1)))
+    shown = progress.bar(total=trials, desc=f"{pass_.name}: {strength.option} trials")
+
     def meets(index: int) -> bool:
+        try:
+            return _meets(index)
+        finally:
+            shown.update(1)
+
+    def _meets(index: int) -> bool:
         value = values[index]
         trial = clone_model(model)
         try:
@@ -92,6 +104,7 @@ def strongest(
     # The first index that meets: bisection over strongest -> weakest.
     low, high = 0, len(values) - 1
     if not meets(high):
+        shown.close()
         raise PassDeclined(
             f"no {name} from {values[0]} to {values[-1]} meets its "
             f"{pass_.contract.describe()} budget on the selection samples (the weakest, "
@@ -103,6 +116,7 @@ def strongest(
             high = middle
         else:
             low = middle + 1
+    shown.close()
     value = values[low]
     logger.info("%s: %s=%s is the strongest that met its budget", pass_.name, name, value)
     report = {

@@ -60,3 +60,17 @@ def test_a_terminal_shows_progress_and_a_pipe_or_quiet_does_not(calib):
     assert "int8: calibrating" not in piped and "drift vs input" in piped
     quiet = lightir_opt(*args, "--quiet", terminal=True)
     assert "int8: calibrating" not in quiet and "%|" not in quiet
+
+
+def test_strength_trials_ranks_and_the_search_show_progress(calib):
+    """The other steps that can run long: a lossy pass's strength trials, choosing ranks,
+    compress's sensitivity and the candidates it evaluates."""
+    args = ("zoo:digits", "-p", "prune,spatial-svd{energy=0.9},compress{max-drop=0.03}")
+    shown = lightir_opt(*args, "--calib", calib, "--keep-going", terminal=True)
+    for bar in (
+        "prune: ratio trials",
+        "spatial-svd: choosing ranks",
+        "compress: sensitivity",
+        "compress: candidates evaluated",
+    ):
+        assert bar in shown, bar

@@ -41,6 +41,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from lightir import progress
 from lightir.analysis.budget import allocate
 from lightir.analysis.reconstruct import conv_patches, refit_layers
 from lightir.errors import UsageError
@@ -309,7 +310,7 @@ def run_lowrank(
         chosen = _budget(method, model, layers, options, context)
     else:
         chosen = {}
-        for layer in layers:
+        for layer in progress.bar(layers, desc=f"{method.name}: choosing ranks"):
             factorization = _choose(method, layer, options, context, model, batches)
             if factorization is not None:
                 chosen[layer.node.name] = (layer, factorization)
@@ -489,7 +490,7 @@ def _budget(method, model, layers, options, context) -> dict:
     total = model_cost(model, {s.name: concrete_shape(s, 1, {}) for s in specs}).macs
     target = options.target_macs * total
     curves = {}
-    for layer in layers:
+    for layer in progress.bar(layers, desc=f"{method.name}: rank curves"):
         points = []
         for rank in reversed(method.budget_ranks(_grid(method, layer, options.round))):
             try:

@@ -136,6 +136,7 @@ class Search:
         self.points: list[Point] = []
         self.path: list[tuple[int, int, float]] = []
         self.table: list[dict] = []  # the sensitivity rows
+        self.shown = None  # the front's progress bar while it runs
 
     # ----------------------------------------------------------------------- measuring
     @staticmethod
@@ -357,6 +358,8 @@ class Search:
             single=single,
         )
         self.points.append(point)
+        if self.shown is not None:
+            self.shown.update(1)
         if point.meets and point.confirmed:
             if self.best is None or self._faster(point, model):
                 if self.best is not None:
@@ -377,6 +380,16 @@ class Search:
 
     def front(self) -> Point:
         """Evaluate prefixes by bisection; the best point within budget (the original if none)."""
+        # Candidates are counted, not bounded: bisection, single passes and the extension
+        # stop on what they find.
+        self.shown = progress.bar(desc="compress: candidates evaluated")
+        try:
+            return self._front()
+        finally:
+            self.shown.close()
+            self.shown = None
+
+    def _front(self) -> Point:
         original = self.evaluate(0)
         count = len(self.path)
         low, high = 0, count  # low meets (the original); high is the next to try
