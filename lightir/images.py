@@ -19,12 +19,20 @@ When every image sits in a subfolder, the folder is the label, as torchvision's
 integers are those integers, else the sorted names' index). Files are read in sorted path
 order, so a folder and the equivalent ``.npz`` give the same rows. Pillow is an optional
 extra: ``pip install 'lightir[images]'``.
+
+The model's own metadata is read first (:func:`from_metadata`): ``lightir.preprocess`` (which
+lightir writes into every model it optimized from images, so the result says how to feed
+it), else ONNX's image metadata (``Image.BitmapPixelFormat``, ``Image.NominalPixelRange``).
+Each key given with ``--preprocess`` overrides it; the report's inputs line says which key
+came from where.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,38 +57,121 @@ class Preprocess:
     @classmethod
     def parse(cls, text: str | None) -> Preprocess:
         """``resize=256,crop=224x224,mean=0.485:0.456:0.406,std=...,order=BGR,layout=NHWC``."""
-        if not text:
-            return cls()
-        values: dict = {}
-        for item in text.split(","):
-            key, sep, value = item.strip().partition("=")
-            if not sep or not value:
-                raise UsageError(f"--preprocess {item!r}: give KEY=VALUE")
-            try:
-                if key == "resize":
-                    values[key] = int(value)
-                elif key == "crop":
-                    h, _, w = value.lower().partition("x")
-                    values[key] = (int(h), int(w or h))
-                elif key in ("mean", "std"):
-                    values[key] = tuple(float(v) for v in value.split(":"))
-                elif key == "scale":
-                    values[key] = float(value)
-                elif key in ("order", "layout"):
-                    values[key] = value.upper()
-                else:
-                    raise UsageError(
-                        f"--preprocess {key}: unknown key; use resize, crop, mean, std, scale, "
-                        "order or layout"
-                    )
-            except ValueError as exc:
-                raise UsageError(f"--preprocess {item!r}: {exc}") from exc
+        return cls.build(fields(text))
+
+    @classmethod
+    def build(cls, values: Mapping[str, Any]) -> Preprocess:
+        """From parsed keys (:func:`fields`), checked."""
         spec = cls(**values)
         if spec.order not in ("RGB", "BGR") or spec.layout not in (None, "NCHW", "NHWC"):
             raise UsageError("--preprocess: order is RGB or BGR, layout NCHW or NHWC")
         if any(s == 0 for s in spec.std) or spec.scale <= 0:
             raise UsageError("--preprocess: std and scale must be non-zero")
         return spec
+
+    @classmethod
+    def resolve(
+        cls, text: str | None, metadata: Mapping[str, str] | None = None
+    ) -> tuple[Preprocess, str]:
+        """The preprocessing to use, and a line saying where it came from.
+
+        The model's metadata first (:func:`from_metadata`), each key given on the command
+        line over it.
+        """
+        stated, where = from_metadata(metadata or {})
+        given = fields(text)
+        spec = cls.build({**stated, **given})
+        origin = []
+        if stated:
+            kept = sorted(set(stated) - set(given))
+            if kept:
+                origin.append(f"{', '.join(kept)} from the model's {where}")
+        if given:
+            origin.append(f"{', '.join(sorted(given))} from --preprocess")
+        return spec, "; ".join(origin) or "defaults"
+
+    def text(self) -> str:
+        """The ``--preprocess`` text that gives this spec (stored in ``lightir.preprocess``)."""
+        default = Preprocess()
+        parts = []
+        for key in ("resize", "crop", "mean", "std", "scale", "order", "layout"):
+            value = getattr(self, key)
+            if value == getattr(default, key):
+                continue
+            if key == "crop":
+                value = f"{value[0]}x{value[1]}"
+            elif key in ("mean", "std"):
+                value = ":".join(f"{v:g}" for v in value)
+            elif key == "scale":
+                value = f"{value:g}"
+            parts.append(f"{key}={value}")
+        return ",".join(parts)
+
+
+# The key lightir writes the preprocessing into (a --preprocess text) and reads it back from.
+PREPROCESS_KEY = "lightir.preprocess"
+# ONNX's image metadata (onnx/docs/MetadataProps.md): keys and values case-insensitive.
+_PIXEL_ORDER = {"rgb8": "RGB", "rgba8": "RGB", "bgr8": "BGR", "bgra8": "BGR"}
+_PIXEL_RANGE = {
+    "nominalrange_0_255": {"scale": 1.0},
+    "normalized_0_1": {"scale": 255.0},
+    "normalized_1_1": {"scale": 127.5, "mean": (1.0,)},
+}
+
+
+def fields(text: str | None) -> dict[str, Any]:
+    """The keys of a ``--preprocess`` text, parsed (not yet checked together)."""
+    values: dict[str, Any] = {}
+    if not text:
+        return values
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not value:
+            raise UsageError(f"--preprocess {item!r}: give KEY=VALUE")
+        try:
+            if key == "resize":
+                values[key] = int(value)
+            elif key == "crop":
+                h, _, w = value.lower().partition("x")
+                values[key] = (int(h), int(w or h))
+            elif key in ("mean", "std"):
+                values[key] = tuple(float(v) for v in value.split(":"))
+            elif key == "scale":
+                values[key] = float(value)
+            elif key in ("order", "layout"):
+                values[key] = value.upper()
+            else:
+                raise UsageError(
+                    f"--preprocess {key}: unknown key; use resize, crop, mean, std, scale, "
+                    "order or layout"
+                )
+        except ValueError as exc:
+            raise UsageError(f"--preprocess {item!r}: {exc}") from exc
+    return values
+
+
+def from_metadata(metadata: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    """The preprocessing a model's ``metadata_props`` state, and which convention said so.
+
+    ``lightir.preprocess`` (lightir writes it when ``--preprocess`` was given, so a model it
+    wrote says how to feed it), else ONNX's image metadata: ``Image.BitmapPixelFormat``
+    (``Rgb8`` / ``Bgr8``, with or without alpha: the channel order) and
+    ``Image.NominalPixelRange`` (``NominalRange_0_255``, ``Normalized_0_1``,
+    ``Normalized_1_1``: the scale and offset). A value it cannot express (video range
+    16-235, a 1-channel format) is left to the command line.
+    """
+    lower = {key.lower(): value for key, value in metadata.items()}
+    if PREPROCESS_KEY in lower:
+        try:
+            return fields(lower[PREPROCESS_KEY]), f"metadata {PREPROCESS_KEY}"
+        except UsageError as exc:
+            raise InputError(f"the model's {PREPROCESS_KEY} metadata: {exc}") from exc
+    values: dict[str, Any] = {}
+    order = _PIXEL_ORDER.get(lower.get("image.bitmappixelformat", "").strip().lower())
+    if order:
+        values["order"] = order
+    values.update(_PIXEL_RANGE.get(lower.get("image.nominalpixelrange", "").strip().lower(), {}))
+    return values, "ONNX Image metadata"
 
 
 def image_files(source: str | Path) -> tuple[list[Path], np.ndarray | None]:
@@ -117,7 +208,11 @@ def image_files(source: str | Path) -> tuple[list[Path], np.ndarray | None]:
 def load_images(
     source: str | Path, spec: InputSpec, preprocess: Preprocess | str | None = None
 ) -> CalibrationData:
-    """The images of ``source`` as calibration data for the model input ``spec``."""
+    """The images of ``source`` as calibration data for the model input ``spec``.
+
+    ``preprocess``: a spec, or a ``--preprocess`` text (without the model's metadata; the
+    pass manager resolves both with :meth:`Preprocess.resolve`).
+    """
     try:
         from PIL import Image
     except ImportError as exc:

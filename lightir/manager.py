@@ -100,6 +100,9 @@ def _inputs_description(
     rows = sum(next(iter(b.values())).shape[0] for b in batches) if batches else 0
     source = f"calibration file {calibration.source}" if calibration else "synthesized"
     text = f"{len(batches)} batch(es), {rows} sample(s), {source}"
+    preprocess = getattr(calibration, "preprocess", None)
+    if preprocess is not None:
+        text += f" (images preprocessed as '{preprocess[0] or 'defaults'}': {preprocess[1]})"
     if calibration is None:
         assumed = [
             f"{dim or f'{spec.name}[{axis}]'}={DEFAULT_DYNAMIC_DIM}"
@@ -196,14 +199,18 @@ def _bind_calibration(
     if isinstance(calib, CalibrationData):
         data = calib
     elif Path(calib).is_dir() or Path(calib).suffix.lower() == ".txt":
-        from lightir.images import load_images
+        from lightir.images import Preprocess, load_images
 
         if len(specs) != 1:
             raise InputError(
                 f"--calib {calib}: images feed a model with one input; this one has "
                 f"{len(specs)} ({', '.join(s.name for s in specs)}): give a .npz"
             )
-        data = load_images(calib, specs[0], preprocess)
+        spec, origin = Preprocess.resolve(preprocess, model.metadata_props)
+        bound = load_images(calib, specs[0], spec).bind(specs)
+        # How the images became inputs: the report says so, and the result keeps it.
+        bound.preprocess = (spec.text(), origin)
+        return bound
     else:
         if preprocess:
             raise UsageError("--preprocess applies to --calib DIR or a list of images, not .npz")
@@ -435,6 +442,10 @@ def optimize(
     if verify == "end" and report.failures:
         raise PassFailedError(report.failures[-1])
     stamp_provenance(model, report)
+    preprocess = getattr(calibration, "preprocess", None)
+    if preprocess is not None and preprocess[0]:
+        # The result says how to feed it; the next run on it reads this back.
+        model.metadata_props["lightir.preprocess"] = preprocess[0]
     return Result(model, report)
 
 

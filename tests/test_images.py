@@ -87,3 +87,34 @@ def cli(*args):
         text=True,
         timeout=300,
     )
+
+
+def test_preprocessing_is_read_from_the_model_and_written_into_the_result(folder, tmp_path):
+    """A model that states its preprocessing needs no --preprocess; lightir's output states
+    the one it was calibrated with, and a key on the command line overrides the model's."""
+    root, expected, labels = folder
+    stated = zoo.build("digits")
+    stated.metadata_props["lightir.preprocess"] = f"mean={MEAN},std={STD}"
+    first = lightir.optimize(stated, "int8", calib=root)
+    assert f"'mean={MEAN:g},std={STD:g}': mean, std from the model's metadata" in (
+        first.report.inputs
+    )
+    plain = lightir.optimize("zoo:digits", "int8", calib=root, preprocess=f"mean={MEAN},std={STD}")
+    weights = {v.name: v.const_value.tobytes() for v in plain.model.graph.initializers.values()}
+    assert weights == {
+        v.name: v.const_value.tobytes() for v in first.model.graph.initializers.values()
+    }
+    assert plain.model.metadata_props["lightir.preprocess"] == f"mean={MEAN:g},std={STD:g}"
+    # The command line wins key by key.
+    _, origin = Preprocess.resolve("std=1", stated.metadata_props)
+    assert origin == "mean from the model's metadata lightir.preprocess; std from --preprocess"
+
+
+def test_onnx_image_metadata_gives_channel_order_and_range():
+    spec, origin = Preprocess.resolve(
+        None, {"Image.BitmapPixelFormat": "Bgr8", "image.nominalpixelrange": "NORMALIZED_1_1"}
+    )
+    assert (spec.order, spec.scale, spec.mean) == ("BGR", 127.5, (1.0,))  # x / 127.5 - 1
+    assert "ONNX Image metadata" in origin
+    spec, _ = Preprocess.resolve(None, {"Image.NominalPixelRange": "NominalRange_16_235"})
+    assert spec == Preprocess()  # video range: not expressible, left to --preprocess
