@@ -61,9 +61,10 @@ def _change(layer: dict, after: dict | None, chain: list[dict]) -> str:
     """What happened to one input layer, read off the result."""
     if after is None and not chain:
         return "removed or merged"
-    if after is None:
-        ops = ", ".join(f"{c['op']} {_shape(c)}" for c in chain)
-        return f"factorized into {len(chain)}: {ops}"
+    if chain:
+        pieces = chain + ([after] if after is not None else [])
+        ops = ", ".join(f"{c['op']} {_shape(c)}" for c in pieces)
+        return f"factorized into {len(pieces)}: {ops}"
     parts = []
     if after["shape"] != layer["shape"]:
         parts.append(f"weight {_shape(layer)} -> {_shape(after)}")
@@ -84,6 +85,28 @@ def sensitivity_by_layer(report: Report) -> dict[str, dict]:
     return worst
 
 
+def pass_figures(report: Report) -> dict[str, list[str]]:
+    """Per layer, what passes measured on it (a low-rank pass's rank and errors)."""
+    figures: dict[str, list[str]] = {}
+    for record in report.records:
+        layers = record.stats.get("layers")
+        if record.status != "changed" or not isinstance(layers, dict):
+            continue
+        for name, entry in layers.items():
+            if not isinstance(entry, dict):
+                continue
+            parts = [
+                f"{key.replace('_', ' ')} {entry[key]:g}"
+                for key in ("rank", "weight_error", "output_error")
+                if isinstance(entry.get(key), int | float)
+            ]
+            if parts:
+                figures.setdefault(name, []).append(
+                    f"#{record.index} {record.name}: " + ", ".join(parts)
+                )
+    return figures
+
+
 def layer_table(report: Report) -> list[list[str]]:
     """One row per linear layer of the input (header first); empty without a profile."""
     before = report.profile.get("before", {}).get("layers")
@@ -93,6 +116,7 @@ def layer_table(report: Report) -> list[list[str]]:
     after = {layer["name"]: layer for layer in after_layers}
     known = {layer["name"] for layer in before}
     sensitivity = sensitivity_by_layer(report)
+    figures = pass_figures(report)
     rows = [
         [
             "layer",
@@ -102,6 +126,7 @@ def layer_table(report: Report) -> list[list[str]]:
             "params in",
             "params out",
             "what was done",
+            "measured by the pass",
             "sensitivity (strongest level alone)",
         ]
     ]
@@ -112,7 +137,8 @@ def layer_table(report: Report) -> list[list[str]]:
         chain = [
             a for a in after_layers if a["name"].startswith(f"{name}_") and a["name"] not in known
         ]
-        now = [kept] if kept is not None else chain
+        # A chain may end in a node that kept the layer's name (svd does): count both.
+        now = ([kept] if kept is not None else []) + chain
         macs = sum(a["macs"] for a in now)
         params = sum(a["params"] for a in now)
         row = sensitivity.get(name)
@@ -131,6 +157,7 @@ def layer_table(report: Report) -> list[list[str]]:
                 _si(layer["params"]),
                 _si(params),
                 _change(layer, kept, chain),
+                "; ".join(figures.get(name, [])),
                 sense,
             ]
         )
