@@ -144,3 +144,23 @@ def test_the_pages_render_in_chromium_with_their_plots(runs):
         assert all(count >= 150 for count in counts), (plot, counts)
     every = [c for colors in COLORS.values() for c in colors]
     assert max(_count(control, c) for c in every) < 30
+
+
+def test_a_factorized_layer_counts_its_whole_chain_and_shows_its_rank():
+    import lightir
+    from lightir.data import CalibrationData
+    from lightir.report_html import layer_table
+
+    rng = np.random.default_rng(0)
+    calib = CalibrationData({"input": rng.standard_normal((32, 3, 32, 32)).astype(np.float32)})
+    report = lightir.optimize("zoo:resnet", "fold-bn,svd{energy=0.9}", calib=calib).report
+    stats = report.record("svd").stats["layers"]
+    rows = {row[0]: row for row in layer_table(report)[1:]}
+    for name, entry in stats.items():
+        row = rows[name]
+        assert row[6].startswith("factorized into 2: "), row
+        assert f"rank {entry['rank']}" in row[7]
+        after = [a for a in report.profile["after"]["layers"] if a["name"] in entry["chain"]]
+        assert sum(a["macs"] for a in after) < next(
+            b["macs"] for b in report.profile["before"]["layers"] if b["name"] == name
+        )
