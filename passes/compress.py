@@ -187,6 +187,7 @@ class Compress(Pass):
             "objective": options.objective,
             "selection_samples": selection.rows,
             "probe_samples": search.probe_rows,
+            "suffix_probes": search.suffix_probes,
             "fit_samples": fit.rows,
             "round": round_to,
             "units": {kind: sum(u.kind == kind for u in space.units) for kind in KINDS},

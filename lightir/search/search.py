@@ -44,6 +44,7 @@ from lightir.quant.prepare import prepare_int8
 from lightir.quant.qdq import write_qdq
 from lightir.search.latency import interleaved, session, timed
 from lightir.search.space import Space, Unit, between
+from lightir.search.suffix import Suffixes
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class Search:
         self.path: list[tuple[int, int, float]] = []
         self.table: list[dict] = []  # the sensitivity rows
         self.shown = None  # the front's progress bar while it runs
+        self.suffix_probes = 0  # probes run from cached activations
 
     # ----------------------------------------------------------------------- measuring
     @staticmethod
@@ -232,6 +234,18 @@ class Search:
         )
         done = 0
         prepared = in_place = None
+        # Prune and low-rank probes run from the first node they touch, fed with the
+        # original's values there (lightir.search.suffix); int8 probes change the model
+        # before that node too (equalization) and run whole.
+        suffixes = Suffixes(self.space.model, self.probe)
+        touched = {
+            index: [node.name for node in units[index].touches]
+            for index in order
+            if units[index].kind != "int8"
+        }
+        suffixes.prepare(
+            [c for c in (suffixes.cut_of(touched[i]) for i in order if i in touched) if c]
+        )
         shown = progress.bar(total=total, desc="compress: sensitivity")
         try:
             for index in order:
@@ -253,7 +267,11 @@ class Search:
                             in_place = self._measure(self.space.model, quick=True)
                         alone = self._measure(model, quick=True) - in_place
                         self.space.correct(index, level_index, alone - level.delta)
-                    outputs = self._outputs(model, self.probe)
+                    outputs = None
+                    if unit.kind != "int8":
+                        outputs = suffixes.outputs(model, touched[index], unit.kind)
+                    if outputs is None:
+                        outputs = self._outputs(model, self.probe)
                     labels = None if self.labels is None else self.labels[: _rows(self.probe)]
                     level.error = self._error(outputs, self.probe_reference)
                     level.drop, _ = self._drop(outputs, self.probe_reference, labels)
@@ -268,6 +286,8 @@ class Search:
             self.interrupted = f"interrupted (Ctrl-C): sensitivity measured {done} of {total}"
             logger.warning("compress: %s; searching those", self.interrupted)
         shown.close()
+        self.suffix_probes = suffixes.served
+        del suffixes
         self.table = self._rows()
         for unit in units:
             unit.measured = [lv for lv in unit.levels if not math.isnan(lv.error)]
