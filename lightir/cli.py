@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tuning-db", metavar="DIR", help="tuning database, reused across runs and models"
     )
+    parser.add_argument(
+        "--rpc",
+        metavar="HOST:PORT:KEY",
+        help="measure --tune trials on the devices registered under KEY with TVM's RPC "
+        "tracker at HOST:PORT (a board for arm, a GPU box for cuda)",
+    )
     parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines")
     parser.add_argument(
         "--list-models", action="store_true", help="list the bundled models (zoo:NAME)"
@@ -254,6 +260,16 @@ def run(argv: list[str]) -> int:
         from lightir.lowering import resolve
 
         resolve(args.target)  # an unknown target fails now, not after the pipeline ran
+    rpc = None
+    if args.rpc:
+        if not args.tune:
+            raise UsageError(
+                "--rpc measures tuning trials: give --target, --tune N and --tuning-db"
+            )
+        from lightir.lowering.rpc import RPCTracker
+
+        rpc = RPCTracker.parse(args.rpc)
+        rpc.check()  # a dead tracker or no server for the key: now, before any pass runs
     for flag, path in (
         ("--report", args.report),
         ("--report-html", args.report_html),
@@ -315,6 +331,7 @@ def run(argv: list[str]) -> int:
             pipeline=report.pipeline,
             tune_trials=args.tune,
             tuning_db=args.tuning_db,
+            rpc=rpc,
             progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
         )
         if not args.quiet:

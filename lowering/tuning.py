@@ -50,12 +50,18 @@ class TuningStats:
 
 
 def tune(
-    fused_mod, target, database_dir: str, trials: int, progress: Callable[[str], None] | None = None
+    fused_mod,
+    target,
+    database_dir: str,
+    trials: int,
+    progress: Callable[[str], None] | None = None,
+    rpc=None,
 ) -> tuple[object, TuningStats]:
     """Tune the tasks of ``fused_mod`` missing from ``database_dir``; return (database, stats).
 
     ``progress`` gets one line per measured batch (task, trials so far, best time); MetaSchedule's
-    own logs go to ``database_dir/logs`` only.
+    own logs go to ``database_dir/logs`` only. ``rpc`` (a :class:`lightir.lowering.rpc.
+    RPCTracker`) measures on the tracker's servers instead of this machine.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -84,7 +90,7 @@ def tune(
     level = console.level
     console.setLevel(logging.WARNING)  # its console handler follows this level; files log all
     try:
-        with _stop_on_interrupt(state, progress):
+        with _stop_on_interrupt(state, progress), _rpc_errors(rpc, database, database_dir):
             ms.tune.tune_tasks(
                 tasks=contexts,
                 task_weights=weights,
@@ -95,14 +101,22 @@ def tune(
                 builder=ms.builder.LocalBuilder(
                     f_build=fast_build, max_workers=cores, timeout_sec=120
                 ),
-                runner=ms.runner.LocalRunner(),
+                runner=rpc.runner(rpc.check()) if rpc is not None else ms.runner.LocalRunner(),
                 database=database,
                 measure_callbacks=callbacks,
                 task_scheduler="round-robin",  # the list is already heaviest first
             )
     finally:
         console.setLevel(level)
-    stats.trials = sum(1 for _ in database.get_all_tuning_records())
+    stats.trials = _measured(database)
+    if state.lost:
+        from lightir.lowering.rpc import RPCLost
+
+        raise RPCLost(
+            f"tuning over --rpc {rpc.describe()} stopped: no device answered ({state.lost}); "
+            f"the {stats.trials} records measured are kept in {database_dir}: start the "
+            "tracker and servers again and rerun with the same --tuning-db to go on"
+        )
     if state.requested:
         raise TuningInterrupted(
             f"tuning interrupted; the {stats.trials} records measured are kept in "
@@ -111,6 +125,25 @@ def tune(
         )
     stats.tuned_now = names
     return database, stats
+
+
+@contextlib.contextmanager
+def _rpc_errors(rpc, database, database_dir: str):
+    """An RPC failure MetaSchedule raises (not one it reports per candidate) as RPCLost."""
+    if rpc is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as exc:
+        from lightir.lowering.rpc import RPCLost
+
+        kept = _measured(database)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+        raise RPCLost(
+            f"tuning over --rpc {rpc.describe()} failed ({first}); the {kept} records "
+            f"measured are kept in {database_dir}"
+        ) from exc
 
 
 class TuningInterrupted(LightirError):
@@ -123,6 +156,7 @@ class TuningInterrupted(LightirError):
 class _Interrupt:
     requested: bool = False
     stopped: bool = False
+    lost: str = ""  # the RPC error that ended the tuning
 
 
 @contextlib.contextmanager
@@ -180,6 +214,8 @@ def _batch_callback(names: list[str], total: int, progress, state: _Interrupt):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
+    from lightir.lowering.rpc import lost as rpc_lost
+
     best: dict[int, float] = {}
     done = [0]
 
@@ -191,10 +227,18 @@ def _batch_callback(names: list[str], total: int, progress, state: _Interrupt):
             if not runner_results:
                 return
             done[0] += len(runner_results)
+            errors = []
             for result in runner_results:
                 if result.error_msg is None and result.run_secs:
                     seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
                     best[task_id] = min(best.get(task_id, float("inf")), seconds)
+                elif result.error_msg:
+                    errors.append(str(result.error_msg))
+            if len(errors) == len(runner_results) and rpc_lost(errors):
+                # Every candidate of the batch failed to reach a device: the server or the
+                # tracker is gone; tuning on would only fail every remaining candidate.
+                state.lost = errors[0].strip().splitlines()[-1][:200]
+                state.requested = True
             if progress is not None:
                 shown = (
                     f"{best[task_id] * 1e6:.1f} us" if task_id in best else "no valid candidate yet"
@@ -228,6 +272,15 @@ def apply_database(mod, target, database) -> tuple[object, list[str]]:
         if isinstance(func, tvm.tirx.PrimFunc) and (func.attrs or {}).get("tirx.is_scheduled")
     ]
     return mod, sorted(applied)
+
+
+def _measured(database) -> int:
+    """Records of candidates that ran (a failed measurement is stored with 1e10 s)."""
+    return sum(
+        1
+        for record in database.get_all_tuning_records()
+        if record.run_secs and all(float(s) < 1e9 for s in record.run_secs)
+    )
 
 
 def _tuned(database, task, target) -> bool:

@@ -90,13 +90,15 @@ def compile_model(
     tune_trials: int = 0,
     tuning_db: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
+    rpc=None,
 ) -> LoweringResult:
     """Build ``model`` for ``target`` into ``output`` (a ``.so``) and check it when it can run.
 
     Dynamic dims are fixed for the build: the batch to 1, others from ``dims``. With
     ``tuning_db``, kernels come from that MetaSchedule database, after ``tune_trials`` trials
     on the tasks it lacks (:mod:`lightir.lowering.tuning`); ``progress`` gets a line per
-    measured batch.
+    measured batch. ``rpc`` (:class:`lightir.lowering.rpc.RPCTracker`) measures the trials
+    on the tracker's servers instead of this machine.
     """
     started = time.perf_counter()
     spec = resolve(target) if isinstance(target, str) else target
@@ -113,13 +115,15 @@ def compile_model(
     shapes = {s.name: concrete_shape(s, 1, dict(dims or {})) for s in specs}
     if tune_trials and tuning_db is None:
         raise UsageError("--tune needs --tuning-db DIR, where the records are kept")
-    if tuning_db is not None and spec.kind != "x86":
+    if rpc is not None and not tune_trials:
+        raise UsageError("--rpc measures tuning trials: give --tune N too")
+    if tuning_db is not None and spec.kind != "x86" and rpc is None:
         raise UsageError(
-            f"tuning measures kernels on the target: tune on a {spec.kind} machine "
-            "(this one can only tune x86)"
+            f"tuning measures kernels on the target: tune on a {spec.kind} machine, or "
+            "measure there with --rpc HOST:PORT:KEY (this one can only tune x86)"
         )
     tuning = {}
-    executable = _build(model, shapes, spec, tuning_db, tune_trials, tuning, progress)
+    executable = _build(model, shapes, spec, tuning_db, tune_trials, tuning, progress, rpc)
     metadata = {
         "inputs": [
             {"name": s.name, "shape": list(shapes[s.name]), "dtype": str(np.dtype(s.dtype))}
@@ -192,7 +196,9 @@ def _at_fixed_dims(model: ir.Model, shapes: dict) -> ir.Model:
     return copy
 
 
-def _build(model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, tuning, progress):
+def _build(
+    model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, tuning, progress, rpc=None
+):
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -226,7 +232,7 @@ def _build(model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, t
     started = time.perf_counter()
     with target:
         fused = relax.get_pipeline("zero")(mod)
-    database, stats = tune(fused, target, str(tuning_db), trials, progress)
+    database, stats = tune(fused, target, str(tuning_db), trials, progress, rpc)
     # The "zero" pipeline fuses the imported module again, exactly as for the tasks, and
     # replaces each fused function that has a record (fusing an already fused module yields
     # other functions, which match no record).
