@@ -164,7 +164,7 @@ def test_cli_writes_the_sensitivity_and_the_front(tmp_path, labeled):
     assert done.returncode == 0, done.stderr
     assert "compress: sensitivity" in done.stderr  # progress is shown
     header, *rows = sensitivity.read_text().splitlines()
-    assert header.startswith("pass,index,kind,unit,level,delta_macs") and rows
+    assert header.startswith("pass,index,kind,unit,layers,level,delta_macs") and rows
     assert json.loads(front.read_text())["rows"][0]["steps"] == 0
     bad = lightir_opt("zoo:digits", "-p", "compress", "--calib", calib, "--front", "x.txt")
     assert bad.returncode == 2 and "give a .csv or .json" in bad.stderr
