@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lightir.errors import LightirError, UsageError
+from lightir.system import apt_install
 
 QEMU = "qemu-aarch64"
 CROSS_CXX = "aarch64-linux-gnu-g++"
@@ -146,22 +147,7 @@ def setup(install_system: bool = True, log=print) -> Emulator:
 
 
 def _install_system_packages(allowed: bool, log) -> None:
-    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *SYSTEM_PACKAGES]
-    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    if not allowed or not is_root or shutil.which("apt-get") is None:
-        raise UsageError(
-            f"{QEMU} and {CROSS_CXX} are needed to run ARM builds here; install them "
-            f"(Debian/Ubuntu: sudo apt-get install {' '.join(SYSTEM_PACKAGES)})"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log(f"installing {' '.join(SYSTEM_PACKAGES)} with apt-get")
-    for step in (["apt-get", "update", "-qq"], command):
-        done = subprocess.run(step, capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            raise UsageError(
-                f"`{' '.join(step)}` failed: {_last_line(done.stderr)}; install "
-                f"{' '.join(SYSTEM_PACKAGES)} by hand"
-            )
+    apt_install(SYSTEM_PACKAGES, "running ARM builds here", allowed, log)
 
 
 def _fetch_runtime(runtime: Path, log) -> None:

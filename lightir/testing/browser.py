@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from lightir.errors import LightirError, UsageError
+from lightir.system import apt_install
 
 SYSTEM_PACKAGES = ("chromium",)
 CANDIDATES = ("chromium", "chromium-headless-shell", "chromium-browser", "google-chrome")
@@ -82,20 +83,12 @@ def setup(install_system: bool = True, log=print) -> str:
     browser, _ = find()
     if browser is not None:
         return browser
-    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    if not install_system or not is_root or shutil.which("apt-get") is None:
-        raise UsageError(
-            "the HTML report's browser test needs Chromium; install it (Debian/Ubuntu: sudo "
-            f"apt-get install {' '.join(SYSTEM_PACKAGES)}) or set LIGHTIR_CHROMIUM"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *SYSTEM_PACKAGES]
-    log(f"installing {' '.join(SYSTEM_PACKAGES)} with apt-get")
-    for step in (["apt-get", "update", "-qq"], command):
-        done = subprocess.run(step, capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise UsageError(f"{' '.join(step)} failed: {last[0]}")
+    apt_install(
+        SYSTEM_PACKAGES,
+        "the HTML report's browser test (or set LIGHTIR_CHROMIUM)",
+        install_system,
+        log,
+    )
     browser, why = find()
     if browser is None:
         raise UsageError(f"browser setup did not complete: {why}")
