@@ -161,8 +161,15 @@ def session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
 
 
 def timed(run, *, min_runs: int = 5, min_seconds: float = 0.02, max_runs: int = 200) -> float:
-    """Median seconds of ``run()`` after one warm-up call."""
+    """Median seconds of ``run()`` after a warm-up of ``min_seconds / 4`` (one call at least).
+
+    A session's first runs are slower (allocations, caches, the thread pool waking up);
+    one call did not cover them on a model of a millisecond.
+    """
+    started = time.perf_counter()
     run()
+    while time.perf_counter() - started < min_seconds / 4:
+        run()
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < max_runs and (
@@ -179,8 +186,12 @@ def interleaved(
     feeds: Mapping[str, np.ndarray],
     threads: int = 1,
     rounds: int = 7,
+    min_seconds: float = 0.01,
 ) -> dict[str, float]:
-    """Median seconds per run of each model, over ``rounds`` shuffled rounds (side by side)."""
+    """Median seconds per run of each model, over ``rounds`` shuffled rounds (side by side).
+
+    Each round times each model for ``min_seconds`` at least.
+    """
     sessions = {key: session(model, threads) for key, model in models.items()}
     runners = {key: (lambda s=s: s.run(None, dict(feeds))) for key, s in sessions.items()}
     samples: dict[str, list[float]] = {key: [] for key in runners}
@@ -188,8 +199,53 @@ def interleaved(
     for _ in range(rounds):
         rng.shuffle(order)
         for key in order:
-            samples[key].append(timed(runners[key], min_runs=3, min_seconds=0.01))
+            samples[key].append(timed(runners[key], min_runs=3, min_seconds=min_seconds))
     return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def paired_times(
+    first, second, rounds: int = 7, min_seconds: float = 0.01
+) -> list[tuple[float, float]]:
+    """``rounds`` pairs of median seconds of ``first()`` and ``second()``, timed back to back.
+
+    The order alternates from round to round, so neither always runs right after the other.
+    """
+    pairs = []
+    for index in range(rounds):
+        order = (first, second) if index % 2 == 0 else (second, first)
+        times = [timed(run, min_runs=3, min_seconds=min_seconds) for run in order]
+        pairs.append((times[0], times[1]) if index % 2 == 0 else (times[1], times[0]))
+    return pairs
+
+
+def paired_ratio(first, second, rounds: int = 7, min_seconds: float = 0.02) -> float:
+    """Median over rounds of ``second()``'s time over ``first()``'s, timed back to back.
+
+    A slow spell of the machine (on the 2-core machine of tools/README.md, PP-OCRv5's line
+    classifier timed 0.85 ms and, a few seconds later, 1.2-1.8 ms) slows both of a round's
+    timings and leaves their ratio.
+    """
+    return statistics.median(b / a for a, b in paired_times(first, second, rounds, min_seconds))
+
+
+def paired_difference(
+    first, second, rounds: int = 7, min_seconds: float = 0.01
+) -> tuple[float, float]:
+    """What ``second()`` costs over ``first()``: the median and a 95% half-width, in seconds.
+
+    What one change costs a whole model, from the model with and without it. Two separate
+    timings a while apart differ by more than one layer does (PP-OCRv5's line classifier:
+    the unchanged model timed once at 1.2 ms instead of 0.85 ms made every layer's int8
+    look 0.07 ms cheaper, 3.4 ms in all), so each round times both back to back, in
+    alternating order, and the figure is the median of the per-round differences. On a
+    shared machine even those spread by more than a layer's effect (+-0.1 ms on that 0.85 ms
+    model), so the half-width (1.96 robust standard errors, from the median absolute
+    deviation) says how far to trust it.
+    """
+    differences = [b - a for a, b in paired_times(first, second, rounds, min_seconds)]
+    middle = statistics.median(differences)
+    spread = statistics.median(abs(d - middle) for d in differences) * 1.4826
+    return middle, 1.96 * spread / math.sqrt(rounds)
 
 
 BLOCK_PROBE = (32, 40, 48)  # output channels of the probe conv: 40 is mid-block at 16

@@ -532,7 +532,7 @@ def _mtcnn_dataset(net: str, calibrating: bool, count: int, seed: int) -> Datase
 
 
 CALIBRATION_SEED = 1000
-CALIBRATION_MAX = 320  # the largest calibration split (bench_search); kept out of evaluation
+CALIBRATION_MAX = 640  # the largest calibration split (bench_search); kept out of evaluation
 EVALUATION_SEED = 2000
 
 

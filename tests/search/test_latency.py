@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -15,6 +17,9 @@ from lightir.search.latency import (
     LatencyTable,
     block_from_times,
     conv_channel_block,
+    paired_difference,
+    paired_ratio,
+    paired_times,
     session,
     spec_model,
 )
@@ -79,3 +84,35 @@ def test_block_from_times_reads_padding():
 def test_conv_channel_block_is_measured_once():
     assert conv_channel_block() in (8, 16)
     assert conv_channel_block.cache_info().currsize >= 1
+
+
+def _busy(seconds: float):
+    """A call that takes ``seconds`` of CPU (sleeping would measure the scheduler)."""
+
+    def run():
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    return run
+
+
+def test_paired_timings_read_the_ratio_and_the_difference():
+    fast, slow = _busy(0.0005), _busy(0.001)
+    assert paired_ratio(fast, slow, rounds=3, min_seconds=0.005) == pytest.approx(2.0, rel=0.2)
+    assert paired_ratio(slow, fast, rounds=3, min_seconds=0.005) == pytest.approx(0.5, rel=0.2)
+    middle, half = paired_difference(fast, slow, rounds=5, min_seconds=0.005)
+    assert middle == pytest.approx(0.0005, rel=0.3)
+    assert half < middle  # a half-millisecond difference is told apart from nothing
+
+
+def test_paired_times_alternate_which_runs_first():
+    calls: list[str] = []
+    first = lambda: calls.append("a")  # noqa: E731
+    second = lambda: calls.append("b")  # noqa: E731
+    pairs = paired_times(first, second, rounds=2, min_seconds=0.0)
+    assert len(pairs) == 2
+    # Round 1 times ``first`` (a warm-up call, then its runs) before ``second``; round 2
+    # the other way round.
+    half = len(calls) // 2
+    assert calls[0] == "a" and calls[half] == "b"
