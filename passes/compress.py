@@ -24,7 +24,10 @@ would make on every layer (each prune ratio, each low-rank method at each energy
 evaluated as well where they are estimated cheaper than the best point, so a single pass that
 meets the budget is never faster than the answer on the selection samples. From the best
 point, the later steps of the path are then tried one at a time, skipping those that break
-the budget (bisection stops at the first that does). The calibration rows passes may fit on
+the budget (bisection stops at the first that does); the result is tried without its int8
+layers and without its factorizations, and extended again from whichever is faster. Every
+candidate is timed as a ratio to the original, beside it round by round, so that a slow
+spell of a shared machine does not decide. The calibration rows passes may fit on
 are split: the first half (at least 32 where there are 64) selects, the rest fits; the pass
 manager's own held-out rows (verification, and ``--metric``'s check) are never seen.
 

@@ -19,6 +19,13 @@
    estimate is cheaper than the best point, so the answer is never slower than one of them
    that meets the budget on the selection samples; the winner is then extended step by step
    along the path.
+5. **Ablation.** The best point is tried without its int8 layers, then without its
+   factorizations (the kinds whose prices are least certain), and extended again from
+   whichever is faster.
+
+Latency is measured as a ratio to the original, timed round by round beside it
+(:func:`lightir.search.latency.paired_ratio`): on a shared machine a model's timing moves by
+tens of percent for seconds at a time, more than candidates differ.
 
 The search stops early, keeping the best model found, on ``time_limit`` or Ctrl-C.
 """

@@ -52,7 +52,7 @@ from lightir.quant.plan import WEIGHTED, quantizable_nodes
 from lightir.quant.prepare import prepare_int8
 from lightir.quant.qdq import write_qdq
 from lightir.rewrite import unique_node_name
-from lightir.search.latency import ConvSpec, LatencyTable
+from lightir.search.latency import ConvSpec, LatencyTable, conv_channel_block
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ class Unit:
     # Every level whose sensitivity was measured, useful or not: a single pass on every layer
     # takes its own setting even where the path would skip it (``Space.uniform``).
     measured: list[Level] = field(default_factory=list)
+    # prune: per ratio, the channels ``prune{ratio=R}`` keeps with its own rounding (the
+    # measured channel block), which ``uniform`` matches rather than the level's ratio.
+    targets: dict[float, int] = field(default_factory=dict)
 
 
 def name_nodes(model: ir.Model) -> int:
@@ -195,6 +198,11 @@ class Space:
             ratios: dict[int, float] = {}  # keep -> the first ratio that gives it
             for r in RATIOS:
                 ratios.setdefault(planner.keep_count(group.size, int(group.size * r), step), r)
+            # What prune{ratio=R} keeps, rounding to its default (the measured block).
+            pass_step = _step_at(planner, group, conv_channel_block())
+            targets = {
+                r: planner.keep_count(group.size, int(group.size * r), pass_step) for r in RATIOS
+            }
             levels = []
             for keep in sorted(ratios, reverse=True):
                 if keep >= group.size:
@@ -215,7 +223,7 @@ class Space:
             if levels:
                 candidates.append(index)
                 label = f"channels of {', '.join(group.producer_nodes)}"
-                self.units.append(Unit("prune", index, label, levels, touches))
+                self.units.append(Unit("prune", index, label, levels, touches, targets=targets))
         # Channel orders once, on the unpruned model: prune's output-error importance.
         scorer = ChannelScorer(self.model, self.batches, self.refit)
         wanted = []
@@ -321,7 +329,10 @@ class Space:
         Every unit of ``kind`` (and ``method``) goes to the level nearest ``strength``, the
         stronger one on a tie, among every level measured: the path keeps only the levels
         that save the most for their error, but ``prune{ratio=0.6}`` prunes every group at
-        0.6 whether or not the table prices it cheaper than 0.5. A measured level the path
+        0.6 whether or not the table prices it cheaper than 0.5. For prune, nearest means
+        nearest the channels the pass itself keeps at that ratio, with its own rounding (the
+        measured channel block, where the search's levels round to 8): digits at 0.6 keeps
+        16 of 48, where the level nearest 0.6 by ratio kept 24. A measured level the path
         dropped is appended to the unit's levels (after the path's, so their indices stand).
         """
         choice = {}
@@ -332,11 +343,19 @@ class Space:
             options = [level for level in pool if method is None or level.setting[0] == method]
             if not options:
                 continue
-            # On a tie the stronger level wins: prune strengths grow, energies shrink.
-            stronger = 1 if kind == "prune" else -1
-            nearest = min(
-                options, key=lambda lv: (abs(lv.strength - strength), -stronger * lv.strength)
-            )
+            if kind == "prune" and strength in unit.targets:
+                # The channels prune{ratio=strength} keeps; fewer on a tie. A unit it leaves
+                # whole (rounded up to its size) stays whole.
+                target = unit.targets[strength]
+                if target >= options[0].setting[1]:
+                    continue
+                nearest = min(options, key=lambda lv: (abs(lv.setting[0] - target), lv.setting[0]))
+            else:
+                # On a tie the stronger level wins: prune strengths grow, energies shrink.
+                stronger = 1 if kind == "prune" else -1
+                nearest = min(
+                    options, key=lambda lv: (abs(lv.strength - strength), -stronger * lv.strength)
+                )
             if nearest not in unit.levels:
                 unit.levels.append(nearest)
             choice[index] = unit.levels.index(nearest) + 1
@@ -540,3 +559,13 @@ def pareto(levels: list[Level]) -> list[Level]:
         if not kept or level.delta < kept[-1].delta:
             kept.append(level)
     return kept
+
+
+def _step_at(planner: PrunePlanner, group, round_to: int) -> int:
+    """The planner's rounding step for ``group`` were its ``round`` option ``round_to``."""
+    saved = planner.options.round
+    planner.options.round = round_to
+    try:
+        return planner.step(group)
+    finally:
+        planner.options.round = saved

@@ -125,3 +125,23 @@ def test_unnamed_nodes_get_names():
     assert name_nodes(model) == 3
     names = [n.name for n in model.graph]
     assert all(names) and len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_a_single_pass_setting_keeps_what_the_pass_keeps(ratio):
+    """``uniform("prune", ratio)`` is ``prune{ratio=R}`` channel for channel, though the
+    search's levels round to 8 and the pass to the measured block (digits at 0.6 with 16:
+    16 of 32 and 16 of 48, where the level nearest 0.6 by ratio kept 24 of 48)."""
+    model = lightir.optimize(zoo.digits(), "fold-bn").model
+    name_nodes(model)
+    images, _ = zoo.digits_test_split()
+    data = CalibrationData({"input": images[:32]}).bind(input_specs(model))
+    space = Space(model, LatencyTable("macs"), PassContext(data), kinds=("prune",), round_to=8)
+    searched, _ = space.apply(space.uniform("prune", None, ratio))
+    pruned = lightir.optimize(model, f"prune{{ratio={ratio}}}", verify="structural").model
+
+    def widths(m):
+        return [n.inputs[1].const_value.shape[0] for n in m.graph if n.op_type in ("Conv", "Gemm")]
+
+    assert widths(pruned) != widths(model)  # the pass prunes
+    assert widths(searched) == widths(pruned)
