@@ -73,15 +73,15 @@ class PrunePlanner:
             return "feeds the last layer (protect-last=true)"
         return None
 
-    def step(self, group: ChannelGroup) -> int:
-        """Components per rounding step.
+    def step(self, group: ChannelGroup, round_to: int | None = None) -> int:
+        """Components per rounding step of ``round_to`` channels (default: the ``round`` option).
 
         A component of a grouped conv is a whole group of channels (RegNetX: 8), already a
         multiple of what vectorized kernels like.
         """
         component = group.components[0]
         width = min(Counter(name for name, _ in component.channels).values())
-        return max(1, -(-self.options.round // width))
+        return max(1, -(-(round_to or self.options.round) // width))
 
     def keep_count(self, size: int, remove: int, step: int) -> int:
         """Components kept when ``remove`` of ``size`` are asked to go, in multiples of step."""

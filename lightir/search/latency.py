@@ -186,12 +186,8 @@ def interleaved(
     feeds: Mapping[str, np.ndarray],
     threads: int = 1,
     rounds: int = 7,
-    min_seconds: float = 0.01,
 ) -> dict[str, float]:
-    """Median seconds per run of each model, over ``rounds`` shuffled rounds (side by side).
-
-    Each round times each model for ``min_seconds`` at least.
-    """
+    """Median seconds per run of each model, over ``rounds`` shuffled rounds (side by side)."""
     sessions = {key: session(model, threads) for key, model in models.items()}
     runners = {key: (lambda s=s: s.run(None, dict(feeds))) for key, s in sessions.items()}
     samples: dict[str, list[float]] = {key: [] for key in runners}
@@ -199,7 +195,7 @@ def interleaved(
     for _ in range(rounds):
         rng.shuffle(order)
         for key in order:
-            samples[key].append(timed(runners[key], min_runs=3, min_seconds=min_seconds))
+            samples[key].append(timed(runners[key], min_runs=3, min_seconds=0.01))
     return {key: statistics.median(values) for key, values in samples.items()}
 
 

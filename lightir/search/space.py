@@ -199,7 +199,7 @@ class Space:
             for r in RATIOS:
                 ratios.setdefault(planner.keep_count(group.size, int(group.size * r), step), r)
             # What prune{ratio=R} keeps, rounding to its default (the measured block).
-            pass_step = _step_at(planner, group, conv_channel_block())
+            pass_step = planner.step(group, conv_channel_block())
             targets = {
                 r: planner.keep_count(group.size, int(group.size * r), pass_step) for r in RATIOS
             }
@@ -559,13 +559,3 @@ def pareto(levels: list[Level]) -> list[Level]:
         if not kept or level.delta < kept[-1].delta:
             kept.append(level)
     return kept
-
-
-def _step_at(planner: PrunePlanner, group, round_to: int) -> int:
-    """The planner's rounding step for ``group`` were its ``round`` option ``round_to``."""
-    saved = planner.options.round
-    planner.options.round = round_to
-    try:
-        return planner.step(group)
-    finally:
-        planner.options.round = saved

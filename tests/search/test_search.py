@@ -76,3 +76,31 @@ def test_a_candidate_timed_faster_alone_is_timed_again_beside_the_best():
     # Claimed 30% slower: no duel, no new figure.
     slower = Point(0, 1.0, best.measured * 1.3, 0.0, {}, True)
     assert not search._faster(slower, original) and slower.measured == best.measured * 1.3
+
+
+def test_ablation_tries_the_best_without_its_int8_layers():
+    """The best point holds pruning and int8; ablate evaluates it without the int8 layers,
+    and a kind it does not hold (low-rank) is not tried."""
+    from lightir import zoo
+    from lightir.data import CalibrationData, input_specs
+    from lightir.pass_base import PassContext
+    from lightir.search.latency import LatencyTable
+    from lightir.search.search import Search
+    from lightir.search.space import Space, name_nodes
+
+    model = zoo.digits()
+    name_nodes(model)
+    images, labels = zoo.digits_test_split()
+    data = CalibrationData({"input": images[:64]}, labels=labels[:64]).bind(input_specs(model))
+    space = Space(model, LatencyTable("macs"), PassContext(data), kinds=("prune", "int8"))
+    search = Search(space, metrics.resolve("top1"), data, max_drop=1.0, time_limit=60)
+    prune = next(i for i, u in enumerate(space.units) if u.kind == "prune")
+    int8 = [i for i, u in enumerate(space.units) if u.kind == "int8"]
+    best = search.evaluate(0, {prune: 1, **{i: 1 for i in int8}}, single="mixed")
+    assert search.best is best
+    dropped = search.ablate()
+    tried = [p for p in search.points if p.single == "mixed without int8"]
+    assert len(tried) == 1 and tried[0].choice == {prune: 1}
+    assert not any("lowrank" in p.single for p in search.points)
+    # Under MACs int8 counts the same MACs: without it is not cheaper, so the best stands.
+    assert search.best is best and dropped == set()
