@@ -11,14 +11,14 @@ cosine) drops by at most ``max-drop`` while the objective falls as far as it can
   evaluated, of the whole model;
 * ``objective=macs`` / ``bytes``: MACs, or weight bytes.
 
-The method (:mod:`lightir.search`): every level of every unit is scored alone on probe
-samples (the per-layer sensitivity); the levels are ordered by least output error per
-objective saved (AMC's and NetAdapt's trade-off, greedy rather than learned); prefixes of that
-order are applied for real, with the least-squares refit of pruned and factorized layers and
-int8 calibration on the *fit* samples, and scored on the *selection* samples, by bisection
-for the longest prefix within budget on the first half of them; the answer is the fastest
-point evaluated that is within budget on both halves (the longest prefix within budget on
-some samples sits at their edge, and the pass manager's held-out check then rolled it back:
+The method (:mod:`lightir.search`): every level of every unit is scored alone on probe samples, the
+first of the fit samples (the per-layer sensitivity); the levels are ordered by least output error
+per objective saved (AMC's and NetAdapt's trade-off, greedy rather than learned); prefixes of that
+order are applied for real, with the least-squares refit of pruned and factorized layers and int8
+calibration on the *fit* samples, and scored on the *selection* samples, by bisection for the
+longest prefix within budget on the first half of them; the answer is the fastest point evaluated
+that is within budget on both halves (the longest prefix within budget on some samples sits at their
+edge, and the pass manager's held-out check then rolled it back:
 PP-OCRv5's line classifier at ``max-drop=0.01``, tools/README.md). The settings single passes
 would make on every layer (each prune ratio, each low-rank method at each energy, int8) are
 evaluated as well where they are estimated cheaper than the best point, so a single pass that
@@ -176,6 +176,7 @@ class Compress(Pass):
             selection,
             max_drop=options.max_drop,
             time_limit=max(options.time_limit - (time.perf_counter() - started), 0.0),
+            probe_data=fit,
         )
         space_seconds = time.perf_counter() - started
         started = time.perf_counter()

@@ -1,7 +1,8 @@
 """The accuracy-budgeted search: per-layer sensitivity, a greedy path, a measured front.
 
 1. **Sensitivity.** Every level of every unit (:mod:`.space`) is applied alone to a copy of
-   the model and scored on the *probe* samples: the relative squared output error (which
+   the model and scored on the *probe* samples (given by the caller; compress takes them
+   from its fit samples, never from the selection): the relative squared output error (which
    adds up roughly across independent changes) and the metric's drop. int8 levels are
    written on one prepared, calibrated copy, so a probe costs a Q/DQ write and a run.
 2. **Path.** Starting from the unchanged model, the shared allocator
@@ -122,6 +123,7 @@ class Search:
         max_drop: float,
         time_limit: float,
         probes: int = 32,
+        probe_data=None,
     ) -> None:
         self.space, self.metric, self.max_drop = space, metric, max_drop
         self.deadline = time.perf_counter() + time_limit
@@ -140,8 +142,16 @@ class Search:
         # level on them would not fit the sensitivity's share of the time (large inputs).
         levels = sum(len(u.levels) for u in space.units) or 1
         affordable = SENSITIVITY_SHARE * time_limit / (levels * per_row * PROBE_OVERHEAD)
-        count = min(probes, rows, max(BATCH, int(affordable) // BATCH * BATCH))
-        self.probe = list(selection.head(count).batches(batch_size=BATCH))
+        # The probes come from ``probe_data`` (compress passes its fit rows), not from the
+        # selection: the path is ordered by what hurts the probe rows least, so probe rows
+        # among the selection rows make every prefix look better there than anywhere else
+        # (PP-OCRv5's line classifier: the 32 probe rows lost no answer on any prefix up to
+        # step 31 of 39, the other rows 0.8-10%).
+        source = selection if probe_data is None else probe_data
+        count = min(probes, source.rows, max(BATCH, int(affordable) // BATCH * BATCH))
+        self.probe = list(source.head(count).batches(batch_size=BATCH))
+        probed = _rows(self.probe)
+        self.probe_labels = None if source.labels is None else np.asarray(source.labels)[:probed]
         self.probe_reference = self._outputs(space.model, self.probe)
         # One sample, or the whole batch of a model whose batch size is fixed.
         dynamic = input_specs(space.model)[0].dynamic_batch
@@ -303,9 +313,8 @@ class Search:
                         outputs = suffixes.outputs(model, touched[index], unit.kind)
                     if outputs is None:
                         outputs = self._outputs(model, self.probe)
-                    labels = None if self.labels is None else self.labels[: _rows(self.probe)]
                     level.error = self._error(outputs, self.probe_reference)
-                    level.drop, _ = self._drop(outputs, self.probe_reference, labels)
+                    level.drop, _ = self._drop(outputs, self.probe_reference, self.probe_labels)
                     done += 1
                     shown.update(1)
                     if done % 10 == 0 or done == total:

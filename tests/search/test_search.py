@@ -104,3 +104,29 @@ def test_ablation_tries_the_best_without_its_int8_layers():
     assert not any("lowrank" in p.single for p in search.points)
     # Under MACs int8 counts the same MACs: without it is not cheaper, so the best stands.
     assert search.best is best and dropped == set()
+
+
+def test_probes_are_taken_from_the_probe_rows_not_the_selection():
+    """The sensitivity's probe rows come from ``probe_data`` (compress: its fit rows), inputs
+    and labels, so the path is not ordered by the rows that then judge it."""
+    from lightir import zoo
+    from lightir.data import CalibrationData, input_specs
+    from lightir.pass_base import PassContext
+    from lightir.search.latency import LatencyTable
+    from lightir.search.search import Search
+    from lightir.search.space import Space, name_nodes
+
+    model = zoo.digits()
+    name_nodes(model)
+    images, labels = zoo.digits_test_split()
+    data = CalibrationData({"input": images[:64]}, labels=labels[:64]).bind(input_specs(model))
+    selection, fit = data.head(32), data.tail(32)
+    space = Space(model, LatencyTable("macs"), PassContext(fit), kinds=("prune",))
+    search = Search(
+        space, metrics.resolve("top1"), selection, max_drop=0.01, time_limit=60, probe_data=fit
+    )
+    probed = np.concatenate([batch["input"] for batch in search.probe])
+    assert search.probe_rows == 32
+    np.testing.assert_array_equal(probed, images[32:64])
+    np.testing.assert_array_equal(search.probe_labels, labels[32:64])
+    assert not np.array_equal(search.probe_labels, labels[:32])  # the test can tell them apart
