@@ -413,10 +413,23 @@ def _grid(method: LowRankMethod, layer: Layer, step: int) -> list[int]:
     return [r for r in grid if r >= 1]
 
 
-def _cheaper(layer: Layer, factorization: Factorization) -> bool:
+def energy_rank(method: LowRankMethod, layer: Layer, energy: float, step: int) -> int:
+    """The rank ``method{energy=E,round=step}`` gives ``layer``.
+
+    The smallest rank keeping ``energy`` of the weight's energy, rounded up to a multiple of
+    ``step`` below full rank (unrounded where no such multiple is left). May raise
+    :class:`Unstable`.
+    """
+    rank = method.energy_rank(layer, energy)
+    rounded = [r for r in _grid(method, layer, step) if r >= rank]
+    return rounded[0] if rounded else rank
+
+
+def cheaper(layer: Layer, steps: list[ConvStep]) -> bool:
+    """Whether a chain costs fewer MACs and fewer params than the layer (else not taken)."""
     return (
-        chain_macs(factorization.steps, layer.height, layer.width) < layer.macs
-        and chain_params(factorization.steps) < layer.params
+        chain_macs(steps, layer.height, layer.width) < layer.macs
+        and chain_params(steps) < layer.params
     )
 
 
@@ -434,10 +447,7 @@ def _choose(method, layer, options, context, model, batches) -> Factorization | 
         elif options.tol:
             candidates = [_tol_rank(method, layer, grid, options.tol, model, batches)]
         else:
-            energy = options.energy or 0.9
-            rank = method.energy_rank(layer, energy)
-            rounded = [r for r in grid if r >= rank]
-            candidates = [rounded[0] if rounded else rank]
+            candidates = [energy_rank(method, layer, options.energy or 0.9, options.round)]
         candidates = [c for c in candidates if c]
         if not candidates:
             context.decline(node, "no rank meets the policy")
@@ -446,7 +456,7 @@ def _choose(method, layer, options, context, model, batches) -> Factorization | 
     except Unstable as reason:
         context.decline(node, f"{method.name}: {reason}")
         return None
-    if not _cheaper(layer, factorization):
+    if not cheaper(layer, factorization.steps):
         context.decline(
             node,
             f"rank {factorization.rank} is not cheaper "
@@ -498,7 +508,7 @@ def _budget(method, model, layers, options, context) -> dict:
             except Unstable as reason:
                 context.decline(layer.node, f"{method.name}: {reason}")
                 break
-            if _cheaper(layer, factorization):
+            if cheaper(layer, factorization.steps):
                 points.append(factorization)
         if points:
             curves[layer.node.name] = (layer, points)

@@ -277,7 +277,7 @@ class Search:
         touched = {
             index: [node.name for node in units[index].touches]
             for index in order
-            if units[index].kind != "int8"
+            if units[index].kind != "int8" and units[index].levels
         }
         suffixes.prepare(
             [c for c in (suffixes.cut_of(touched[i]) for i in order if i in touched) if c]

@@ -42,8 +42,14 @@ from lightir.analysis.cost import inferred_shapes
 from lightir.data import concrete_shape, input_specs
 from lightir.io import tensor_bytes
 from lightir.ir_util import clone_model
-from lightir.lowrank.driver import factorize_layers, placeholder
-from lightir.lowrank.factor import ConvStep, Unstable, chain_macs, chain_params
+from lightir.lowrank.driver import (
+    LowRankOptions,
+    cheaper,
+    energy_rank,
+    factorize_layers,
+    placeholder,
+)
+from lightir.lowrank.factor import ConvStep, Unstable
 from lightir.pass_base import PassContext
 from lightir.prune.importance import ChannelScorer
 from lightir.prune.plan import PrunePlanner
@@ -59,6 +65,7 @@ logger = logging.getLogger(__name__)
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75)
 PRICED = ("Conv", "Gemm", "MatMul")  # ops the latency table prices (as convolutions)
 ENERGIES = (0.95, 0.85, 0.7, 0.5)
+PASS_ROUND = LowRankOptions().round  # the rank rounding svd / spatial-svd / tucker default to
 
 
 @dataclass
@@ -95,6 +102,11 @@ class Unit:
     # prune: per ratio, the channels ``prune{ratio=R}`` keeps with its own rounding (the
     # measured channel block), which ``uniform`` matches rather than the level's ratio.
     targets: dict[float, int] = field(default_factory=dict)
+    # lowrank: per (method, energy), the level ``method{energy=E}`` itself factorizes the
+    # layer at (its rank rounding, taken wherever the chain has fewer MACs and params),
+    # whether or not the latency table prices it as a saving; absent where the pass would
+    # leave the layer whole.
+    passes: dict[tuple[str, float], Level] = field(default_factory=dict)
 
 
 def name_nodes(model: ir.Model) -> int:
@@ -244,7 +256,7 @@ class Space:
             if spec.group != 1:
                 continue
             names = ("svd",) if spec.kernel == (1, 1) else ("spatial-svd", "tucker")
-            levels = []
+            levels, passes = [], {}
             for method_name in names:
                 method = methods.get(method_name)
                 layer = method.layer(node) if method is not None else None
@@ -252,6 +264,22 @@ class Space:
                     continue
                 seen = set()
                 for energy in ENERGIES:
+                    # The pass's own setting first: its rounding (the pass's default), taken
+                    # where the chain is cheaper in MACs and params.
+                    try:
+                        rank = energy_rank(method, layer, energy, PASS_ROUND)
+                        steps = method.shapes(layer, rank)
+                    except Unstable:
+                        steps = None
+                    full = method.full_rank(layer)
+                    if steps is not None and rank < full and cheaper(layer, steps):
+                        chain = self._chain_specs(spec, steps)
+                        self.layers[(node, method_name)] = layer
+                        delta = self.table.chain(chain) - self.table.cost(spec)
+                        label = f"{method_name} energy {energy:g} (rank {rank})"
+                        passes[(method_name, energy)] = Level(
+                            label, (method_name, rank), delta, chain=chain, strength=energy
+                        )
                     try:
                         rank = method.energy_rank(layer, energy)
                         rank = min(
@@ -272,9 +300,12 @@ class Space:
                             Level(label, (method_name, rank), delta, chain=chain, strength=energy)
                         )
             levels = pareto(levels)
-            if levels:
+            if levels or passes:
+                # A unit with no useful level still carries the pass's settings (uniform).
                 label = f"{node.op_type} '{node.name}'"
-                self.units.append(Unit("lowrank", node.name, label, levels, {node: (0, 0)}))
+                unit = Unit("lowrank", node.name, label, levels, {node: (0, 0)})
+                unit.passes = passes
+                self.units.append(unit)
 
     @staticmethod
     def _chain_specs(spec: ConvSpec, steps: list[ConvStep]) -> list[ConvSpec]:
@@ -315,7 +346,12 @@ class Space:
         kinds = {unit.kind for unit in self.units if unit.levels}
         if "prune" in kinds:
             families.append(("prune", None, tuple(sorted(RATIOS, reverse=True))))
-        methods = {lv.setting[0] for u in self.units if u.kind == "lowrank" for lv in u.levels}
+        methods = {
+            method
+            for u in self.units
+            if u.kind == "lowrank"
+            for method in [lv.setting[0] for lv in u.levels] + [m for m, _ in u.passes]
+        }
         for method in ("svd", "spatial-svd", "tucker"):
             if method in methods:
                 families.append(("lowrank", method, tuple(sorted(ENERGIES))))
@@ -326,20 +362,36 @@ class Space:
     def uniform(self, kind: str, method: str | None, strength: float) -> dict[int, int]:
         """The choice a single pass makes at ``strength``; units it cannot change stay as they are.
 
-        Every unit of ``kind`` (and ``method``) goes to the level nearest ``strength``, the
-        stronger one on a tie, among every level measured: the path keeps only the levels
-        that save the most for their error, but ``prune{ratio=0.6}`` prunes every group at
-        0.6 whether or not the table prices it cheaper than 0.5. For prune, nearest means
-        nearest the channels the pass itself keeps at that ratio, with its own rounding (the
-        measured channel block, where the search's levels round to 8): digits at 0.6 keeps
-        16 of 48, where the level nearest 0.6 by ratio kept 24. A measured level the path
-        dropped is appended to the unit's levels (after the path's, so their indices stand).
+        For low-rank, each layer gets the rank ``method{energy=strength}`` gives it (its rounding,
+        where the chain has fewer MACs and params), whatever the table prices it at: on MTCNN O-Net
+        the table's levels left out two of the four layers ``spatial-svd{energy=0.7}`` factorizes.
+        Every unit of ``kind`` otherwise goes to the level nearest ``strength``, the stronger one on
+        a tie, among every level measured: the path keeps only the levels that save the most for
+        their error, but ``prune{ratio=0.6}`` prunes every group at 0.6 whether or not the table
+        prices it cheaper than 0.5. For prune, nearest means nearest the channels the pass itself
+        keeps at that ratio, with its own rounding (the measured channel block, where the search's
+        levels round to 8): digits at 0.6 keeps 16 of 48, where the level nearest 0.6 by ratio kept
+        24. A measured level the path dropped is appended to the unit's levels (after the path's, so
+        their indices stand).
         """
         choice = {}
         for index, unit in enumerate(self.units):
             if unit.kind != kind:
                 continue
             pool = unit.levels + [lv for lv in unit.measured if lv not in unit.levels]
+            if kind == "lowrank":
+                # What method{energy=strength} does to this layer, or nothing where it leaves
+                # the layer whole.
+                nearest = unit.passes.get((method, strength))
+                if nearest is None:
+                    continue
+                same = [lv for lv in unit.levels if lv.setting == nearest.setting]
+                if same:
+                    nearest = same[0]
+                elif nearest not in unit.levels:
+                    unit.levels.append(nearest)
+                choice[index] = unit.levels.index(nearest) + 1
+                continue
             options = [level for level in pool if method is None or level.setting[0] == method]
             if not options:
                 continue
@@ -542,14 +594,6 @@ def resize(spec: ConvSpec, fewer_in: int, fewer_out: int) -> ConvSpec | None:
         return None
     group = cin if spec.group > 1 and spec.group == spec.cin else spec.group
     return spec.with_(cin=cin, cout=cout, group=group)
-
-
-def cheaper(layer, steps: list[ConvStep]) -> bool:
-    """Whether the low-rank driver would factorize ``layer`` into ``steps`` (fewer MACs, params)."""
-    return (
-        chain_macs(steps, layer.height, layer.width) < layer.macs
-        and chain_params(steps) < layer.params
-    )
 
 
 def pareto(levels: list[Level]) -> list[Level]:

@@ -145,3 +145,25 @@ def test_a_single_pass_setting_keeps_what_the_pass_keeps(ratio):
 
     assert widths(pruned) != widths(model)  # the pass prunes
     assert widths(searched) == widths(pruned)
+
+
+@pytest.mark.parametrize(
+    "method, energy", [("svd", 0.5), ("spatial-svd", 0.7), ("tucker", 0.7), ("tucker", 0.5)]
+)
+def test_a_low_rank_single_pass_setting_is_what_the_pass_does(folded, data, method, energy):
+    """``uniform("lowrank", method, E)`` factorizes the layers ``method{energy=E}`` does at
+    its ranks: the pass rounds ranks its own way and takes every chain with fewer MACs and
+    params, where the search's levels skip ranks rounded up to full and chains the table
+    prices as no saving (MTCNN O-Net: two of the four layers spatial-svd{energy=0.7}
+    factorizes)."""
+    space = Space(folded, LatencyTable("latency"), PassContext(data), kinds=("lowrank",))
+    searched, _ = space.apply(space.uniform("lowrank", method, energy))
+    factorized = lightir.optimize(folded, f"{method}{{energy={energy}}}", verify="structural")
+
+    def shapes(m):
+        return sorted(
+            tuple(n.inputs[1].const_value.shape) for n in m.graph if n.op_type in ("Conv", "Gemm")
+        )
+
+    assert shapes(factorized.model) != shapes(folded)  # the pass factorizes
+    assert shapes(searched) == shapes(factorized.model)
