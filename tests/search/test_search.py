@@ -130,3 +130,30 @@ def test_probes_are_taken_from_the_probe_rows_not_the_selection():
     np.testing.assert_array_equal(probed, images[32:64])
     np.testing.assert_array_equal(search.probe_labels, labels[32:64])
     assert not np.array_equal(search.probe_labels, labels[:32])  # the test can tell them apart
+
+
+def test_an_int8_layer_is_priced_at_the_unfavourable_end_of_its_timing(monkeypatch):
+    """Under latency, each int8 layer's price is its whole-model paired difference plus the
+    95% half-width: a saving the timings cannot show is not counted, and such a level
+    leaves the path. The timing is replaced by a fixed figure (+5 us, half-width 2 us)."""
+    from lightir import zoo
+    from lightir.data import CalibrationData, input_specs
+    from lightir.pass_base import PassContext
+    from lightir.search import search as search_module
+    from lightir.search.latency import LatencyTable
+    from lightir.search.space import Space, name_nodes
+
+    model = zoo.digits()
+    name_nodes(model)
+    images, labels = zoo.digits_test_split()
+    data = CalibrationData({"input": images[:32]}, labels=labels[:32]).bind(input_specs(model))
+    space = Space(model, LatencyTable("latency"), PassContext(data), kinds=("int8",))
+    monkeypatch.setattr(search_module, "paired_difference", lambda *a, **k: (5e-6, 2e-6))
+    search = search_module.Search(
+        space, metrics.resolve("top1"), data, max_drop=0.01, time_limit=60
+    )
+    search.sensitivity()
+    int8 = [u for u in space.units if u.kind == "int8"]
+    assert int8 and all(u.measured for u in int8)
+    assert all(lv.delta == pytest.approx(7e-6) for u in int8 for lv in u.measured)
+    assert not any(u.levels for u in int8)  # no saving: no level for the path
