@@ -303,9 +303,9 @@ class Space:
             if levels or passes:
                 # A unit with no useful level still carries the pass's settings (uniform).
                 label = f"{node.op_type} '{node.name}'"
-                unit = Unit("lowrank", node.name, label, levels, {node: (0, 0)})
-                unit.passes = passes
-                self.units.append(unit)
+                self.units.append(
+                    Unit("lowrank", node.name, label, levels, {node: (0, 0)}, passes=passes)
+                )
 
     @staticmethod
     def _chain_specs(spec: ConvSpec, steps: list[ConvStep]) -> list[ConvSpec]:
