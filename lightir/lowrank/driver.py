@@ -344,6 +344,8 @@ def _apply(
     if chosen:
         common_passes.RemoveUnusedNodesPass()(model)
         common_passes.ShapeInferencePass()(model)
+        # A layer whose output nothing reads went with its chain: nothing to refit or measure.
+        pairs = [(last, twin) for last, twin in pairs if last.graph is model.graph]
     stats = {"factorized": len(chosen), "layers": report}
     if refit and chosen:
         fits = refit_layers(original, model, pairs, batches, through_act=refit_act)

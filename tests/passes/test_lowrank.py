@@ -192,3 +192,22 @@ def test_cp_budget_search_fits_the_chosen_ranks_fully():
         assert figures["weight_error"] == round(full, 5) != round(search, 5)
     ratio = result.report.records[0].cost.macs / result.report.original.macs
     assert ratio <= 0.6
+
+
+def test_refit_skips_a_factorized_layer_whose_output_nothing_reads(tmp_path):
+    """A dead Conv (its output unread, as the fuzzer's seed-20 graph has) is factorized and
+    its chain removed with it; the refit then has nothing to fit there and must not raise
+    (it did: KeyError on the removed node, and the pass was rolled back)."""
+    from lightir.testing.fuzz import random_model
+
+    model = random_model(20)
+    dead = [n for n in model.graph if n.op_type == "Conv" and not list(n.outputs[0].uses())]
+    dead = [n for n in dead if n.outputs[0] not in model.graph.outputs]
+    assert dead  # the graph has the dead layer this test is about
+    images = np.random.default_rng(0).standard_normal((64, 2, 12, 5)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=images)
+    result = lightir.optimize(
+        model, "spatial-svd{energy=0.7,refit=true}", calib=str(tmp_path / "calib.npz")
+    )
+    record = result.report.records[-1]
+    assert record.status == "changed", record.message
