@@ -572,7 +572,7 @@ class _Run:
         record = PassRecord.begin(self.index, pass_, self.report.original)
         t_pass = time.perf_counter()
         failure = declined = None
-        modified, searched = False, None
+        modified, searched, fallbacks = False, None, []
         try:
             pass_.requires(model, context)
             if pass_.searches_strength:
@@ -582,6 +582,7 @@ class _Run:
                 raise TypeError(f"run() returned {result!r}, not a PassResult")
             # A pass may hand back a new model object (graphsurgeon passes do).
             model, modified, record.stats = result.model, result.modified, dict(result.stats)
+            fallbacks = list(getattr(result, "fallbacks", ()))
             if searched is not None:
                 record.stats["strength"] = searched
         except PassDeclined as exc:
@@ -605,6 +606,10 @@ class _Run:
             accepted, budget = verdict.accepted, pass_.metric_budget()
             if accepted and budget is not None:
                 broken = self.check.within(model, budget, record)
+                if broken and fallbacks:
+                    model, verdict, broken = self._fall_back(
+                        pass_, fallbacks, budget, record, model, verdict, broken
+                    )
                 if broken:
                     accepted, failure, record.failure = False, broken, "contract"
             if accepted:
@@ -635,6 +640,39 @@ class _Run:
         for instrument in self.instruments:
             instrument.after_pass(self.index, pass_, model, record)
         return model, record
+
+    def _fall_back(self, pass_, fallbacks, budget, record, model, verdict, broken):
+        """Try a lossy pass's safer answers, in order, after its own missed the held-out budget.
+
+        The first that passes the verifier and the held-out check is kept, with its stats;
+        ``record.stats["fallback"]`` lists what was tried. The held-out samples have then
+        chosen among up to ``1 + MAX_FALLBACKS`` models, so the kept one's held-out figure
+        is somewhat optimistic; the report says how many were tried. Returns the model, its
+        verdict and why it still breaks the budget (None once one passes).
+        """
+        tried = [{"label": "the pass's answer", "held_out": record.stats.get("held_out")}]
+        for fallback in fallbacks[:MAX_FALLBACKS]:
+            candidate = fallback.build()
+            trial = self.verifier.check(candidate, pass_)
+            why = trial.failure if not trial.accepted else None
+            if why is None:
+                why = self.check.within(candidate, budget, record)
+            tried.append({"label": fallback.label, "held_out": record.stats.get("held_out")})
+            if why is None:
+                record.stats.update(fallback.stats)
+                record.stats["fallback"] = {"kept": fallback.label, "tried": tried}
+                logger.warning(
+                    "%s: its answer %s; kept the safer %s",
+                    pass_.name,
+                    broken,
+                    fallback.label,
+                )
+                return candidate, trial, None
+            del candidate
+        record.stats["fallback"] = {"kept": None, "tried": tried}
+        record.stats["held_out"] = tried[0]["held_out"]
+        offered = len(tried) - 1
+        return model, verdict, f"{broken} (as did the {offered} safer answer(s) it offered)"
 
     def _bisect(self, pass_: Pass, snapshot: ir.Model, record: PassRecord) -> str:
         """Name the rewrite that broke the exact pass (``lightir.bisect``); a message tail."""
@@ -682,6 +720,9 @@ def _fails_alone(pass_: Pass, model: ir.Model) -> bool:
     return any(r.status == "rolled-back" for r in result.report.records)
 
 
+# Safer answers of a lossy pass tried on the held-out samples before it is rolled back: each
+# is a look at those samples, so they are few.
+MAX_FALLBACKS = 3
 # Verifier failures a wrong rewrite causes (not "raised": the pass itself failed).
 BISECTED = ("contract", "outputs", "structure", "runtime")
 _BISECTING: contextvars.ContextVar[bool] = contextvars.ContextVar(

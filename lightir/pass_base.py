@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -111,6 +112,23 @@ class PassResult:
 
     model: ir.Model
     modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+    # Safer answers, in order, for a lossy pass whose model misses its metric budget on the
+    # manager's held-out samples (compress: the fastest candidates with more room under the
+    # budget on its own selection samples). The manager tries each before rolling back.
+    fallbacks: list[Fallback] = field(default_factory=list)
+
+
+@dataclass
+class Fallback:
+    """A safer model a lossy pass offers in case its answer fails the held-out check.
+
+    ``build`` makes the model when it is needed (a search holds one model at a time);
+    ``stats`` replace the pass's own entries in the report when this model is kept.
+    """
+
+    label: str
+    build: Callable[[], ir.Model]
     stats: dict[str, Any] = field(default_factory=dict)
 
 

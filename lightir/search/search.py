@@ -196,6 +196,11 @@ class Search:
             return drop, {}
         return drop, self.metric.score(outputs, reference, labels).as_dict()
 
+    def pooled_drop(self, point: Point) -> float:
+        """``point``'s drop over all the selection samples (both halves, weighted by rows)."""
+        second = self.samples - self.split
+        return (point.drop * self.split + point.confirm_drop * second) / max(self.samples, 1)
+
     def _part(self, outputs: dict, rows: slice) -> tuple[dict, dict, np.ndarray | None]:
         """Outputs, reference and labels of some selection rows."""
         labels = None if self.labels is None else self.labels[rows]

@@ -11,7 +11,7 @@ import pytest
 import lightir
 from lightir import metrics, zoo
 from lightir.data import CalibrationData
-from lightir.pass_base import Contract, Pass, PassResult
+from lightir.pass_base import Contract, Fallback, Pass, PassResult
 from lightir.testing import run
 from tests.test_cli import lightir_opt
 
@@ -139,6 +139,86 @@ def test_a_broken_metric_budget_is_rolled_back(labeled, throwaway_passes):
     assert record.status == "rolled-back" and record.failure == "contract"
     assert "beyond its budget of 0.01" in record.message
     assert record.stats["held_out"]["drop"] > 0.5
+
+
+def _scrambling(model, shift: int):
+    """``model`` with its classifier's output rows rolled by ``shift`` (0: unchanged)."""
+    model = ir.from_proto(ir.to_proto(model))
+    gemm = [n for n in model.graph if n.op_type == "Gemm"][-1]
+    weight = gemm.inputs[1].const_value.numpy()
+    gemm.inputs[1].const_value = ir.tensor(np.roll(weight, shift, axis=0))
+    return model
+
+
+def _offering(shifts):
+    """A pass whose answer scrambles the answers and offers fallbacks rolled by ``shifts``."""
+
+    class Offering(Pass):
+        """Answers with a broken model, offering safer ones."""
+
+        def metric_budget(self):
+            return 0.01
+
+        def run(self, model, context):
+            fallbacks = [
+                Fallback(f"shift {s}", lambda s=s, m=model: _scrambling(m, s), {"shift": s})
+                for s in shifts
+            ]
+            broken = _scrambling(model, 3)
+            return PassResult(broken, modified=True, stats={"shift": 3}, fallbacks=fallbacks)
+
+    return Offering
+
+
+def test_a_safer_answer_is_kept_when_the_pass_answer_misses_the_held_out_budget(
+    labeled, throwaway_passes
+):
+    """The manager tries the offered fallbacks in order and keeps the first within budget."""
+    lightir.register_pass("offering", contract=Contract.lossy(min_cosine=-1.0))(_offering([1, 0]))
+    result = lightir.optimize("zoo:digits", "offering", calib=labeled, metric="top1")
+    record = result.report.record("offering")
+    assert record.status == "changed", record.message
+    assert record.stats["shift"] == 0  # the kept fallback's stats replace the answer's
+    fallback = record.stats["fallback"]
+    assert fallback["kept"] == "shift 0"
+    assert [t["label"] for t in fallback["tried"]] == ["the pass's answer", "shift 1", "shift 0"]
+    assert fallback["tried"][0]["held_out"]["drop"] > 0.5
+    assert fallback["tried"][1]["held_out"]["drop"] > 0.5
+    assert record.stats["held_out"]["drop"] == 0.0
+    assert accuracy(result.model, *(a[EVALUATION] for a in zoo.digits_test_split())) > 0.9
+
+
+def test_the_pass_is_rolled_back_when_every_fallback_misses_too(labeled, throwaway_passes):
+    lightir.register_pass("offering", contract=Contract.lossy(min_cosine=-1.0))(_offering([1, 2]))
+    result = lightir.optimize("zoo:digits", "offering", calib=labeled, metric="top1")
+    record = result.report.record("offering")
+    assert record.status == "rolled-back" and record.failure == "contract"
+    assert "as did the 2 safer answer(s) it offered" in record.message
+    assert record.stats["fallback"]["kept"] is None
+    # The report's held-out figure is the pass's own answer's.
+    assert record.stats["held_out"] == record.stats["fallback"]["tried"][0]["held_out"]
+
+
+def test_compress_offers_a_ladder_of_safer_fallbacks(searched, labeled):
+    """Each fallback lost less on the selection samples than the one before it."""
+    stats = searched.report.record("compress").stats
+    front = stats["front"]
+    selection = stats["selection_samples"]
+    original = front[0]["measured_macs"]
+    within = [p for p in front if p["meets"] and p["confirmed"] and p["measured_macs"] < original]
+    chosen = min(within, key=lambda p: p["measured_macs"])
+    half = selection // 2
+
+    def pooled(p):
+        return (p["drop"] * half + p["confirm_drop"] * (selection - half)) / selection
+
+    # The ladder the pass offers, recomputed from its front: the fastest with strictly less.
+    ladder, room = [], pooled(chosen)
+    for point in sorted(within, key=lambda p: p["measured_macs"]):
+        if point is not chosen and pooled(point) < room - 1e-9:
+            ladder.append(point)
+            room = pooled(point)
+    assert stats["fallbacks_offered"] == min(len(ladder), 3)
 
 
 def test_cli_writes_the_sensitivity_and_the_front(tmp_path, labeled):
