@@ -606,7 +606,8 @@ class _Run:
             accepted, budget = verdict.accepted, pass_.metric_budget()
             if accepted and budget is not None:
                 broken = self.check.within(model, budget, record)
-                if broken and fallbacks:
+                held = record.stats.get("held_out")
+                if fallbacks and (broken or _over_budget(held, budget)):
                     model, verdict, broken = self._fall_back(
                         pass_, fallbacks, budget, record, model, verdict, broken
                     )
@@ -642,37 +643,63 @@ class _Run:
         return model, record
 
     def _fall_back(self, pass_, fallbacks, budget, record, model, verdict, broken):
-        """Try a lossy pass's safer answers, in order, after its own missed the held-out budget.
+        """Try a lossy pass's safer answers when its own looks over budget on the held-out rows.
 
-        The first that passes the verifier and the held-out check is kept, with its stats;
-        ``record.stats["fallback"]`` lists what was tried. The held-out samples have then
-        chosen among up to ``1 + MAX_FALLBACKS`` models, so the kept one's held-out figure
-        is somewhat optimistic; the report says how many were tried. Returns the model, its
-        verdict and why it still breaks the budget (None once one passes).
+        The held-out rows are the one unbiased look at the pass's answer: a search picked it
+        as the best of many on its own samples, so its drop there is optimistic. When the
+        drop measured on the held-out rows is over the budget (even if within the score's
+        interval, which alone decides a rollback), the safer answers are tried in order and
+        the first whose held-out drop is within the budget, and that passes the verifier,
+        is kept. Failing that, the pass's own answer is kept if it is within the interval,
+        else the first safer answer that is, else nothing. ``record.stats["fallback"]``
+        lists what was tried: the held-out rows have then chosen among up to
+        ``1 + MAX_FALLBACKS`` models, so the kept one's held-out figure is somewhat
+        optimistic. Returns the model, its verdict and why it breaks the budget (or None).
         """
-        tried = [{"label": "the pass's answer", "held_out": record.stats.get("held_out")}]
+        answer_held = record.stats.get("held_out")
+        tried = [{"label": "the pass's answer", "held_out": answer_held}]
+        within_interval = None  # the first safer answer that only the interval lets through
         for fallback in fallbacks[:MAX_FALLBACKS]:
             candidate = fallback.build()
             trial = self.verifier.check(candidate, pass_)
             why = trial.failure if not trial.accepted else None
             if why is None:
                 why = self.check.within(candidate, budget, record)
-            tried.append({"label": fallback.label, "held_out": record.stats.get("held_out")})
-            if why is None:
-                record.stats.update(fallback.stats)
-                record.stats["fallback"] = {"kept": fallback.label, "tried": tried}
-                logger.warning(
-                    "%s: its answer %s; kept the safer %s",
-                    pass_.name,
-                    broken,
-                    fallback.label,
-                )
-                return candidate, trial, None
-            del candidate
+            held = record.stats.get("held_out")
+            tried.append({"label": fallback.label, "held_out": held})
+            if why is None and not _over_budget(held, budget):
+                return self._keep(pass_, fallback, candidate, trial, record, tried, broken)
+            if why is None and within_interval is None:
+                within_interval = fallback, candidate, trial, held
+            else:
+                del candidate
+        record.stats["held_out"] = answer_held
+        if broken is None:
+            record.stats["fallback"] = {"kept": None, "tried": tried}
+            return model, verdict, None
+        if within_interval is not None:
+            fallback, candidate, trial, held = within_interval
+            record.stats["held_out"] = held
+            return self._keep(pass_, fallback, candidate, trial, record, tried, broken)
         record.stats["fallback"] = {"kept": None, "tried": tried}
-        record.stats["held_out"] = tried[0]["held_out"]
         offered = len(tried) - 1
         return model, verdict, f"{broken} (as did the {offered} safer answer(s) it offered)"
+
+    @staticmethod
+    def _keep(pass_, fallback, candidate, trial, record, tried, broken):
+        """Keep a safer answer: its stats and verdict replace the pass's answer's."""
+        record.stats.update(fallback.stats)
+        record.stats["fallback"] = {"kept": fallback.label, "tried": tried}
+        record.tolerance, record.verify_seconds = trial.tolerance, trial.seconds
+        record.vs_previous, record.vs_original = trial.vs_previous, trial.vs_original
+        drop = tried[0]["held_out"]["drop"] if tried[0]["held_out"] else None
+        logger.warning(
+            "%s: its answer %s; kept the safer %s",
+            pass_.name,
+            broken or f"lost {drop:.4f} of the metric on the held-out samples",
+            fallback.label,
+        )
+        return candidate, trial, None
 
     def _bisect(self, pass_: Pass, snapshot: ir.Model, record: PassRecord) -> str:
         """Name the rewrite that broke the exact pass (``lightir.bisect``); a message tail."""
@@ -708,6 +735,11 @@ def _pass_text(pass_: Pass) -> str:
     options = getattr(pass_, "options", None)
     given = {key: getattr(options, key) for key in sorted(pass_.given) if hasattr(options, key)}
     return str(PassSpec(pass_.name, given))
+
+
+def _over_budget(held_out: dict | None, budget: float) -> bool:
+    """Whether the drop measured on the held-out rows (its point estimate) exceeds ``budget``."""
+    return held_out is not None and held_out["drop"] > budget + 1e-12
 
 
 def _fails_alone(pass_: Pass, model: ir.Model) -> bool:

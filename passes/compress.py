@@ -35,10 +35,13 @@ The report's stats hold the sensitivity table (``--sensitivity FILE.csv|json`` w
 the measured latency table, the front (every evaluated point: metric drop, estimated and
 measured objective) and what the chosen model changed. With ``--metric``, the pass manager
 checks the drop again on its held-out rows and rolls the pass back when even the upper end of
-the score's 95% interval is more than ``max-drop`` below the original's. Before rolling back
-it tries up to three safer answers the pass offers (:func:`_fallbacks`: the fastest
-candidates with successively more room under the budget on the selection samples) and keeps
-the first that passes; the report's ``fallback`` entry lists what was tried.
+the score's 95% interval is more than ``max-drop`` below the original's. The chosen model is
+the best of many scored on the same selection samples, so its drop there is optimistic; when
+its drop on the held-out rows is over ``max-drop`` (rolled back or not), the manager tries up
+to three safer answers the pass offers (:func:`_fallbacks`: the fastest candidates with
+successively more room under the budget on the selection samples) and keeps the first within
+``max-drop`` there, else the pass's answer if its interval allows it; the report's
+``fallback`` entry lists what was tried.
 
 With a per-sample metric (the built-in ones), the search counts only the samples that got
 worse, so samples a candidate happens to get right cannot hide as many it gets wrong; the

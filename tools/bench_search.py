@@ -196,6 +196,7 @@ def bench_model(name: str, budgets: list[float], folder: Path) -> dict:
                 "stopped": entry["stats"].get("stopped"),
                 "message": entry["message"],
                 "held_out": entry["stats"].get("held_out"),
+                "fallback": entry["stats"].get("fallback"),
                 "seconds": entry["stats"].get("seconds"),
                 "baselines": {
                     fam: {
@@ -233,6 +234,10 @@ def render(rows: list[dict]) -> str:
         )
         wins = "yes" if not fastest or row["compress_ms"] < fastest["ms"] else "no"
         status = "" if row["compress_status"] == "changed" else f" ({row['compress_status']})"
+        kept = (row.get("fallback") or {}).get("kept")
+        if kept:
+            tried = len(row["fallback"]["tried"]) - 1
+            status += f" (safer answer {tried})"
         lines.append(
             f"| {row['model']} | {row['metric']} | {row['budget']:g} | {row['original_ms']:.3f} "
             f"| {row['compress_ms']:.3f} ({row['original_ms'] / row['compress_ms']:.2f}x){status} "
