@@ -42,6 +42,10 @@ class CpMethod(LowRankMethod):
     def layer(self, node: ir.Node):
         return spatial_conv_layer(node)
 
+    def forget(self) -> None:
+        super().forget()
+        self.cache.clear()
+
     def full_rank(self, layer) -> int:
         cout, cin, kh, kw = layer.weight.shape
         # Beyond this rank the chain has more weights than the layer: never worth trying.

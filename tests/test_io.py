@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
@@ -135,3 +136,13 @@ def test_external_data_chosen_automatically_past_the_protobuf_limit(tmp_path, mo
     lightir.save(model, tmp_path / "small.onnx")
     assert not (tmp_path / "small.onnx.data").exists()
     assert_outputs_close(model, lightir.load(tmp_path / "big.onnx"), rtol=0)
+
+
+def test_row_parts_cut_every_batch_in_order_within_the_limit():
+    from lightir.onnx_bridge import row_parts
+
+    batches = [{"x": np.arange(5)[:, None] * np.ones((1, 3))}, {"x": np.arange(5, 8)[:, None]}]
+    parts = list(row_parts(batches, row_bytes=100, limit=250))  # two rows a part
+    assert [len(p["x"]) for p in parts] == [2, 2, 1, 2, 1]
+    assert np.concatenate([p["x"][:, 0] for p in parts]).tolist() == list(range(8))
+    assert [len(p["x"]) for p in row_parts(batches, row_bytes=100, limit=1)] == [1] * 8

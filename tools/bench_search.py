@@ -46,6 +46,7 @@ METRICS = {
     "mtcnn-onet": "lightir.testing.tasks:face_decisions",
     "mtcnn-rnet": "lightir.testing.tasks:face_decisions",
     "ppocrv6-tiny-rec": "lightir.testing.tasks:sequence_agreement",
+    "ppocrv6-small-rec": "lightir.testing.tasks:sequence_agreement",
 }
 # Calibration and evaluation samples. A 1-point budget needs more than a few dozen: of 320
 # calibration rows compress selects on two halves of 56 and 64 (the pass manager holds 80

@@ -47,11 +47,13 @@ from lightir.analysis.reconstruct import conv_patches, refit_layers
 from lightir.errors import UsageError
 from lightir.ir_util import clone_model
 from lightir.lowrank.factor import ConvStep, Factorization, Unstable, chain_macs, chain_params
-from lightir.onnx_bridge import capture
+from lightir.onnx_bridge import Probe, capture, row_parts, value_bytes
 from lightir.pass_base import Pass, PassContext, PassResult, Strength
 from lightir.rewrite import add_initializer, unique_name, unique_node_name
 
 logger = logging.getLogger(__name__)
+
+OUTPUT_BYTES = 128 << 20  # layer outputs of both models held at once by _output_errors
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,15 @@ class LowRankMethod:
                 np.linalg.svd(matrix.astype(np.float64), full_matrices=False),
             )
         return cache[key][1]
+
+    def forget(self) -> None:
+        """Drop the cached decompositions and the weights they hold.
+
+        Float64 factors of every layer tried: ``factorize_layers`` on ResNet-50 at
+        ``svd{energy=0.5}`` held 145 MB of them, all layers' at once, through the refit.
+        """
+        self.__dict__.pop("_decompositions", None)
+        self.__dict__.pop("_spectra", None)
 
     def singular_values(self, layer: Layer, matrix: np.ndarray, mode: str = "") -> np.ndarray:
         """Singular values of ``matrix`` (float64), computed once per layer weight and ``mode``.
@@ -393,20 +404,33 @@ def factorize_layers(
         factorization = _choose(
             method, layer, LowRankOptions(rank=rank, round=round_to), context, model, batches
         )
+        method.forget()  # each layer is factorized once: its decomposition is done with
         if factorization is not None:
             chosen[node.name] = (layer, factorization)
     return _apply(model, chosen, original, batches, refit and bool(batches), False, measure=measure)
 
 
 def _output_errors(original, model, pairs, batches) -> dict[ir.Node, float]:
-    """Relative L2 error of each layer's output, factorized model vs original."""
-    before = capture(original, [twin.outputs[0].name for _, twin in pairs], batches)
-    after = capture(model, [node.outputs[0].name for node, _ in pairs], batches)
-    errors = {}
-    for node, twin in pairs:
-        a, b = after[node.outputs[0].name], before[twin.outputs[0].name]
-        errors[node] = float(np.linalg.norm(a - b) / (np.linalg.norm(b) or 1.0))
-    return errors
+    """Relative L2 error of each layer's output, factorized model vs original.
+
+    Streamed: both models run on a few rows at a time and only the sums of squares are kept,
+    so every factorized layer's output is never held for every sample at once (ResNet-50 at
+    svd{energy=0.5}, 24 samples: 2.6 GB when captured whole).
+    """
+    before = Probe(original, [twin.outputs[0].name for _, twin in pairs])
+    after = Probe(model, [node.outputs[0].name for node, _ in pairs])
+    row_bytes = sum(value_bytes(twin.outputs[0]) for _, twin in pairs)
+    errors = {node: 0.0 for node, _ in pairs}
+    norms = {node: 0.0 for node, _ in pairs}
+    for part in row_parts(batches, 2 * row_bytes, OUTPUT_BYTES):
+        got, want = after.run(part), before.run(part)
+        for node, twin in pairs:
+            a = got[node.outputs[0].name].astype(np.float64)
+            b = want[twin.outputs[0].name].astype(np.float64)
+            errors[node] += float(np.sum((a - b) ** 2))
+            norms[node] += float(np.sum(b**2))
+        del got, want
+    return {node: float(np.sqrt(errors[node]) / (np.sqrt(norms[node]) or 1.0)) for node in errors}
 
 
 def _grid(method: LowRankMethod, layer: Layer, step: int) -> list[int]:

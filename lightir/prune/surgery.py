@@ -21,8 +21,10 @@ from lightir.analysis.bn_stats import bn_output_means
 from lightir.analysis.channels import Component
 from lightir.analysis.reconstruct import refit_layers
 from lightir.ir_util import clone_model
-from lightir.onnx_bridge import capture
+from lightir.onnx_bridge import Probe, row_parts, value_bytes
 from lightir.rewrite import add_after, add_initializer
+
+MEANS_BYTES = 128 << 20  # values held at once by channel_means
 
 
 @dataclass
@@ -164,12 +166,33 @@ def _channel_means(
             if any(n.inputs[0].name == name for n, _ in c.consumers)
         }
     )
-    values = capture(model, names, batches) if names else {}
+    values = channel_means(model, names, batches) if names else {}
     result = []
     for component in removed:
-        seen = [values[name][:, ch].mean() for name, ch in component.channels if name in values]
+        seen = [values[name][ch] for name, ch in component.channels if name in values]
         result.append(float(np.mean(seen)) if seen else None)
     return result
+
+
+def channel_means(model: ir.Model, names: list[str], batches: list[dict]) -> dict[str, np.ndarray]:
+    """Per value in ``names``, the mean of each channel (axis 1) over the samples and positions.
+
+    Streamed a few rows at a time, keeping only per-channel sums: ``prune{ratio=0.75}`` on
+    ResNet-50 reads the input of nearly every layer, 1 GB for 24 samples if held at once.
+    """
+    by_name = {v.name: v for n in model.graph for v in n.outputs}
+    by_name.update({v.name: v for v in model.graph.inputs})
+    row_bytes = sum(value_bytes(by_name[name]) for name in names if name in by_name)
+    probe = Probe(model, names)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = dict.fromkeys(names, 0)
+    for part in row_parts(batches, row_bytes, MEANS_BYTES):
+        for name, array in probe.run(part).items():
+            axes = tuple(i for i in range(array.ndim) if i != 1)
+            total = array.sum(axis=axes, dtype=np.float64)
+            sums[name] = sums[name] + total if name in sums else total
+            counts[name] += array.size // max(array.shape[1], 1)
+    return {name: sums[name] / max(counts[name], 1) for name in sums}
 
 
 def _bn_mean(component: Component) -> float | None:

@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from lightir.ir_util import constant
-from lightir.onnx_bridge import ort
+from lightir.onnx_bridge import ort, weightless_proto
 from lightir.quant.qdq import insert_qdq, quantize_weight
 
 OBJECTIVES = ("latency", "macs", "bytes")
@@ -151,13 +151,39 @@ def spec_model(spec: ConvSpec, seed: int = 0) -> ir.Model:
 
 
 def session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
-    """An onnxruntime CPU session with every graph optimization, as deployment runs it."""
+    """An onnxruntime CPU session with every graph optimization, as deployment runs it.
+
+    The large weights are handed to onnxruntime as external initializers over the model's
+    own arrays, which it uses in place, rather than serialized into the protobuf, which it
+    copies: a session of ResNet-50 (102 MB of weights) holds 119 MB instead of 216 MB (its
+    optimized, re-laid-out weights), at the same latency, and the search keeps two or three
+    sessions open at once (the original, the best so far, the candidate). The session keeps
+    the arrays alive (``lightir_weights``); the model's tensors must not change under it.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    proto = ir.to_proto(model).SerializeToString()
-    return ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+    proto, held = weightless_proto(model)
+    # onnxruntime drops initializers no node reads before it takes the external ones, and
+    # then refuses those (a quantized layer's float weight left behind).
+    used = {
+        value.name
+        for value in model.graph.initializers.values()
+        if value.uses() or value in model.graph.outputs
+    }
+    arrays = {
+        name: np.ascontiguousarray(tensor.numpy()) for name, tensor in held.items() if name in used
+    }
+    if arrays:
+        options.add_external_initializers(
+            list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+        )
+    sess = ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    sess.lightir_weights = arrays
+    return sess
 
 
 def timed(run, *, min_runs: int = 5, min_seconds: float = 0.02, max_runs: int = 200) -> float:

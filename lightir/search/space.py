@@ -531,8 +531,10 @@ class Space:
         if factorize:
             methods = {name: registry.get_pass(name)().method() for name, _ in factorize.values()}
             choices = {key: (methods[name], rank) for key, (name, rank) in factorize.items()}
+            # measure=False: the search scores the whole model; per-layer output errors
+            # would only cost two more runs of it.
             stats = factorize_layers(
-                model, choices, self.fit, refit=refit, round_to=self.round_to, measure=not probe
+                model, choices, self.fit, refit=refit, round_to=self.round_to, measure=False
             )
             done["lowrank"] = {"factorized": stats["factorized"]}
             chains = {key: entry.get("chain", [key]) for key, entry in stats["layers"].items()}

@@ -45,3 +45,21 @@ def test_unnamed_nodes_quantize_as_named_ones():
     )
     for a, b in zip(_weights(named.model), _weights(blank.model), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_channel_means_streamed_a_row_at_a_time_equal_the_whole_capture(monkeypatch):
+    """The compensating means are per-channel sums kept over parts of the rows; held whole,
+    the values read on ResNet-50 at ratio 0.75 took 1 GB for 24 samples."""
+    from lightir.onnx_bridge import capture
+    from lightir.prune import surgery
+
+    model = zoo.build("resnet")
+    names = [n.inputs[0].name for n in model.graph if n.op_type == "Conv"][1:4]
+    rng = np.random.default_rng(0)
+    batches = [{"input": rng.standard_normal((5, 3, 32, 32)).astype(np.float32)} for _ in range(2)]
+    whole = capture(model, names, batches)
+    monkeypatch.setattr(surgery, "MEANS_BYTES", 1)  # one row per run
+    means = surgery.channel_means(model, names, batches)
+    for name in names:
+        expected = whole[name].mean(axis=(0, 2, 3), dtype=np.float64)
+        np.testing.assert_allclose(means[name], expected, rtol=1e-5, atol=1e-6)
