@@ -42,7 +42,6 @@ bounds it above elsewhere. Each iteration is one solve with the same Gram matrix
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,7 +50,7 @@ import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
 from lightir import progress
-from lightir.onnx_bridge import capture
+from lightir.onnx_bridge import capture, value_bytes
 from lightir.rewrite import add_initializer
 
 logger = logging.getLogger(__name__)
@@ -340,9 +339,7 @@ def _target_chunks(pairs, samples: int):
     """
     chunk, held = [], 0
     for pair in pairs:
-        shape = pair[1].outputs[0].shape
-        dims = list(shape)[1:] if shape is not None else []
-        size = 4 * samples * math.prod(d if isinstance(d, int) else 1 for d in dims)
+        size = samples * value_bytes(pair[1].outputs[0])
         if chunk and held + size > TARGET_BYTES:
             yield chunk
             chunk, held = [], 0

@@ -155,7 +155,7 @@ def session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
 
     The large weights are handed to onnxruntime as external initializers over the model's
     own arrays, which it uses in place, rather than serialized into the protobuf, which it
-    copies: a session of ResNet-50 (102 MB of weights) holds 119 MB instead of 216 MB (its
+    copies: a session of ResNet-50 (102 MB of weights) holds 108 MB instead of 216 MB (its
     optimized, re-laid-out weights), at the same latency, and the search keeps two or three
     sessions open at once (the original, the best so far, the candidate). The session keeps
     the arrays alive (``lightir_weights``); the model's tensors must not change under it.
