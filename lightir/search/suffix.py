@@ -21,10 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 
 from lightir.analysis.cost import inferred_shapes
-from lightir.ir_util import clone_model
+from lightir.ir_util import clone_model, crossing, cut_graph
 from lightir.onnx_bridge import OrtModel, capture
 
 logger = logging.getLogger(__name__)
@@ -55,19 +54,7 @@ class Suffixes:
 
     def crossing(self, cut: int) -> list[str]:
         """Values computed before node ``cut`` (graph inputs included) and read from it on."""
-        nodes = list(self.model.graph)
-        before = {v.name for v in self.model.graph.inputs}
-        for node in nodes[:cut]:
-            before.update(v.name for v in node.outputs)
-        needed = []
-        for node in nodes[cut:]:
-            for value in node.inputs:
-                if value is not None and value.name in before and value.name not in needed:
-                    needed.append(value.name)
-        for value in self.model.graph.outputs:  # an output computed before the cut
-            if value.name in before and value.name not in needed:
-                needed.append(value.name)
-        return needed
+        return crossing(self.model, cut)
 
     def prepare(self, cuts: Sequence[int]) -> None:
         """Capture, in one run, the values of as many ``cuts`` (in order) as fit the budget."""
@@ -119,14 +106,15 @@ class Suffixes:
         names = self.cuts.get(cut) if cut is not None else None
         if not names or cut == 0:
             return None
-        suffix = _suffix(clone_model(probe), names)
+        suffix = cut_graph(clone_model(probe), names)
         if suffix is None:
             return None
+        fed = [v.name for v in suffix.graph.inputs]
         feeds = []
         start = 0
         for batch in self.batches:
             rows = len(next(iter(batch.values())))
-            feeds.append({n: self.cached[n][start : start + rows] for n in names})
+            feeds.append({n: self.cached[n][start : start + rows] for n in fed})
             start += rows
         try:
             outputs = OrtModel(suffix).run_rows(feeds)
@@ -149,27 +137,3 @@ class Suffixes:
                     self.enabled = False
                     return whole
         return outputs
-
-
-def _suffix(model: ir.Model, names: Sequence[str]) -> ir.Model | None:
-    """``model`` (changed in place: give a copy) from the values ``names`` on."""
-    graph = model.graph
-    values = {v.name: v for v in graph.inputs}
-    values.update({v.name: v for n in graph for v in n.outputs})
-    if any(name not in values for name in names):
-        return None
-    old_inputs = list(graph.inputs)
-    new_inputs = []
-    for name in names:
-        value = values[name]
-        fresh = ir.Value(name=name, type=value.type, shape=value.shape)
-        if value in old_inputs:
-            new_inputs.append(value)
-            continue
-        value.name = f"{name}__before_cut"
-        value.replace_all_uses_with(fresh, replace_graph_outputs=True)
-        new_inputs.append(fresh)
-    graph.inputs.clear()
-    graph.inputs.extend(new_inputs)
-    common_passes.RemoveUnusedNodesPass()(model)
-    return model

@@ -110,3 +110,45 @@ def test_an_ill_posed_layer_is_costed_without_the_refit():
         RemovalCost(Moments.of(few), weight, blocks, refit=True).costs(range(6)),
         RemovalCost(Moments.of(few), weight, blocks, refit=False).costs(range(6)),
     )
+
+
+def _refit(pipeline: str, model_name: str, monkeypatch, frontier: int):
+    import lightir
+    from lightir.analysis import reconstruct
+    from lightir.data import CalibrationData, input_specs
+    from lightir.onnx_bridge import capture as real
+
+    monkeypatch.setattr(reconstruct, "FRONTIER_BYTES", frontier)
+    runs = []
+    monkeypatch.setattr(reconstruct, "capture", lambda *a: runs.append(a[1]) or real(*a))
+    model = lightir.optimize(f"zoo:{model_name}", "fold-bn,cleanup").model
+    shape = input_specs(model)[0].shape
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((24, *shape[1:])).astype(np.float32)
+    result = lightir.optimize(
+        model, pipeline, calib=CalibrationData({"input": images}), verify="structural"
+    )
+    weights = {
+        name: value.const_value.numpy()
+        for name, value in result.model.graph.initializers.items()
+        if value.const_value is not None
+    }
+    return weights, runs
+
+
+def test_refit_walks_the_graph_segment_by_segment_and_fits_what_whole_runs_fit(monkeypatch):
+    """Each layer's input comes from the nodes between it and the layer before, fed with the
+    values that cross (residual skips included): the same weights as one whole run per
+    layer, from one run of the original for the first frontier."""
+    for model_name, pipeline in (
+        ("resnet", "prune{ratio=0.5,round=1,refit=true}"),
+        ("mobilenetv2", "svd{energy=0.8,refit=true}"),
+    ):
+        walked, walk_runs = _refit(pipeline, model_name, monkeypatch, 96 << 20)
+        whole, whole_runs = _refit(pipeline, model_name, monkeypatch, 0)
+        assert walked.keys() == whole.keys()
+        for name, array in whole.items():
+            np.testing.assert_allclose(walked[name], array, rtol=1e-4, atol=1e-5, err_msg=name)
+        layer_inputs = [names for names in whole_runs if len(names) == 1]
+        assert len(layer_inputs) > 3  # without a frontier: a whole run per refit layer
+        assert len(walk_runs) < len(whole_runs) - len(layer_inputs) + 3, model_name
