@@ -16,10 +16,10 @@
    found by bisection. Every evaluated point (drop, measured whole-model latency) is kept:
    that is the front the report shows, and the answer is the fastest point within budget.
 4. **Single passes.** The settings a single pass makes on every layer (``prune`` at each
-   ratio, each low-rank method at each energy, ``int8``) are evaluated too where their
-   estimate is cheaper than the best point, so the answer is never slower than one of them
-   that meets the budget on the selection samples; the winner is then extended step by step
-   along the path.
+   ratio, each low-rank method at each energy, ``int8``) are evaluated too, each family
+   bisected for its strongest setting within budget, so the answer is never slower than one
+   of them that meets the budget on the selection samples; the bisection of step 3 leaves
+   them the time they need. The winner is then extended step by step along the path.
 5. **Ablation.** The best point is tried without its int8 layers, then without its
    factorizations (the kinds whose prices are least certain), and extended again from
    whichever is faster.
@@ -28,7 +28,9 @@ Latency is measured as a ratio to the original, timed round by round beside it
 (:func:`lightir.search.latency.paired_ratio`): on a shared machine a model's timing moves by
 tens of percent for seconds at a time, more than candidates differ.
 
-The search stops early, keeping the best model found, on ``time_limit`` or Ctrl-C.
+The search stops early, keeping the best model found, on ``time_limit`` or Ctrl-C; past the
+sensitivity, no candidate starts that would end after the limit at the mean time candidates
+have taken.
 """
 
 from __future__ import annotations
@@ -167,6 +169,8 @@ class Search:
         self.suffix_probes = 0  # probes run from cached activations
         self.reference_run = None  # the original, timed beside each candidate (_measure)
         self.reference_time = math.nan
+        self._norms = None  # (a reference, its outputs' sums of squares) for _error
+        self.candidate_seconds: list[float] = []  # what each evaluation took, the original's aside
 
     # ----------------------------------------------------------------------- measuring
     @staticmethod
@@ -175,11 +179,13 @@ class Search:
 
     def _error(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
         """Relative squared error, averaged over outputs."""
-        errors = []
-        for name, ref in reference.items():
-            ref64 = ref.astype(np.float64)
-            diff = outputs[name].astype(np.float64) - ref64
-            errors.append(float((diff**2).sum() / max((ref64**2).sum(), 1e-30)))
+        if self._norms is None or self._norms[0] is not reference:
+            self._norms = (reference, {n: _squares(r) for n, r in reference.items()})
+        norms = self._norms[1]
+        errors = [
+            _squares(outputs[name], ref) / max(norms[name], 1e-30)
+            for name, ref in reference.items()
+        ]
         return float(np.mean(errors))
 
     def _drop(self, outputs, reference, labels, interval: bool = False) -> tuple[float, dict]:
@@ -257,8 +263,11 @@ class Search:
         point.measured = best.measured * ratio
         return ratio < 1.0
 
-    def _time_left(self) -> bool:
-        return time.perf_counter() < self.deadline
+    def _time_left(self, candidates: int = 0) -> bool:
+        """Whether there is time for ``candidates`` more evaluations (at their mean so far)."""
+        spent = self.candidate_seconds
+        mean = sum(spent) / len(spent) if spent else 0.0
+        return time.perf_counter() + candidates * mean < self.deadline
 
     # ----------------------------------------------------------------------- sensitivity
     def sensitivity(self) -> None:
@@ -402,6 +411,7 @@ class Search:
         self, steps: int, choice: dict[int, int] | None = None, extra: int = 0, single: str = ""
     ) -> Point:
         """Apply the path's first ``steps`` steps (or ``choice``) for real, score and measure."""
+        started = time.perf_counter()
         choice = self.choice(steps) if choice is None else choice
         if not choice:
             model = clone_model(self.space.model)
@@ -435,6 +445,8 @@ class Search:
                 point.model, self.best = model, point
         del model, outputs
         memory.release(self.space.weight_bytes)
+        if choice:
+            self.candidate_seconds.append(time.perf_counter() - started)
         logger.info(
             "compress: %s%s: drop %.4f (budget %.4f), %s %.4g",
             single or f"{steps} of {len(self.path)} steps",
@@ -461,8 +473,16 @@ class Search:
         original = self.evaluate(0)
         count = len(self.path)
         low, high = 0, count  # low meets (the original); high is the next to try
+        # Bisection leaves time for the single passes' candidates (at most, each family
+        # bisected): the answer must not be slower than one of them that meets the budget,
+        # and where a candidate costs tens of seconds (PP-OCRv6's small recognizer, 17-36 s)
+        # bisecting the path to its end left none for them.
+        reserve = sum(_bisection_tries(len(s)) for _, _, s in self.space.families())
+        converged = not count
         try:
-            while count and self._time_left():
+            while count:
+                if not self._time_left(1 + reserve):
+                    break
                 point = self.evaluate(high)
                 within = point.meets and point.confirmed
                 if within:
@@ -470,12 +490,17 @@ class Search:
                 else:
                     count = high  # nothing at or beyond high is taken
                 if count - low <= max(1, count // 64):
+                    converged = True
                     break
                 high = (low + count) // 2 if not within else (low + count + 1) // 2
                 if high in {p.steps for p in self.points}:
+                    converged = True
                     break
-            if not self._time_left():
-                self.interrupted = self.interrupted or "time limit during the front"
+            if not converged:
+                self.interrupted = self.interrupted or (
+                    f"time limit: the path bisected to steps {low}-{count} of {len(self.path)}, "
+                    "the rest of the time left to the single passes"
+                )
         except KeyboardInterrupt:
             self.interrupted = "interrupted (Ctrl-C)"
             logger.warning("compress: interrupted; keeping the best model found so far")
@@ -491,34 +516,43 @@ class Search:
         return self.best if self.best is not None else original
 
     def single_passes(self) -> None:
-        """Evaluate the settings single passes would make, strongest first, while they pay.
+        """Evaluate the settings single passes would make; per family, the strongest within budget.
 
         The path adds levels by their sensitivity measured alone, which misses how changes
         interact; ``prune{ratio=0.5}`` or ``spatial-svd{energy=0.7}`` on every layer may then
         be faster within budget than any prefix (MTCNN O-Net: spatial-svd at 0.7, 1.48x,
-        against 1.36x). Each family (prune, each low-rank method, int8) is tried from its
-        strongest setting down, stopping at the first within budget or the first *measured*
-        no faster than the best point found (weaker settings are slower still). The gate is
-        the measurement, not the table's estimate: on a model of tens of microseconds the
-        estimates' noise adds up over the layers (digits: int8 on six layers estimated at
-        0.006 ms, measured 0.020 ms) and would hide a faster single pass. The best is then
-        extended from whichever point won.
+        against 1.36x). Each family (prune, each low-rank method, int8) is bisected over its
+        settings for the strongest that meets the budget on both selection halves, the
+        families with fewest settings first (int8, one candidate, settles before a family of
+        seven is bisected, should time run out). A setting measured no faster than the best
+        point found that breaks the budget ends its family: weaker settings are slower still.
+        The gate is the measurement, not the table's estimate: on a model of tens of
+        microseconds the estimates' noise adds up over the layers (digits: int8 on six layers
+        estimated at 0.006 ms, measured 0.020 ms) and would hide a faster single pass. The
+        best is then extended from whichever point won.
         """
         original = self.points[0].measured if self.points else math.inf
-        for kind, method, strengths in self.space.families():
-            for strength in strengths:
-                if not self._time_left():
+        families = sorted(self.space.families(), key=lambda family: len(family[2]))
+        for kind, method, strengths in families:
+            low, high = 0, len(strengths)  # strongest first: [low, high) is still open
+            while low < high:
+                if not self._time_left(1):
                     return
+                middle = (low + high) // 2
+                strength = strengths[middle]
                 choice = self.space.uniform(kind, method, strength)
-                if not choice:
-                    break
+                if not choice:  # nothing to change at this strength, nor at weaker ones
+                    high = middle
+                    continue
                 label = f"{method or kind}" + (f" {strength:g}" if kind != "int8" else "")
                 point = self.evaluate(0, choice, single=label)
                 if point.meets and point.confirmed:
-                    break
+                    high = middle  # a stronger one may meet it too
+                    continue
                 bar = self.best.measured if self.best is not None else original
                 if point.measured >= bar:
                     break  # weaker settings of the family are slower still
+                low = middle + 1
 
     def ablate(self) -> set[str]:
         """Try the best point without its int8 layers, then without its factorizations.
@@ -534,7 +568,7 @@ class Search:
         dropped: set[str] = set()
         for kind in ("int8", "lowrank"):
             best = self.best
-            if best is None or not self._time_left():
+            if best is None or not self._time_left(1):
                 break
             kinds = {self.space.units[i].kind for i, level in best.choice.items() if level}
             if kind not in kinds or len(kinds) < 2:
@@ -561,7 +595,7 @@ class Search:
         base, extra, failures = dict(self.best.choice), 0, 0
         skipped: set[int] = set()
         for unit, level, _ in self.path[prefix:]:
-            if failures >= EXTEND_TRIES or not self._time_left():
+            if failures >= EXTEND_TRIES or not self._time_left(1):
                 break
             if unit in skipped or base.get(unit, 0) != level - 1:
                 continue
@@ -640,6 +674,31 @@ class _Int8Probe:
             context=self.fit,
         )
         return trial
+
+
+SQUARES_BLOCK = 1 << 20  # elements per block summed in float64
+
+
+def _squares(array: np.ndarray, minus: np.ndarray | None = None) -> float:
+    """The sum of squares of ``array`` (less ``minus``), in float64 a block at a time.
+
+    A recognizer's output is large (PP-OCRv6 small: 18710 characters a step):
+    whole float64 copies of it and of the reference made the error a second per probe.
+    """
+    flat = array.reshape(-1)
+    other = None if minus is None else minus.reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, SQUARES_BLOCK):
+        block = flat[start : start + SQUARES_BLOCK].astype(np.float64)
+        if other is not None:
+            block -= other[start : start + SQUARES_BLOCK]
+        total += float(np.dot(block, block))
+    return total
+
+
+def _bisection_tries(settings: int) -> int:
+    """Candidates a bisection over ``settings`` ordered settings evaluates at most."""
+    return math.ceil(math.log2(settings + 1)) if settings else 0
 
 
 def _rows(batches: list[dict]) -> int:

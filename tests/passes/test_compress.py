@@ -64,9 +64,33 @@ def test_the_search_shrinks_the_model_within_budget_on_unseen_samples(searched, 
     else:
         assert min(p["measured_macs"] for p in within) == final
     assert all(p["drop"] <= 0.02 for p in within)
-    # Single passes over every layer are on the front too (prune at its strongest first).
-    singles = [p["single_pass"] for p in front if p["single_pass"] and not p["extra_steps"]]
-    assert singles and singles[0] == "prune 0.75"
+    # Single passes over every layer are on the front too, each family bisected over its
+    # settings: within a family, every setting stronger than one within budget was tried and
+    # broke it (or was measured slower than the best found).
+    singles = [
+        p
+        for p in front
+        if p["single_pass"] and not p["extra_steps"] and "without" not in p["single_pass"]
+    ]
+    families: dict[str, list[dict]] = {}
+    for point in singles:
+        family, _, strength = point["single_pass"].rpartition(" ")
+        families.setdefault(family, []).append({**point, "strength": float(strength)})
+    assert "prune" in families and {"svd", "spatial-svd", "tucker"} & set(families)
+    for family, tried in families.items():
+        assert len(tried) <= 3  # ceil(log2(settings + 1)): 7 prune ratios, 4 energies
+        within = [t for t in tried if t["meets"] and t["confirmed"]]
+        stronger = "ratio" if family == "prune" else "energy"
+        for point in within:
+            for other in tried:
+                if other in within:
+                    continue
+                harder = (
+                    other["strength"] > point["strength"]
+                    if stronger == "ratio"
+                    else other["strength"] < point["strength"]
+                )
+                assert harder, (family, tried)  # what broke it is stronger than what met it
     # Under the MAC objective the estimate is exact.
     assert all(p["estimated_macs"] == p["measured_macs"] for p in front)
     # On the evaluation split no step saw, accuracy stays within budget plus its interval.

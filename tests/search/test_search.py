@@ -157,3 +157,52 @@ def test_an_int8_layer_is_priced_at_the_unfavourable_end_of_its_timing(monkeypat
     assert int8 and all(u.measured for u in int8)
     assert all(lv.delta == pytest.approx(7e-6) for u in int8 for lv in u.measured)
     assert not any(u.levels for u in int8)  # no saving: no level for the path
+
+
+def test_bisection_leaves_the_single_passes_their_time(monkeypatch):
+    """Candidates take 10 s each on a clock the test moves, and there is time for the single
+    passes' reserve and a little more: the path's bisection evaluates one prefix, and every
+    family of single passes still gets its candidates; the report says the bisection was
+    cut short."""
+    import time
+    from types import SimpleNamespace
+
+    from lightir import zoo
+    from lightir.data import CalibrationData, input_specs
+    from lightir.pass_base import PassContext
+    from lightir.search import search as search_module
+    from lightir.search.latency import LatencyTable
+    from lightir.search.search import Search, _bisection_tries
+    from lightir.search.space import Space, name_nodes
+
+    model = zoo.digits()
+    name_nodes(model)
+    images, labels = zoo.digits_test_split()
+    data = CalibrationData({"input": images[:64]}, labels=labels[:64]).bind(input_specs(model))
+    space = Space(model, LatencyTable("macs"), PassContext(data), kinds=("prune", "lowrank"))
+    search = Search(space, metrics.resolve("top1"), data, max_drop=0.05, time_limit=600)
+    search.sensitivity()
+    search.plan_path()
+    assert len(search.path) > 4
+    families = space.families()
+    reserve = sum(_bisection_tries(len(s)) for _, _, s in families)
+    late = [0.0]
+    monkeypatch.setattr(
+        search_module, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + late[0])
+    )
+    run = search._outputs
+
+    def slow(model, batches):  # a candidate's run, 10 s on the test's clock
+        late[0] += 10.0
+        return run(model, batches)
+
+    search._outputs = slow
+    search.deadline = search_module.time.perf_counter() + 10.0 + (reserve + 1.5) * 10.0
+    search.front()  # the original takes 10 s too
+    points = [(p.steps, p.extra, p.single) for p in search.points]
+    path_points = [p for p in search.points if not p.single and p.steps and not p.extra]
+    assert len(path_points) == 1, points
+    singles = [p.single for p in search.points if p.single and "without" not in p.single]
+    tried = {single.rpartition(" ")[0] or single for single in singles}
+    assert tried == {method or kind for kind, method, _ in families} and len(tried) >= 2
+    assert "the path bisected" in search.interrupted
