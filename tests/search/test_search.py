@@ -185,7 +185,7 @@ def test_bisection_leaves_the_single_passes_their_time(monkeypatch):
     search.plan_path()
     assert len(search.path) > 4
     families = space.families()
-    reserve = sum(_bisection_tries(len(s)) for _, _, s in families)
+    reserve = sum(_bisection_tries(len(s)) for _, _, s in families) + 1  # and combine
     late = [0.0]
     monkeypatch.setattr(
         search_module, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + late[0])
@@ -203,6 +203,47 @@ def test_bisection_leaves_the_single_passes_their_time(monkeypatch):
     path_points = [p for p in search.points if not p.single and p.steps and not p.extra]
     assert len(path_points) == 1, points
     singles = [p.single for p in search.points if p.single and "without" not in p.single]
-    tried = {single.rpartition(" ")[0] or single for single in singles}
+    tried = {single.rpartition(" ")[0] or single for single in singles if " + " not in single}
     assert tried == {method or kind for kind, method, _ in families} and len(tried) >= 2
+    assert any(" + " in single for single in singles)  # the reserve covers combine too
     assert "the path bisected" in search.interrupted
+
+
+def test_the_single_pass_winners_of_different_kinds_are_tried_together():
+    """Prune's and a low-rank method's strongest settings within budget are joined into one
+    candidate; a kind with no setting within budget is not."""
+    from lightir import zoo
+    from lightir.data import CalibrationData, input_specs
+    from lightir.pass_base import PassContext
+    from lightir.search.latency import LatencyTable
+    from lightir.search.search import Search
+    from lightir.search.space import Space, name_nodes
+
+    model = zoo.digits()
+    name_nodes(model)
+    images, labels = zoo.digits_test_split()
+    data = CalibrationData({"input": images[:64]}, labels=labels[:64]).bind(input_specs(model))
+    space = Space(model, LatencyTable("macs"), PassContext(data), kinds=("prune", "lowrank"))
+    search = Search(space, metrics.resolve("top1"), data, max_drop=0.05, time_limit=600)
+    search.sensitivity()
+    search.plan_path()
+    search.evaluate(0)
+    search.single_passes()
+    within = [p for p in search.points if p.single and p.meets and p.confirmed]
+    kinds = {space.units[next(iter(p.choice))].kind for p in within}
+    assert kinds == {"prune", "lowrank"}
+    before = len(search.points)
+    search.combine()
+    (union,) = [p for p in search.points[before:] if " + " in p.single]
+    first, second = union.single.split(" + ")
+    parts = [next(p for p in within if p.single == label) for label in (first, second)]
+    assert union.choice == {**parts[0].choice, **parts[1].choice}
+    assert parts[0].measured <= parts[1].measured  # from the fastest kind's winner
+
+    # Only one kind within budget (the low-rank points made to break it): nothing to join.
+    for point in search.points:
+        if point.single and space.units[next(iter(point.choice))].kind == "lowrank":
+            point.meets = False
+    before = len(search.points)
+    search.combine()
+    assert len(search.points) == before
