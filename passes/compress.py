@@ -21,8 +21,10 @@ that is within budget on both halves (the longest prefix within budget on some s
 edge, and the pass manager's held-out check then rolled it back:
 PP-OCRv5's line classifier at ``max-drop=0.01``, tools/README.md). The settings single passes
 would make on every layer (each prune ratio, each low-rank method at each energy, int8) are
-evaluated as well where they are estimated cheaper than the best point, so a single pass that
-meets the budget is never faster than the answer on the selection samples. From the best
+evaluated as well, each family bisected for its strongest setting within budget, so a single
+pass that meets the budget on the selection samples is not faster than the answer; the path's
+bisection stops early enough to leave them that time (at the mean time a candidate has
+taken). The fastest of those winners of different kinds are then tried together. From the best
 point, the later steps of the path are then tried one at a time, skipping those that break
 the budget (bisection stops at the first that does); the result is tried without its int8
 layers and without its factorizations, and extended again from whichever is faster. Every
@@ -47,8 +49,9 @@ With a per-sample metric (the built-in ones), the search counts only the samples
 worse, so samples a candidate happens to get right cannot hide as many it gets wrong; the
 pass manager's held-out check uses the metric as it is.
 
-The search stops at ``time-limit`` seconds (540 by default, building its space included; the
-candidate being evaluated then finishes) or on Ctrl-C, keeping the best model found so far.
+The search stops at ``time-limit`` seconds (540 by default, building its space included; past
+the sensitivity no candidate starts that would end after it at the mean candidate time) or on
+Ctrl-C, keeping the best model found so far.
 On PP-OCRv5's text detector (640x640 inputs, 64 samples) the whole run took 646 s with a
 600 s limit, hence 540.
 When no evaluated point is within budget, the budget is what cannot be met: the pass raises
