@@ -17,10 +17,11 @@
    that is the front the report shows, and the answer is the fastest point within budget.
 4. **Single passes.** The settings a single pass makes on every layer (``prune`` at each
    ratio, each low-rank method at each energy, ``int8``) are evaluated too, each family
-   bisected for its strongest setting within budget, so the answer is never slower than one
-   of them that meets the budget on the selection samples; the bisection of step 3 leaves
-   them the time they need. The fastest winners of different kinds (prune, low-rank, int8)
-   are then tried together, and the best is extended step by step along the path.
+   from its strongest setting down to the first within budget (bisected where time is
+   short), so the answer is never slower than one of them that meets the budget on the
+   selection samples; the bisection of step 3 leaves them the time they need. The fastest
+   winners of different kinds (prune, low-rank, int8) are then tried together, and the best
+   is extended step by step along the path.
 5. **Ablation.** The best point is tried without its int8 layers, then without its
    factorizations (the kinds whose prices are least certain), and extended again from
    whichever is faster.
@@ -478,9 +479,7 @@ class Search:
         # bisected): the answer must not be slower than one of them that meets the budget,
         # and where a candidate costs tens of seconds (PP-OCRv6's small recognizer, 17-36 s)
         # bisecting the path to its end left none for them.
-        families = self.space.families()
-        reserve = sum(_bisection_tries(len(s)) for _, _, s in families)
-        reserve += max(len({kind for kind, _, _ in families}) - 1, 0)  # combine
+        reserve = _reserve(self.space.families())
         converged = not count
         try:
             while count:
@@ -525,24 +524,30 @@ class Search:
         The path adds levels by their sensitivity measured alone, which misses how changes
         interact; ``prune{ratio=0.5}`` or ``spatial-svd{energy=0.7}`` on every layer may then
         be faster within budget than any prefix (MTCNN O-Net: spatial-svd at 0.7, 1.48x,
-        against 1.36x). Each family (prune, each low-rank method, int8) is bisected over its
-        settings for the strongest that meets the budget on both selection halves, the
-        families with fewest settings first (int8, one candidate, settles before a family of
-        seven is bisected, should time run out). A setting measured no faster than the best
-        point found that breaks the budget ends its family: weaker settings are slower still.
-        The gate is the measurement, not the table's estimate: on a model of tens of
-        microseconds the estimates' noise adds up over the layers (digits: int8 on six layers
-        estimated at 0.006 ms, measured 0.020 ms) and would hide a faster single pass. The
-        best is then extended from whichever point won.
+        against 1.36x). Each family (prune, each low-rank method, int8) is tried from its
+        strongest setting down, stopping at the first within budget on both selection halves,
+        the families with fewest settings first. Where that would not leave the families after
+        it their time, the family is bisected over its settings instead (at most 3 candidates
+        instead of 7; PP-OCRv6's small recognizer, 17 s a candidate). Bisection assumes a
+        weaker setting never loses more, which a selection of 56 rows does not bear out (O-Net:
+        spatial-svd at 0.85 broke 1 point where 0.7 met it), so it is the fallback, not the
+        rule. A setting measured no faster than the best point found that breaks the budget
+        ends its family: weaker settings are slower still. The gate is the measurement, not
+        the table's estimate: on a model of tens of microseconds the estimates' noise adds up
+        over the layers (digits: int8 on six layers estimated at 0.006 ms, measured 0.020 ms)
+        and would hide a faster single pass. The best is then extended from whichever point
+        won.
         """
         original = self.points[0].measured if self.points else math.inf
         families = sorted(self.space.families(), key=lambda family: len(family[2]))
-        for kind, method, strengths in families:
+        for index, (kind, method, strengths) in enumerate(families):
+            later = _reserve(families[index + 1 :], families)
+            linear = self._time_left(len(strengths) + later)
             low, high = 0, len(strengths)  # strongest first: [low, high) is still open
             while low < high:
                 if not self._time_left(1):
                     return
-                middle = (low + high) // 2
+                middle = low if linear else (low + high) // 2
                 strength = strengths[middle]
                 choice = self.space.uniform(kind, method, strength)
                 if not choice:  # nothing to change at this strength, nor at weaker ones
@@ -551,7 +556,7 @@ class Search:
                 label = f"{method or kind}" + (f" {strength:g}" if kind != "int8" else "")
                 point = self.evaluate(0, choice, single=label)
                 if point.meets and point.confirmed:
-                    high = middle  # a stronger one may meet it too
+                    high = middle  # a stronger one may meet it too (when bisecting)
                     continue
                 bar = self.best.measured if self.best is not None else original
                 if point.measured >= bar:
@@ -734,6 +739,15 @@ def _squares(array: np.ndarray, minus: np.ndarray | None = None) -> float:
             block -= other[start : start + SQUARES_BLOCK]
         total += float(np.dot(block, block))
     return total
+
+
+def _reserve(families: list, every: list | None = None) -> int:
+    """Candidates the single passes of ``families`` need at most, bisected, and ``combine``.
+
+    ``combine`` tries one union per kind of ``every`` family (``families`` by default), less one.
+    """
+    kinds = {kind for kind, _, _ in (families if every is None else every)}
+    return sum(_bisection_tries(len(s)) for _, _, s in families) + max(len(kinds) - 1, 0)
 
 
 def _bisection_tries(settings: int) -> int:

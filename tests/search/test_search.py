@@ -172,7 +172,7 @@ def test_bisection_leaves_the_single_passes_their_time(monkeypatch):
     from lightir.pass_base import PassContext
     from lightir.search import search as search_module
     from lightir.search.latency import LatencyTable
-    from lightir.search.search import Search, _bisection_tries
+    from lightir.search.search import Search, _bisection_tries, _reserve
     from lightir.search.space import Space, name_nodes
 
     model = zoo.digits()
@@ -185,10 +185,12 @@ def test_bisection_leaves_the_single_passes_their_time(monkeypatch):
     search.plan_path()
     assert len(search.path) > 4
     families = space.families()
-    reserve = sum(_bisection_tries(len(s)) for _, _, s in families) + 1  # and combine
+    reserve = _reserve(families)
+    assert reserve == sum(_bisection_tries(len(s)) for _, _, s in families) + 1  # and combine
     late = [0.0]
+    frozen = time.perf_counter()  # the test's clock moves only by the candidates' 10 s
     monkeypatch.setattr(
-        search_module, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + late[0])
+        search_module, "time", SimpleNamespace(perf_counter=lambda: frozen + late[0])
     )
     run = search._outputs
 
@@ -206,6 +208,9 @@ def test_bisection_leaves_the_single_passes_their_time(monkeypatch):
     tried = {single.rpartition(" ")[0] or single for single in singles if " + " not in single}
     assert tried == {method or kind for kind, method, _ in families} and len(tried) >= 2
     assert any(" + " in single for single in singles)  # the reserve covers combine too
+    # The first family had no time to spare for all its settings: bisected, from the middle.
+    kind, method, strengths = sorted(families, key=lambda f: len(f[2]))[0]
+    assert singles[0] == f"{method or kind} {strengths[len(strengths) // 2]:g}"
     assert "the path bisected" in search.interrupted
 
 
