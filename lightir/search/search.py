@@ -349,6 +349,7 @@ class Search:
         del suffixes
         self.table = self._rows()
         for unit in units:
+            unit.every = list(unit.levels)
             unit.measured = [lv for lv in unit.levels if not math.isnan(lv.error)]
             unit.levels = _useful(unit.measured)
         prepared = None  # the int8 probe's calibrated copy goes before the release

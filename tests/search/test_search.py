@@ -252,3 +252,30 @@ def test_the_single_pass_winners_of_different_kinds_are_tried_together():
     before = len(search.points)
     search.combine()
     assert len(search.points) == before
+
+
+def test_a_single_pass_changes_the_units_a_cut_short_sensitivity_left_unmeasured():
+    """With no time for the sensitivity, no level is measured and the path is empty, but
+    prune and int8 on every layer still change every unit they would."""
+    import time
+
+    from lightir import zoo
+    from lightir.data import CalibrationData, input_specs
+    from lightir.pass_base import PassContext
+    from lightir.search.latency import LatencyTable
+    from lightir.search.search import Search
+    from lightir.search.space import Space, name_nodes
+
+    model = zoo.digits()
+    name_nodes(model)
+    images, labels = zoo.digits_test_split()
+    data = CalibrationData({"input": images[:64]}, labels=labels[:64]).bind(input_specs(model))
+    space = Space(model, LatencyTable("macs"), PassContext(data), kinds=("prune", "int8"))
+    search = Search(space, metrics.resolve("top1"), data, max_drop=0.05, time_limit=600)
+    search.deadline = time.perf_counter()  # the sensitivity's share of nothing
+    search.sensitivity()
+    assert "sensitivity measured 0 of" in search.interrupted
+    assert all(not unit.levels for unit in space.units)
+    for kind, strength in (("prune", 0.5), ("int8", 1.0)):
+        units = {i for i, unit in enumerate(space.units) if unit.kind == kind}
+        assert units and set(space.uniform(kind, None, strength)) == units
