@@ -167,20 +167,10 @@ def test_bisection_leaves_the_single_passes_their_time(monkeypatch):
     import time
     from types import SimpleNamespace
 
-    from lightir import zoo
-    from lightir.data import CalibrationData, input_specs
-    from lightir.pass_base import PassContext
     from lightir.search import search as search_module
-    from lightir.search.latency import LatencyTable
-    from lightir.search.search import Search, _bisection_tries, _reserve
-    from lightir.search.space import Space, name_nodes
+    from lightir.search.search import _bisection_tries, _reserve
 
-    model = zoo.digits()
-    name_nodes(model)
-    images, labels = zoo.digits_test_split()
-    data = CalibrationData({"input": images[:64]}, labels=labels[:64]).bind(input_specs(model))
-    space = Space(model, LatencyTable("macs"), PassContext(data), kinds=("prune", "lowrank"))
-    search = Search(space, metrics.resolve("top1"), data, max_drop=0.05, time_limit=600)
+    space, search = _digits_search(("prune", "lowrank"))
     search.sensitivity()
     search.plan_path()
     assert len(search.path) > 4
@@ -217,19 +207,8 @@ def test_bisection_leaves_the_single_passes_their_time(monkeypatch):
 def test_the_single_pass_winners_of_different_kinds_are_tried_together():
     """Prune's and a low-rank method's strongest settings within budget are joined into one
     candidate; a kind with no setting within budget is not."""
-    from lightir import zoo
-    from lightir.data import CalibrationData, input_specs
-    from lightir.pass_base import PassContext
-    from lightir.search.latency import LatencyTable
-    from lightir.search.search import Search
-    from lightir.search.space import Space, name_nodes
 
-    model = zoo.digits()
-    name_nodes(model)
-    images, labels = zoo.digits_test_split()
-    data = CalibrationData({"input": images[:64]}, labels=labels[:64]).bind(input_specs(model))
-    space = Space(model, LatencyTable("macs"), PassContext(data), kinds=("prune", "lowrank"))
-    search = Search(space, metrics.resolve("top1"), data, max_drop=0.05, time_limit=600)
+    space, search = _digits_search(("prune", "lowrank"))
     search.sensitivity()
     search.plan_path()
     search.evaluate(0)
@@ -259,6 +238,18 @@ def test_a_single_pass_changes_the_units_a_cut_short_sensitivity_left_unmeasured
     prune and int8 on every layer still change every unit they would."""
     import time
 
+    space, search = _digits_search(("prune", "int8"))
+    search.deadline = time.perf_counter()  # the sensitivity's share of nothing
+    search.sensitivity()
+    assert "sensitivity measured 0 of" in search.interrupted
+    assert all(not unit.levels for unit in space.units)
+    for kind, strength in (("prune", 0.5), ("int8", 1.0)):
+        units = {i for i, unit in enumerate(space.units) if unit.kind == kind}
+        assert units and set(space.uniform(kind, None, strength)) == units
+
+
+def _digits_search(kinds: tuple[str, ...]):
+    """The digits fixture's space (MACs objective) and a search on 64 labelled samples."""
     from lightir import zoo
     from lightir.data import CalibrationData, input_specs
     from lightir.pass_base import PassContext
@@ -270,12 +261,6 @@ def test_a_single_pass_changes_the_units_a_cut_short_sensitivity_left_unmeasured
     name_nodes(model)
     images, labels = zoo.digits_test_split()
     data = CalibrationData({"input": images[:64]}, labels=labels[:64]).bind(input_specs(model))
-    space = Space(model, LatencyTable("macs"), PassContext(data), kinds=("prune", "int8"))
+    space = Space(model, LatencyTable("macs"), PassContext(data), kinds=kinds)
     search = Search(space, metrics.resolve("top1"), data, max_drop=0.05, time_limit=600)
-    search.deadline = time.perf_counter()  # the sensitivity's share of nothing
-    search.sensitivity()
-    assert "sensitivity measured 0 of" in search.interrupted
-    assert all(not unit.levels for unit in space.units)
-    for kind, strength in (("prune", 0.5), ("int8", 1.0)):
-        units = {i for i, unit in enumerate(space.units) if unit.kind == kind}
-        assert units and set(space.uniform(kind, None, strength)) == units
+    return space, search
