@@ -654,13 +654,19 @@ class _Run:
         else the first safer answer that is, else nothing. ``record.stats["fallback"]``
         lists what was tried: the held-out rows have then chosen among up to
         ``1 + MAX_FALLBACKS`` models, so the kept one's held-out figure is somewhat
-        optimistic. Returns the model, its verdict and why it breaks the budget (or None).
+        optimistic. A safer answer whose ``build`` raises :class:`PassDeclined` is withdrawn
+        (listed with the reason, not tried). Returns the model, its verdict and why it breaks
+        the budget (or None).
         """
         answer_held = record.stats.get("held_out")
         tried = [{"label": "the pass's answer", "held_out": answer_held}]
         within_interval = None  # the first safer answer that only the interval lets through
         for fallback in fallbacks[:MAX_FALLBACKS]:
-            candidate = fallback.build()
+            try:
+                candidate = fallback.build()
+            except PassDeclined as exc:  # the pass withdrew it (e.g. not faster after all)
+                tried.append({"label": fallback.label, "withdrawn": str(exc)})
+                continue
             trial = self.verifier.check(candidate, pass_)
             why = trial.failure if not trial.accepted else None
             if why is None:
