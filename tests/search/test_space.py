@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import lightir
@@ -167,3 +168,37 @@ def test_a_low_rank_single_pass_setting_is_what_the_pass_does(folded, data, meth
 
     assert shapes(factorized.model) != shapes(folded)  # the pass factorizes
     assert shapes(searched) == shapes(factorized.model)
+
+
+def _reshaped_by_a_computed_shape() -> ir.Model:
+    """x (N, 6, 8) reshaped by Shape -> Cast -> Floor -> Cast (inference loses it), then x @ W."""
+    x = ir.val("x", ir.DataType.FLOAT, ["N", 6, 8])
+    shape = ir.node("Shape", [x], name="shape").outputs[0]
+    as_float = ir.node("Cast", [shape], attributes={"to": 1}, name="to_float").outputs[0]
+    floor = ir.node("Floor", [as_float], name="floor").outputs[0]
+    back = ir.node("Cast", [floor], attributes={"to": 7}, name="to_int").outputs[0]
+    same = ir.node("Reshape", [x, back], name="reshape").outputs[0]
+    same.name = "reshaped"
+    rng = np.random.default_rng(0)
+    w = ir.Value(name="w", const_value=ir.tensor(rng.standard_normal((8, 16)).astype(np.float32)))
+    matmul = ir.node("MatMul", [same, w], name="matmul")
+    y = matmul.outputs[0]
+    y.name, y.dtype = "y", ir.DataType.FLOAT
+    nodes = [v.producer() for v in (shape, as_float, floor, back, same)] + [matmul]
+    graph = ir.Graph([x], [y], nodes=nodes, initializers=[w], opset_imports={"": 17})
+    return ir.Model(graph, ir_version=9)
+
+
+def test_a_layer_whose_input_shape_inference_loses_is_measured_on_one_sample():
+    model = _reshaped_by_a_computed_shape()
+    lost = inferred_shapes(model, {"x": (1, 6, 8)})["reshaped"]
+    assert not all(isinstance(d, int) for d in lost)
+    rows = np.random.default_rng(1).standard_normal((16, 6, 8)).astype(np.float32)
+    calib = CalibrationData({"x": rows}).bind(input_specs(model))
+    space = Space(model, LatencyTable("macs"), PassContext(calib), kinds=("int8",))
+    (spec,) = space.specs.values()
+    assert (spec.cin, spec.cout, spec.height) == (8, 16, 6)  # 6 rows of 8
+    assert [u.kind for u in space.units] == ["int8"]
+    # Without samples nothing is run: the layer has no spec, so no unit.
+    blind = Space(model, LatencyTable("macs"), PassContext(), kinds=("int8",))
+    assert not blind.specs and not blind.units
