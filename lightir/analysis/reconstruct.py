@@ -589,8 +589,14 @@ class RemovalCost:
         square = index[:, :, None], index[:, None, :]
         if self.refit:
             block = self.inverse[square]
-            solved = np.linalg.solve(block, w)
-            result = np.einsum("mbo,mbo->m", w, solved)
+            if index.shape[1] == 1:
+                # Single columns: the solve is a division. np.linalg.solve on a stack of 1x1
+                # blocks cost 1.4 ms a call, 8.8 of the 38 s PP-OCRv6's small recognizer's
+                # compress space took to build (6270 calls).
+                result = np.einsum("mo,mo->m", w[:, 0], w[:, 0]) / block[:, 0, 0]
+            else:
+                solved = np.linalg.solve(block, w)
+                result = np.einsum("mbo,mbo->m", w, solved)
         else:
             own = np.einsum("mbo,mbo->m", w, self.covariance[square] @ w)
             result = own + 2 * np.einsum("mbo,mbo->m", w, self.removed_sum[index])

@@ -152,3 +152,21 @@ def test_refit_walks_the_graph_segment_by_segment_and_fits_what_whole_runs_fit(m
         layer_inputs = [names for names in whole_runs if len(names) == 1]
         assert len(layer_inputs) > 3  # without a frontier: a whole run per refit layer
         assert len(walk_runs) < len(whole_runs) - len(layer_inputs) + 3, model_name
+
+
+def test_removal_cost_of_single_columns_is_the_refit_residual_too():
+    """One column per candidate takes the division, not the solve: same costs, same order."""
+    x, weight, _ = _correlated_layer()
+    blocks = {k: np.array([k]) for k in range(x.shape[1])}
+    y = x @ weight
+    variance = float(np.sum(np.var(y, axis=0))) / y.shape[1]
+    cost = RemovalCost(Moments.of(x), weight, blocks, refit=True)
+    first = cost.costs(range(len(blocks)))
+    for k in blocks:
+        keep = [c for c in blocks if c != k]
+        np.testing.assert_allclose(first[k], _residual(x[:, keep], y) / variance, atol=5e-4)
+    # The solve on the same single columns, stacked as the blocks of two do it.
+    inverse = cost.inverse[np.arange(len(blocks)), np.arange(len(blocks))][:, None, None]
+    solved = np.linalg.solve(inverse, weight[:, None, :])
+    reference = np.einsum("mbo,mbo->m", weight[:, None, :], solved) / cost.energy
+    np.testing.assert_allclose(first, reference, rtol=1e-10)
