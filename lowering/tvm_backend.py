@@ -91,6 +91,7 @@ def compile_model(
     tuning_db: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
     rpc=None,
+    integer: bool = True,
 ) -> LoweringResult:
     """Build ``model`` for ``target`` into ``output`` (a ``.so``) and check it when it can run.
 
@@ -98,7 +99,9 @@ def compile_model(
     ``tuning_db``, kernels come from that MetaSchedule database, after ``tune_trials`` trials
     on the tasks it lacks (:mod:`lightir.lowering.tuning`); ``progress`` gets a line per
     measured batch. ``rpc`` (:class:`lightir.lowering.rpc.RPCTracker`) measures the trials
-    on the tracker's servers instead of this machine.
+    on the tracker's servers instead of this machine. ``integer`` computes the QDQ
+    convolutions and matmuls of an int8 model in integers (:mod:`lightir.lowering.integer`);
+    ``False`` keeps TVM's float fake-quant, to compare against.
     """
     started = time.perf_counter()
     spec = resolve(target) if isinstance(target, str) else target
@@ -122,8 +125,10 @@ def compile_model(
             f"tuning measures kernels on the target: tune on a {spec.kind} machine, or "
             "measure there with --rpc HOST:PORT:KEY (this one can only tune x86)"
         )
-    tuning = {}
-    executable = _build(model, shapes, spec, tuning_db, tune_trials, tuning, progress, rpc)
+    tuning, facts = {}, {"integer_ops": 0}
+    executable = _build(
+        model, shapes, spec, tuning_db, tune_trials, tuning, progress, rpc, integer, facts
+    )
     metadata = {
         "inputs": [
             {"name": s.name, "shape": list(shapes[s.name]), "dtype": str(np.dtype(s.dtype))}
@@ -137,6 +142,7 @@ def compile_model(
         "pipeline": pipeline,
         "versions": _versions(),
         "tuning": tuning,
+        "integer_ops": facts["integer_ops"],  # QDQ convs / matmuls computed in integers
     }
     result = LoweringResult(output, metadata, 0.0)
     with tempfile.TemporaryDirectory(dir=output.resolve().parent, prefix=".lightir-") as tmp:
@@ -197,7 +203,16 @@ def _at_fixed_dims(model: ir.Model, shapes: dict) -> ir.Model:
 
 
 def _build(
-    model: ir.Model, shapes: dict, spec: TargetSpec, tuning_db, trials, tuning, progress, rpc=None
+    model: ir.Model,
+    shapes: dict,
+    spec: TargetSpec,
+    tuning_db,
+    trials,
+    tuning,
+    progress,
+    rpc=None,
+    integer: bool = True,
+    facts: dict | None = None,
 ):
     import tvm
     from tvm import relax
@@ -211,6 +226,12 @@ def _build(
             f"TVM could not import the model ({_first_line(exc)}); run lightir's cleanup pass "
             "first, or report the model"
         ) from exc
+    if integer:
+        from lightir.lowering.integer import integer_qdq
+
+        mod, count = integer_qdq(mod)
+        if facts is not None:
+            facts["integer_ops"] = count
     target = spec.tvm_target()
     if spec.kind != "cuda":  # GPU reductions are trees across threads: accurate already
         mod = accurate_reductions(mod)

@@ -108,16 +108,18 @@ def test_pytorch_exports_compile_and_match(tmp_path, fixture):
     assert result.checked and result.rel_error <= result.tolerance
 
 
-def test_int8_qdq_model_lowers_and_runs_as_float_fake_quant(tmp_path):
-    """TVM imports QDQ as dequantize + float32 conv: it matches onnxruntime's reference."""
+def test_int8_qdq_model_imports_as_fake_quant_and_lowers_as_integer(tmp_path):
+    """TVM imports QDQ as dequantize + float32 conv; lightir computes those in integers
+    (tests/lowering/test_integer.py), and the library matches onnxruntime's int8 run."""
     from tvm.relax.frontend.onnx import from_onnx
 
     model = lightir.optimize("zoo:digits", "reparam,int8").model
-    result = compile_model(model, tmp_path / "q.so", "x86")
-    assert result.checked and result.rel_error <= result.tolerance
     text = from_onnx(ir.to_proto(model), shape_dict={"input": [1, 1, 8, 8]}).script()
     convs = [line for line in text.splitlines() if "conv2d(" in line]
     assert convs and all('dtype="float32"' in line for line in convs)
+    result = compile_model(model, tmp_path / "q.so", "x86")
+    assert result.checked and result.rel_error <= result.tolerance
+    assert result.metadata["integer_ops"] == len(convs) + 2  # the convs and both Gemms
 
 
 def test_cli_compiles_and_reports(tmp_path):
