@@ -144,6 +144,10 @@ def compile_model(
         "tuning": tuning,
         "integer_ops": facts["integer_ops"],  # QDQ convs / matmuls computed in integers
     }
+    if facts["integer_ops"] and spec.kind == "x86":
+        from lightir.lowering.integer import vnni_kernels
+
+        metadata["vnni"] = vnni_kernels(executable)  # conv / matmul kernels using vpdpbusd
     result = LoweringResult(output, metadata, 0.0)
     with tempfile.TemporaryDirectory(dir=output.resolve().parent, prefix=".lightir-") as tmp:
         library = Path(tmp) / output.name

