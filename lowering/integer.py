@@ -9,18 +9,21 @@ faster than the float model. :func:`integer_qdq` rewrites each
 
 into an integer convolution that accumulates in int32 and a float epilogue:
 
-    (conv2d(pad(x_u8, value=z_x), w_s8, out_dtype=int32) - z_x * sum(w_s8[o])) * (s_x * s_w[o])
+    (conv2d(x_u8, w_s8, out_dtype=int32) - shift[o]) * (s_x * s_w[o])
 
-exactly the same value as the fake-quant convolution computes, before float rounding: the
-uint8 input is padded with its zero point (a real zero), and the zero point's share of
-every output is a per-channel constant worked out here from the weights. The bias add and
-the output's ``quantize`` stay as they are; the "zero" pipeline fuses them into the
-convolution's epilogue. ``matmul`` with a constant weight is rewritten the same way.
+the same value the fake-quant convolution computes, before float rounding. ``shift`` is
+the zero point's share, ``z_x`` times the sum of the weights a window reads; the integer
+conv pads with 0 where a real zero is ``z_x``, so near the border of a padded conv the
+shift is worked out position by position (a constant the size of the output, only for
+inputs with a zero point). The bias add and the output's ``quantize`` stay; the "zero"
+pipeline fuses them into the convolution's epilogue. ``matmul`` with a constant weight is
+rewritten the same way.
 
 u8 x s8 with int32 accumulation is the operand form of x86's VNNI ``vpdpbusd`` (and of
-AVX-512BW's ``vpmaddubsw``), which MetaSchedule's x86 rules tensorize when the target has it.
-Anything that is not this pattern (per-channel activations, a non-zero weight zero point, a
-weight that is not a constant) is left as float fake-quant.
+AVX-512BW's ``vpmaddubsw``). :func:`nhwc` then puts the convolutions in NHWC, the layout
+in which MetaSchedule's x86 rules tensorize them. Anything that is not this pattern
+(per-channel activations, a non-zero weight zero point, a weight that is not a constant)
+is left as float fake-quant.
 """
 
 from __future__ import annotations
@@ -121,26 +124,39 @@ def integer_qdq(mod):
                 return None
             (x, s_x, z_x), (codes, s_w, _) = act, wt
             out = codes.shape[0]
-            op, emit = relax.op, self.builder_.emit
             padding = [int(p) for p in attrs.padding]
-            if any(padding):
-                top, left, bottom, right = padding
-                x = emit(op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], "constant", z_x))
-            acc = emit(
-                op.nn.conv2d(
+            strides = [int(s) for s in attrs.strides]
+            dilation = [int(d) for d in attrs.dilation]
+            acc = self.builder_.emit(
+                relax.op.nn.conv2d(
                     x,
                     relax.const(codes),
-                    strides=[int(s) for s in attrs.strides],
-                    padding=0,
-                    dilation=[int(d) for d in attrs.dilation],
+                    strides=strides,
+                    padding=padding,
+                    dilation=dilation,
                     groups=int(attrs.groups),
                     out_dtype="int32",
                 )
             )
-            shift = z_x * codes.astype(np.int64).sum(axis=(1, 2, 3))
             scale = s_x * np.broadcast_to(s_w, (out,)).astype(np.float32)
             self.count += 1
-            return self.epilogue(acc, shift, scale, (1, out, 1, 1))
+            if z_x and any(padding):
+                # The integer conv pads with 0, a real zero is z_x: subtract z_x times the
+                # weights inside the image, position by position (more near the border).
+                shape = [int(d) for d in call.ty.shape]
+                inside = _inside(
+                    [int(d) for d in list(x.ty.shape)[2:]],
+                    codes.shape[2:],
+                    shape[2:],
+                    padding,
+                    strides,
+                    dilation,
+                )
+                per_tap = codes.astype(np.int64).sum(axis=1)  # (out, kh, kw)
+                shift = z_x * np.einsum("okl,klhw->ohw", per_tap, inside)[None]
+                return self.epilogue(acc, shift, scale, (1, out, 1, 1))
+            shift = z_x * codes.astype(np.int64).sum(axis=(1, 2, 3))
+            return self.epilogue(acc, shift.reshape(1, out, 1, 1), scale, (1, out, 1, 1))
 
         def matmul(self, call):
             act = self.activation(call.args[0])
@@ -150,17 +166,17 @@ def integer_qdq(mod):
             (x, s_x, z_x), (codes, s_w, _) = act, wt
             out = codes.shape[1]
             acc = self.builder_.emit(relax.op.matmul(x, relax.const(codes), out_dtype="int32"))
+            shape = (1,) * (len(call.ty.shape) - 1) + (out,)
             shift = z_x * codes.astype(np.int64).sum(axis=0)
             scale = s_x * np.broadcast_to(s_w, (out,)).astype(np.float32)
-            rank = len(call.ty.shape)
             self.count += 1
-            return self.epilogue(acc, shift, scale, (1,) * (rank - 1) + (out,))
+            return self.epilogue(acc, shift.reshape(shape), scale, shape)
 
         def epilogue(self, acc, shift, scale, shape):
-            """float32((acc - shift) * scale), broadcast per output channel."""
+            """float32((acc - shift) * scale), the scale broadcast per output channel."""
             op, emit = relax.op, self.builder_.emit
             if np.any(shift):
-                acc = emit(op.subtract(acc, relax.const(shift.astype(np.int32).reshape(shape))))
+                acc = emit(op.subtract(acc, relax.const(shift.astype(np.int32))))
             real = emit(op.astype(acc, "float32"))
             return op.multiply(real, relax.const(scale.reshape(shape)))
 
@@ -187,3 +203,90 @@ def vnni_kernels(executable) -> dict[str, int]:
                 counts["kernels"] += 1
                 counts["vpdpbusd"] += "vpdpbusd" in body
     return counts
+
+
+def _inside(size, kernel, out, padding, strides, dilation) -> np.ndarray:
+    """(kh, kw, oh, ow): 1 where kernel tap (kh, kw) of output (oh, ow) reads inside the image."""
+    masks = []
+    for axis in range(2):
+        taps = np.arange(kernel[axis])[:, None] * dilation[axis]
+        start = np.arange(out[axis])[None, :] * strides[axis] - padding[axis]
+        where = start + taps
+        masks.append((where >= 0) & (where < size[axis]))
+    return np.einsum("kh,lw->klhw", masks[0].astype(np.int64), masks[1].astype(np.int64))
+
+
+def elementwise_qdq(mod):
+    """``mod`` with per-tensor ``quantize`` / ``dequantize`` spelled as elementwise ops.
+
+    The same arithmetic as Relax's legalization of the two ops (``clip(round(x / s) + z)``
+    cast to the integer type; ``(int32(q) - z) * s``), in ops that ``ConvertLayout`` can
+    carry through: it knows no layout rule for the quantize ops and would put a layout
+    transform on each side of every one.
+    """
+    import tvm
+    from tvm import relax
+
+    quantize = tvm.ir.Op.get("relax.quantize")
+    dequantize = tvm.ir.Op.get("relax.dequantize")
+
+    def scalar(expr) -> np.ndarray | None:
+        if not isinstance(expr, tvm.ir.expr.Constant):
+            return None
+        value = expr.value.numpy()
+        return value.reshape(()) if value.size == 1 else None
+
+    @relax.expr_functor.mutator
+    class Elementwise(relax.PyExprMutator):
+        def __init__(self, module) -> None:
+            super().__init__(module)
+            self.module = module
+
+        def run(self):
+            for var, func in self.module.functions_items():
+                if isinstance(func, relax.Function):
+                    self.builder_.update_func(var, self.visit_expr(func))
+            return self.builder_.get()
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if call.op not in (quantize, dequantize):
+                return call
+            x, scale, zero = call.args
+            s, z = scalar(scale), scalar(zero)
+            out = str(call.attrs.out_dtype)
+            if s is None or z is None or str(s.dtype) != "float32":
+                return call
+            op, emit = relax.op, self.builder_.emit
+            if call.op == quantize:
+                if out not in ("uint8", "int8"):
+                    return call
+                info = np.iinfo(out)
+                scaled = emit(op.round(op.divide(x, relax.const(s))))
+                shifted = emit(op.add(scaled, relax.const(np.float32(z))))
+                # max(min(.)) as the legalization clamps; ConvertLayout has no rule for clip
+                top = emit(op.minimum(shifted, relax.const(np.float32(info.max))))
+                return op.astype(op.maximum(top, relax.const(np.float32(info.min))), out)
+            if out != "float32" or str(x.ty.dtype) not in ("uint8", "int8"):
+                return call
+            centred = emit(op.subtract(op.astype(x, "int32"), relax.const(np.int32(z))))
+            return op.multiply(op.astype(centred, "float32"), relax.const(s))
+
+    return Elementwise(mod).run()
+
+
+def nhwc(mod):
+    """``mod`` with its convolutions in NHWC / OHWI and per-tensor Q/DQ made elementwise.
+
+    Input channels innermost is the layout VNNI's dot product reads (4 consecutive uint8
+    channels against 16 x 4 int8 weights): MetaSchedule's x86 rules find a tensorized
+    schedule for NHWC integer convs and none for NCHW ones (checked on the digits CNN: 3 of
+    its 4 convs; the fourth has one input channel). With the Q/DQ ops elementwise,
+    ``ConvertLayout`` carries NHWC from one conv to the next, leaving one transpose at
+    the input and one where the tensor is flattened.
+    """
+    from tvm import relax
+
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(
+        elementwise_qdq(mod)
+    )

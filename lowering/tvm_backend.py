@@ -231,11 +231,13 @@ def _build(
             "first, or report the model"
         ) from exc
     if integer:
-        from lightir.lowering.integer import integer_qdq
+        from lightir.lowering.integer import integer_qdq, nhwc
 
         mod, count = integer_qdq(mod)
         if facts is not None:
             facts["integer_ops"] = count
+        if count and spec.kind != "cuda":
+            mod = nhwc(mod)
     target = spec.tvm_target()
     if spec.kind != "cuda":  # GPU reductions are trees across threads: accurate already
         mod = accurate_reductions(mod)
