@@ -159,10 +159,14 @@ class OrtModel:
         model: ir.Model,
         *,
         threads: int = 0,
-        optimize: bool = False,
+        optimize: bool | str = False,
         probes: Mapping[str, ir.Value] | None = None,
     ) -> None:
         """Open a session; ``probes`` (``{key: value}``) also returns those inner values.
+
+        ``optimize``: False runs the graph as written (a QDQ model as float fake-quant),
+        True with onnxruntime's basic rewrites, ``"all"`` with all of them (a QDQ model on
+        onnxruntime's integer kernels).
 
         The verifier probes the values before squashing output ops
         (:func:`lightir.verify.probe_values`), under keys such as ``"scores <before Sigmoid>"``.
@@ -183,7 +187,9 @@ class OrtModel:
         self.keys = {value.name: key for key, value in extra.items()}
         options = ort.SessionOptions()
         options.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if optimize == "all"  # QDQ fused into onnxruntime's integer kernels
+            else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
             if optimize
             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
