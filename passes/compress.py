@@ -201,6 +201,7 @@ class Compress(Pass):
             max_drop=options.max_drop,
             time_limit=max(options.time_limit - (time.perf_counter() - started), 0.0),
             probe_data=fit,
+            guard=_contract_guard(self.contract, model),
         )
         space_seconds = time.perf_counter() - started
         started = time.perf_counter()
@@ -360,3 +361,19 @@ def _show(point, search: Search) -> str:
     if search.objective == "latency":
         return f"{point.measured * 1e3:.3f} ms"
     return f"{point.measured:.4g} {search.objective}"
+
+
+def _contract_guard(contract, model: ir.Model):
+    """The search's guard: ``contract`` judged as the verifier judges it.
+
+    ``guard(outputs, reference) -> [problems]``, with :func:`lightir.verify.violations`,
+    on the search's selection rows.
+    """
+    from lightir.verify import compare_outputs, output_scales, tolerance_for, violations
+
+    tolerance, scales = tolerance_for(contract, model), output_scales(model)
+
+    def guard(outputs: dict, reference: dict) -> list[str]:
+        return violations(compare_outputs([reference], [outputs], scales), tolerance)
+
+    return guard

@@ -102,6 +102,7 @@ class Point:
     choice: dict[int, int] = field(default_factory=dict, repr=False)
     extra: int = 0  # steps taken past the prefix, skipping those that broke the budget
     single: str = ""  # the single-pass setting it starts from (Space.uniform), if any
+    broken: str = ""  # how it breaks the pass's contract on the selection rows (Search.guard)
 
     def as_dict(self, unit: str) -> dict:
         """Plain dict for the report."""
@@ -116,6 +117,7 @@ class Point:
             "confirm_drop": round(self.confirm_drop, 5),
             "confirmed": self.confirmed,
             "single_pass": self.single,
+            **({"breaks_contract": self.broken} if self.broken else {}),
         }
 
 
@@ -132,8 +134,15 @@ class Search:
         time_limit: float,
         probes: int = 32,
         probe_data=None,
+        guard=None,
     ) -> None:
         self.space, self.metric, self.max_drop = space, metric, max_drop
+        # ``guard(outputs, reference) -> [problems]``: the pass's own contract on the
+        # selection rows (compress: cosine >= 0.9 on every output). A candidate that breaks it
+        # is not within budget, whatever the metric says: the user's metric may read one
+        # output (MTCNN R-Net's face probability) while the verifier holds them all (its
+        # boxes lost 0.85 cosine, and the answer was rolled back).
+        self.guard = guard
         self.deadline = time.perf_counter() + time_limit
         self.selection = list(selection.batches(batch_size=BATCH))
         rows = sum(len(next(iter(b.values()))) for b in self.selection)
@@ -445,6 +454,7 @@ class Search:
         first, second = (slice(0, self.split), slice(self.split, None))
         drop, score = self._drop(*self._part(outputs, first), interval=True)
         confirm = self._drop(*self._part(outputs, second))[0] if self.split < self.samples else drop
+        broken = self.guard(outputs, self.reference) if self.guard is not None and choice else []
         estimate = self.space.cost(choice)
         point = Point(
             steps,
@@ -452,12 +462,13 @@ class Search:
             self._measure(model),
             drop,
             score,
-            drop <= self.max_drop,
+            drop <= self.max_drop and not broken,
             confirm,
-            confirm <= self.max_drop,
+            confirm <= self.max_drop and not broken,
             choice=dict(choice),
             extra=extra,
             single=single,
+            broken="; ".join(broken),
         )
         self.points.append(point)
         if self.shown is not None:

@@ -156,6 +156,24 @@ def test_an_answer_not_min_speedup_faster_than_the_original_is_declined(labeled)
     assert result.report.final.macs == result.report.original.macs
 
 
+def test_the_contract_guard_judges_outputs_as_the_verifier_does():
+    """compress's guard holds every output to its contract (cosine >= 0.9), whatever the
+    user's metric reads: MTCNN R-Net's answer kept the face score and lost the boxes
+    (cosine 0.85) and was rolled back."""
+    from lightir.passes.compress import _contract_guard
+
+    model = zoo.digits()
+    guard = _contract_guard(Contract.lossy(min_cosine=0.9), model)
+    (reference,) = run(model, [{"input": zoo.digits_test_split()[0][:32]}])
+    assert guard(reference, reference) == []
+    noisy = {
+        k: v + np.random.default_rng(0).normal(0, 3 * v.std(), v.shape)
+        for k, v in reference.items()
+    }
+    (problem,) = guard(noisy, reference)
+    assert "cosine" in problem and "< 0.9" in problem
+
+
 def test_min_speedup_below_one_is_a_usage_error():
     with pytest.raises(lightir.UsageError, match="min-speedup must be at least 1"):
         lightir.optimize("zoo:digits", "compress{min-speedup=0.5}")

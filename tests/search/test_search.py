@@ -248,6 +248,33 @@ def test_a_single_pass_changes_the_units_a_cut_short_sensitivity_left_unmeasured
         assert units and set(space.uniform(kind, None, strength)) == units
 
 
+def test_a_candidate_that_breaks_the_guard_is_not_within_budget():
+    """The guard (the pass's contract on the selection rows) refuses candidates the metric
+    lets through; the answer is then one the guard accepts."""
+    space, search = _digits_search(("prune", "lowrank"))
+
+    def cosine(a, b) -> float:
+        a, b = a.ravel(), b.ravel()
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    def strict(outputs, reference):
+        worst = min(cosine(outputs[k], reference[k]) for k in reference)
+        return [] if worst >= 0.999 else [f"cosine {worst:.4f} < 0.999"]
+
+    search.guard = strict
+    search.sensitivity()
+    search.plan_path()
+    best = search.front()
+    refused = [p for p in search.points if p.broken]
+    assert refused and all(not p.meets and not p.confirmed for p in refused)
+    assert all(p.drop <= search.max_drop for p in refused)  # the metric alone let them by
+    assert "breaks_contract" in refused[0].as_dict("macs")
+    assert not best.broken
+    if best.choice:
+        model, _ = space.apply(best.choice)
+        assert strict(search._outputs(model, search.selection), search.reference) == []
+
+
 def _digits_search(kinds: tuple[str, ...]):
     """The digits fixture's space (MACs objective) and a search on 64 labelled samples."""
     from lightir import zoo
