@@ -332,11 +332,13 @@ def rounding_noise(
     seed: int = 0,
     threads: int = 0,
     scales: Mapping[str, OutputInfo] | None = None,
+    optimize: bool | str = False,
 ) -> float:
     """Largest relative output change when every float weight moves by one ulp (see above).
 
     ``reference`` holds the model's outputs (and probes, when the model is run with them);
-    ``scales`` are the outputs' natural scales.
+    ``scales`` are the outputs' natural scales; ``optimize`` is the onnxruntime level the
+    reference was run at (:class:`lightir.onnx_bridge.OrtModel`).
     """
     rng = np.random.default_rng(seed)
     worst = 0.0
@@ -355,7 +357,9 @@ def rounding_noise(
             value.const_value = ir.tensor(moved, name=value.name)
         try:
             probes = probe_values(copy) if any(PROBE_MARK in k for k in reference[0]) else None
-            outputs = OrtModel(copy, threads=threads, probes=probes).run_all(batches)
+            outputs = OrtModel(copy, threads=threads, probes=probes, optimize=optimize).run_all(
+                batches
+            )
         except Exception as exc:  # the estimate is an aid: never fail a run over it
             logger.warning("rounding-noise estimate skipped: %s", exc)
             return worst

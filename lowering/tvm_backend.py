@@ -398,13 +398,13 @@ def _check(model, run, metadata, result, samples, seed, dims) -> None:
     # Integer kernels are held to onnxruntime's integer kernels, not to its float fake-quant
     # (the zoo ResNet's int8 logits: 0.0 from the one, 0.5% from the other, which is also how
     # far onnxruntime's own two runs differ).
-    integer = bool(metadata.get("integer_ops"))
-    expected = OrtModel(model, optimize="all" if integer else False).run_all(batches)
+    level = "all" if metadata.get("integer_ops") else False
+    expected = OrtModel(model, optimize=level).run_all(batches)
     actual = [run(batch) for batch in batches]
     # Outputs on their natural scale: a saturated Sigmoid map of 1e-6 is not a 2% error.
     scales = output_scales(model)
     metrics = compare_outputs(expected, actual, scales)
-    noise = rounding_noise(model, batches, expected, seed=seed, scales=scales)
+    noise = rounding_noise(model, batches, expected, seed=seed, scales=scales, optimize=level)
     tolerance = tolerance_for(Contract.exact(), model, noise=noise).rel_error
     worst = max(m.rel_error for m in metrics)
     result.checked, result.rel_error, result.tolerance = True, worst, tolerance

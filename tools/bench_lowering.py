@@ -146,6 +146,10 @@ def bench_int8(name: str, trial_counts: list[int], threads: int) -> None:
                     tune_trials=0 if key == "fake-q" else trials,
                     tuning_db=None if key == "fake-q" else db,
                     integer=integer,
+                    # fake-quant is a reference here: its float sums land on the other side
+                    # of a rounding tie from onnxruntime's now and then (zoo ResNet: 1% of
+                    # the logits), which the exact check refuses.
+                    check=key != "fake-q",
                 )
                 tune_s[key] = time.perf_counter() - started
                 builds[key] = built
