@@ -161,3 +161,20 @@ def test_nhwc_keeps_every_value_and_transposes_only_at_the_ends():
     want = _run(module, feed)
     assert np.array_equal(_run(elementwise_qdq(module), feed), want)
     assert np.abs(_run(converted, feed) - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_an_integer_build_that_disagrees_gives_way_to_fake_quant(tmp_path, monkeypatch):
+    """A wrong integer build (here: the border share of the zero point left out) fails the
+    check; the library written is the float fake-quant build, and the result says why."""
+    from lightir.lowering import integer
+
+    monkeypatch.setattr(
+        integer, "_inside", lambda size, kernel, out, *rest: np.ones((*kernel, *out), np.int64)
+    )
+    model = lightir.optimize(conv_gemm(), "int8").model
+    result = compile_model(model, tmp_path / "q.so", "x86")
+    assert result.metadata["integer_ops"] == 0
+    assert "disagrees with onnxruntime" in result.metadata["integer_fallback"]
+    assert any("built as float fake-quant" in note for note in result.notes)
+    assert result.checked and result.rel_error <= result.tolerance
+    assert load(tmp_path / "q.so").metadata["integer_fallback"]
