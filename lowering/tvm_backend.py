@@ -149,10 +149,11 @@ def compile_model(
         # tie decided the other way, amplified by later layers; or a rewrite bug): keep what
         # verifies, the float fake-quant build, and say so.
         result = _build_and_check(model, integer=False, **build)
+        why = str(exc).split(";")[0]  # its tail says nothing was written: this one is
         result.notes.append(
-            f"the integer int8 build was not kept ({exc}); built as float fake-quant"
+            f"the integer int8 build was not kept ({why}); built as float fake-quant"
         )
-        result.metadata["integer_fallback"] = str(exc)
+        result.metadata["integer_fallback"] = why
         metadata_path(output).write_text(json.dumps(result.metadata, indent=2))
     result.seconds = time.perf_counter() - started
     return result
