@@ -26,8 +26,12 @@ Exact tolerance
     differed by 1.05e-5 against a fan-in tolerance of 8.1e-6. So the tolerance also measures
     the model's own rounding sensitivity (:func:`rounding_noise`): every float weight moved by
     one ulp in a random direction (twice, seeded), the largest relative output change kept.
-    The exact tolerance is the larger of the fan-in estimate and 8 times that noise, and never
-    more than ``EXACT_CAP`` (1e-3): a bound at percent level would let a wrong exact pass
+    In a quantized model the Q/DQ scales move too: a value within a float rounding of a
+    half step is rounded to either code by two correct int8 implementations (onnxruntime's
+    fused and unfused runs of one model differ so), and that flip, carried through the
+    layers after it, is the model's rounding noise. The exact tolerance is the larger of
+    the fan-in estimate and 8 times that noise, and never more than ``EXACT_CAP`` (1e-3):
+    a bound at percent level would let a wrong exact pass
     through (PP-OCRv5's detector once measured a noise of 0.028, so a tolerance of 0.23, and a
     pass that moved its output by 2e-2 was kept). On the zoo models the noise is 2.6e-7 to
     8.3e-7 and the fan-in estimate (1.4e-5 to 4.1e-5) decides.
@@ -88,6 +92,7 @@ PROBE_MARK = " <before "
 PART_MARK = "[part "
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
 ARITHMETIC_OPS = WEIGHTED_OPS | {"Add", "Sub", "Mul", "Div", "PRelu", "Sum"}
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 class StructureError(Exception):
@@ -347,9 +352,11 @@ def rounding_noise(
         for value in copy.graph.initializers.values():
             if value.const_value is None or value.dtype != ir.DataType.FLOAT:
                 continue
-            # Weights only: a Resize scale moved by one ulp changes an output shape.
+            # Weights and activation quantization scales only: a Resize scale moved by one
+            # ulp changes an output shape.
             if not value.uses() or any(
-                user.op_type not in ARITHMETIC_OPS or index == 0 and user.op_type in WEIGHTED_OPS
+                (user.op_type not in ARITHMETIC_OPS or index == 0 and user.op_type in WEIGHTED_OPS)
+                and not (user.op_type in QDQ_OPS and index == 1)
                 for user, index in value.uses()
             ):
                 continue

@@ -121,3 +121,30 @@ def test_lossy_rows_say_how_many_samples_judged_them():
     text = render_table(result.report)
     assert "#2 int8: judged on 2 samples" in text and "weak evidence" in text
     assert "#1 fold-bn: judged" not in text  # exact rows are judged on bounds, not agreement
+
+
+def test_a_quantized_model_has_the_rounding_noise_of_its_quantization_ties():
+    """Every float initializer of this int8 model is a Q/DQ scale (weights int8, biases
+    int32): moving only weights measured no noise at all, and the exact bound on an integer
+    build (onnxruntime's fused run against its unfused one, or a TVM library) was the bare
+    fan-in estimate, which rounding-tie flips exceed (PP-OCR's orientation classifier: 5.7e-4
+    on real rows). Moving the scales by one ulp measures those flips."""
+    import onnx_ir as ir
+
+    from lightir.onnx_bridge import OrtModel
+    from lightir.testing import random_inputs
+    from lightir.verify import rounding_noise
+
+    b = GraphBuilder("conv_relu", seed=0)
+    x = b.input("x", [1, 8, 16, 16])
+    b.output(b.conv(b.relu(b.conv(x, 16, 3, bias=True)), 16, 3, bias=True), "y")
+    model = lightir.optimize(b.build(), "int8").model
+    floats = [v for v in model.graph.initializers.values() if v.dtype == ir.DataType.FLOAT]
+    assert floats and all(
+        user.op_type in ("QuantizeLinear", "DequantizeLinear")
+        for v in floats
+        for user, _ in v.uses()
+    )
+    batches = random_inputs(model, samples=4, seed=1)
+    reference = OrtModel(model).run_all(batches)
+    assert rounding_noise(model, batches, reference) > 0
