@@ -322,12 +322,15 @@ def run(argv: list[str]) -> int:
         raise BudgetUnmet(f"{unmet[0].message}; no model written")
     if args.output and args.target and report.ok:
         from lightir.lowering import compile_model
+        from lightir.manager import bind_calibration
 
         lowered = compile_model(
             result.model,
             args.output,
             args.target,
             dims=dims,
+            # The library is checked on calibration rows when there are some: in range.
+            calib=bind_calibration(args.calib, result.model),  # its preprocess is stored
             pipeline=report.pipeline,
             tune_trials=args.tune,
             tuning_db=args.tuning_db,

@@ -190,9 +190,10 @@ def _runs_exact_steps(passes: Sequence[Pass]) -> bool:
     return any(p.contract.is_exact or p.prerequisites or p.min_opset for p in passes)
 
 
-def _bind_calibration(
+def bind_calibration(
     calib: str | Path | CalibrationData | None, model: ir.Model, preprocess=None
 ) -> CalibrationData | None:
+    """``--calib`` (a .npz, an image folder or list, or data) as inputs of ``model``."""
     if calib is None:
         return None
     specs = input_specs(model)
@@ -394,7 +395,7 @@ def optimize(
     check_input(source, name)
     model = clone_model(source)
     canonical = canonicalize(model)
-    calibration = _bind_calibration(calib, model, preprocess)
+    calibration = bind_calibration(calib, model, preprocess)
     _check_preconditions(passes, model, calibration)
     specs = input_specs(model)
     _check_dims(specs, dims or {})

@@ -95,7 +95,7 @@ def main() -> None:
 
 
 def _models(name: str, folder: Path):
-    """(float model, int8 model, dims, feeds) of a zoo or corpus model."""
+    """(float model, int8 model, dims, feeds, calibration data or None) of a model."""
     from lightir.data import CalibrationData, input_specs
     from lightir.testing import corpus, tasks
 
@@ -111,13 +111,13 @@ def _models(name: str, folder: Path):
                     dims[dim] = int(size)
         fp32 = lightir.optimize(source, "reparam").model
         int8 = lightir.optimize(source, "reparam,int8", calib=str(calib)).model
-        return fp32, int8, dims, first
+        return fp32, int8, dims, first, data
     fp32 = lightir.optimize(f"zoo:{name}", "reparam").model
     int8 = lightir.optimize(f"zoo:{name}", "reparam,int8").model
     spec = fp32.graph.inputs[0]
     shape = [d if isinstance(d, int) else 1 for d in spec.shape]
     feeds = {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    return fp32, int8, {}, feeds
+    return fp32, int8, {}, feeds, None
 
 
 def bench_int8(name: str, trial_counts: list[int], threads: int) -> None:
@@ -129,7 +129,7 @@ def bench_int8(name: str, trial_counts: list[int], threads: int) -> None:
     )
     work = Path(tempfile.mkdtemp(prefix="lightir-bench-int8-"))
     try:
-        fp32, int8, dims, feeds = _models(name, work)
+        fp32, int8, dims, feeds, calib = _models(name, work)
         for trials in trial_counts:
             db = work / f"db{trials}" if trials else None
             builds, tune_s, failed = {}, {}, {}
@@ -141,6 +141,7 @@ def bench_int8(name: str, trial_counts: list[int], threads: int) -> None:
                 started = time.perf_counter()
                 options = dict(
                     dims=dims,
+                    calib=calib,  # checked on real rows where the model has them
                     tune_trials=0 if key == "fake-q" else trials,
                     tuning_db=None if key == "fake-q" else db,
                     integer=integer,

@@ -178,3 +178,20 @@ def test_an_integer_build_that_disagrees_gives_way_to_fake_quant(tmp_path, monke
     assert any("built as float fake-quant" in note for note in result.notes)
     assert result.checked and result.rel_error <= result.tolerance
     assert load(tmp_path / "q.so").metadata["integer_fallback"]
+
+
+def test_the_check_runs_on_calibration_rows_when_given(tmp_path):
+    """With calibration data the library is checked on its rows (in the model's working
+    range) and the metadata says which inputs the check used."""
+    from lightir.data import CalibrationData
+
+    model = lightir.optimize(conv_gemm(), "int8").model
+    rows = np.random.default_rng(9).standard_normal((4, 8, 10, 10)).astype(np.float32)
+    result = compile_model(
+        model, tmp_path / "q.so", "x86", calib=CalibrationData({"x": rows}), samples=3
+    )
+    assert result.checked_with == "calibration"
+    assert result.metadata["check"]["inputs"] == "calibration"
+    assert result.metadata["integer_ops"] == 3
+    plain = compile_model(model, tmp_path / "p.so", "x86")
+    assert plain.checked_with == "synthesized"
