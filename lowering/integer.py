@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lightir.lowering.tvm_backend import mutate_functions
+
 
 def integer_qdq(mod):
     """``mod`` with every QDQ conv2d / matmul of the form above computed in integers.
@@ -52,14 +54,7 @@ def integer_qdq(mod):
     class Integer(relax.PyExprMutator):
         def __init__(self, module) -> None:
             super().__init__(module)
-            self.module = module
             self.count = 0
-
-        def run(self):
-            for var, func in self.module.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(var, self.visit_expr(func))
-            return self.builder_.get()
 
         def bound(self, expr):
             """The call ``expr`` names, following variables to their bindings."""
@@ -181,7 +176,7 @@ def integer_qdq(mod):
             return op.multiply(real, relax.const(scale.reshape(shape)))
 
     mutator = Integer(mod)
-    rewritten = mutator.run()
+    rewritten = mutate_functions(mutator, mod)
     return relax.transform.DeadCodeElimination()(rewritten), mutator.count
 
 
@@ -238,16 +233,6 @@ def elementwise_qdq(mod):
 
     @relax.expr_functor.mutator
     class Elementwise(relax.PyExprMutator):
-        def __init__(self, module) -> None:
-            super().__init__(module)
-            self.module = module
-
-        def run(self):
-            for var, func in self.module.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(var, self.visit_expr(func))
-            return self.builder_.get()
-
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
             if call.op not in (quantize, dequantize):
@@ -272,7 +257,7 @@ def elementwise_qdq(mod):
             centred = emit(op.subtract(op.astype(x, "int32"), relax.const(np.int32(z))))
             return op.multiply(op.astype(centred, "float32"), relax.const(s))
 
-    return Elementwise(mod).run()
+    return mutate_functions(Elementwise(mod), mod)
 
 
 def nhwc(mod):

@@ -368,16 +368,6 @@ def accurate_reductions(mod):
 
     @relax.expr_functor.mutator
     class Widen(relax.PyExprMutator):
-        def __init__(self, module) -> None:
-            super().__init__(module)
-            self.module = module
-
-        def run(self):
-            for var, func in self.module.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(var, self.visit_expr(func))
-            return self.builder_.get()
-
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
             if not call.args or not is_f32(call.args[0]):
@@ -399,7 +389,20 @@ def accurate_reductions(mod):
                 return op.subtract(shifted, op.log(total))
             return call
 
-    return Widen(mod).run()
+    return mutate_functions(Widen(mod), mod)
+
+
+def mutate_functions(mutator, module):
+    """``module`` with each of its Relax functions rewritten by ``mutator``.
+
+    ``mutator`` is a ``relax.expr_functor.mutator`` class's instance made on ``module``.
+    """
+    from tvm import relax
+
+    for var, func in module.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(var, mutator.visit_expr(func))
+    return mutator.builder_.get()
 
 
 def _export(executable, library: Path, spec: TargetSpec) -> None:
