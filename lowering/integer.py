@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightir.lowering.tvm_backend import mutate_functions
+from lightir.lowering.relax_util import mutate_functions
 
 
 def integer_qdq(mod):

@@ -38,6 +38,7 @@ import onnx_ir as ir
 
 from lightir.data import concrete_shape, input_specs, synthesize
 from lightir.errors import InputError, LightirError, UsageError
+from lightir.lowering.relax_util import mutate_functions
 from lightir.lowering.targets import TargetSpec, resolve
 
 CROSS_CXX = {"arm": "aarch64-linux-gnu-g++"}
@@ -390,19 +391,6 @@ def accurate_reductions(mod):
             return call
 
     return mutate_functions(Widen(mod), mod)
-
-
-def mutate_functions(mutator, module):
-    """``module`` with each of its Relax functions rewritten by ``mutator``.
-
-    ``mutator`` is a ``relax.expr_functor.mutator`` class's instance made on ``module``.
-    """
-    from tvm import relax
-
-    for var, func in module.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(var, mutator.visit_expr(func))
-    return mutator.builder_.get()
 
 
 def _export(executable, library: Path, spec: TargetSpec) -> None:
