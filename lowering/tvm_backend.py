@@ -541,7 +541,7 @@ class CompiledModel:
             metadata = json.loads(meta_file.read_text())
         self.metadata = metadata
         self.device = tvm.cuda() if metadata["device"] == "cuda" else tvm.cpu()
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
+        self.vm = relax.VirtualMachine(_load_fresh(library), self.device)
         self.input_names = [i["name"] for i in metadata["inputs"]]
         self.output_names = list(metadata["outputs"])
 
@@ -596,6 +596,25 @@ class CompiledModel:
         out = self.vm["main"](*args)
         values = [out] if hasattr(out, "numpy") else list(out)
         return {name: value.numpy() for name, value in zip(self.output_names, values)}
+
+
+def _load_fresh(library: Path):
+    """``tvm.runtime.load_module`` of a private copy of ``library``.
+
+    The dynamic loader returns the object already open under a path (or inode): a model
+    rebuilt at the same path while the old one was still loaded ran as the old one.
+    tools/bench_lowering.py timed untuned libraries as tuned ones this way. A fresh copy is
+    loaded, then unlinked (the mapping stays valid).
+    """
+    import tvm
+
+    handle, private = tempfile.mkstemp(prefix=f"{library.stem}-", suffix=library.suffix)
+    os.close(handle)
+    try:
+        shutil.copyfile(library, private)
+        return tvm.runtime.load_module(private)
+    finally:
+        os.unlink(private)
 
 
 def load(path: str | os.PathLike) -> CompiledModel:

@@ -332,3 +332,24 @@ def test_ctrl_c_stops_tuning_keeps_the_records_and_writes_nothing(tmp_path):
     model = lightir.optimize("zoo:digits", "reparam").model
     resumed = compile_model(model, out, "x86", tuning_db=db)  # no new trials: the records apply
     assert resumed.checked and 1 <= resumed.metadata["tuning"]["applied"] < 8
+
+
+def test_a_library_rebuilt_at_the_same_path_is_loaded_anew(tmp_path):
+    """The dynamic loader hands back the library already open under a path: a model
+    rebuilt there while the first is still loaded must run (and be checked) as the new
+    one. The two builds here compute different functions (x + 1 and x * 3)."""
+    library = tmp_path / "m.so"
+    first = from_text("<ir_version: 8, opset_import: [\"\" : 17]> g (float[1, 4] x) => "
+                      "(float[1, 4] y) { one = Constant <value = float {1.0}> ()\n"
+                      "y = Add(x, one) }")  # fmt: skip
+    second = from_text("<ir_version: 8, opset_import: [\"\" : 17]> g (float[1, 4] x) => "
+                       "(float[1, 4] y) { three = Constant <value = float {3.0}> ()\n"
+                       "y = Mul(x, three) }")  # fmt: skip
+    feed = {"x": np.arange(4, dtype=np.float32).reshape(1, 4)}
+    assert compile_model(first, library, "x86").checked
+    held = load(library)
+    np.testing.assert_array_equal(held.run_dict(feed)["y"], feed["x"] + 1)
+    result = compile_model(second, library, "x86")
+    assert result.checked and result.rel_error <= result.tolerance
+    np.testing.assert_array_equal(load(library).run_dict(feed)["y"], feed["x"] * 3)
+    np.testing.assert_array_equal(held.run_dict(feed)["y"], feed["x"] + 1)
