@@ -275,3 +275,156 @@ def nhwc(mod):
     return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(
         elementwise_qdq(mod)
     )
+
+
+def vnni_layout(mod):
+    """``mod`` with its NHWC integer convs and 2-D integer matmuls on blocked weights.
+
+    VNNI's dot product (``vpdpbusd``) multiplies 4 consecutive uint8 input channels with a
+    16 x 4 block of int8 weights: 16 output channels, each with the same 4 input channels,
+    64 contiguous bytes. In OHWI (or a matmul's K x N) those 64 bytes are strided, and
+    MetaSchedule's tensorization of the OHWI convs matched nothing (TVM's tensorize: "buffer
+    extent high-dim region must be element-wise"). Weights are constants, so they are
+    reordered here once, to (O/16, KH, KW, I/4, 16, 4) (matmul: (N/16, K/4, 16, 4)), zero-padded
+    to whole blocks; the op becomes a TE compute that reads them by ``o // 16`` and ``o % 16``
+    and keeps the output in NHWC, so the epilogue still fuses into it. Input channels that
+    are not a multiple of 4 are padded with zeros in the conv's own pad. Grouped convs and
+    non-constant weights are left as they are. The values are those of the op replaced (an
+    integer sum in another order): on a CPU without VNNI the kernels are plain loops.
+    """
+    import tvm
+    from tvm import relax
+
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    matmul = tvm.ir.Op.get("relax.matmul")
+    permute = tvm.ir.Op.get("relax.permute_dims")
+
+    @relax.expr_functor.mutator
+    class Blocked(relax.PyExprMutator):
+        def constant(self, expr) -> np.ndarray | None:
+            """The value of ``expr``: a constant, or ConvertLayout's permute_dims of one."""
+            while isinstance(expr, relax.Var) and self.lookup_binding(expr) is not None:
+                expr = self.lookup_binding(expr)
+            if isinstance(expr, tvm.ir.expr.Constant):
+                return expr.value.numpy()
+            if isinstance(expr, relax.Call) and expr.op == permute:
+                inner = self.constant(expr.args[0])
+                if inner is not None:
+                    axes = expr.attrs.axes
+                    return np.transpose(inner, None if axes is None else [int(a) for a in axes])
+            return None
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if call.op == conv2d:
+                new = self.conv(call)
+            elif call.op == matmul:
+                new = self.matmul(call)
+            else:
+                new = None
+            return call if new is None else new
+
+        def operands(self, call):
+            x, w = call.args
+            codes = self.constant(w)
+            if codes is None or codes.dtype != np.int8 or str(call.attrs.out_dtype) != "int32":
+                return None
+            if str(x.ty.dtype) != "uint8":
+                return None
+            if any(not isinstance(d, tvm.tirx.IntImm) for d in x.ty.shape):
+                return None
+            return x, codes
+
+        def conv(self, call):
+            attrs, found = call.attrs, self.operands(call)
+            if found is None or int(attrs.groups) != 1:
+                return None
+            if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != (
+                "NHWC",
+                "OHWI",
+                "NHWC",
+            ):
+                return None
+            x, codes = found
+            out, kh, kw, channels = codes.shape
+            blocks, groups = -(-out // 16), -(-channels // 4)
+            padded = np.zeros((blocks * 16, kh, kw, groups * 4), np.int8)
+            padded[:out, :, :, :channels] = codes
+            packed = padded.reshape(blocks, 16, kh, kw, groups, 4).transpose(0, 2, 3, 4, 1, 5)
+            return self.builder_.emit_te(
+                _conv_vnni,
+                x,
+                relax.const(np.ascontiguousarray(packed)),
+                out,
+                [int(p) for p in attrs.padding],
+                [int(s) for s in attrs.strides],
+                [int(d) for d in attrs.dilation],
+                groups * 4 - channels,
+                primfunc_name_hint="conv2d_vnni",
+            )
+
+        def matmul(self, call):
+            found = self.operands(call)
+            if found is None or found[1].ndim != 2 or len(found[0].ty.shape) != 2:
+                return None
+            x, codes = found
+            depth, out = codes.shape
+            blocks, groups = -(-out // 16), -(-depth // 4)
+            padded = np.zeros((groups * 4, blocks * 16), np.int8)
+            padded[:depth, :out] = codes
+            packed = padded.reshape(groups, 4, blocks, 16).transpose(2, 0, 3, 1)
+            return self.builder_.emit_te(
+                _matmul_vnni,
+                x,
+                relax.const(np.ascontiguousarray(packed)),
+                out,
+                groups * 4 - depth,
+                primfunc_name_hint="matmul_vnni",
+            )
+
+    rewritten = mutate_functions(Blocked(mod), mod)
+    return relax.transform.DeadCodeElimination()(rewritten)
+
+
+def _conv_vnni(data, packed, out, padding, strides, dilation, extra_channels):
+    """NHWC uint8 x blocked int8 -> NHWC int32 (see :func:`vnni_layout`)."""
+    from tvm import te, topi
+
+    top, left, bottom, right = padding
+    if any(padding) or extra_channels:
+        data = topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, extra_channels])
+    batch, height, width, _ = (int(d) for d in data.shape)
+    _, kh, kw, groups, _, _ = (int(d) for d in packed.shape)
+    oh = (height - dilation[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (width - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    rco = te.reduce_axis((0, groups), "rc_o")
+    rci = te.reduce_axis((0, 4), "rc_i")
+
+    def value(n, y, x, o):
+        a = data[n, y * strides[0] + ry * dilation[0], x * strides[1] + rx * dilation[1],
+                 rco * 4 + rci]  # fmt: skip
+        b = packed[o // 16, ry, rx, rco, o % 16, rci]
+        return te.sum(a.astype("int32") * b.astype("int32"), axis=[ry, rx, rco, rci])
+
+    return te.compute((batch, oh, ow, out), value, name="conv2d_nhwc_vnni")
+
+
+def _matmul_vnni(data, packed, out, extra_depth):
+    """(M, K) uint8 x blocked int8 -> (M, N) int32 (see :func:`vnni_layout`)."""
+    from tvm import te, topi
+
+    if extra_depth:
+        data = topi.nn.pad(data, [0, 0], [0, extra_depth])
+    rows = int(data.shape[0])
+    groups = int(packed.shape[1])
+    rko = te.reduce_axis((0, groups), "rk_o")
+    rki = te.reduce_axis((0, 4), "rk_i")
+
+    def value(m, n):
+        a = data[m, rko * 4 + rki].astype("int32")
+        b = packed[n // 16, rko, n % 16, rki].astype("int32")
+        return te.sum(a * b, axis=[rko, rki])
+
+    return te.compute((rows, out), value, name="matmul_vnni")

@@ -76,9 +76,7 @@ def tune(
     missing.sort(key=lambda t: -_flops(t) * t.weight)
     per_task = max(1, trials // len(missing))
     with _x86_intrinsics_only():
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            missing, work_dir=database_dir, seed=0
-        )
+        contexts, weights = _tune_contexts(missing, database_dir)
     cores = max(1, (os.cpu_count() or 1))
     names = [t.task_name for t in missing]
     state = _Interrupt()
@@ -203,10 +201,177 @@ def _x86_intrinsics_only():
     sys.modules[name] = package
     try:
         importlib.import_module(f"{name}.x86")
+        _byte_operand_vnni()
         yield
     finally:
         if sys.modules.get(name) is package:
             del sys.modules[name]
+
+
+def _byte_operand_vnni() -> None:
+    """Re-register VNNI's 16x4 dot product with the operand types LLVM 22 declares.
+
+    TVM 0.27's ``dot_16x4_vnni`` calls ``llvm.x86.avx512.vpdpbusd.512`` with two
+    ``<16 x i32>`` operands; the LLVM that TVM 0.27's wheels link (22) declares them
+    ``<64 x i8>``, so every tensorized kernel failed LLVM's module verification ("Call
+    parameter type does not match function signature!") and tuning could only keep the
+    untensorized ones. The same computation (4 uint8 broadcast to all 16 lanes, times 16x4
+    int8, summed into 16 int32) with byte vectors, registered under the same name so
+    MetaSchedule's VNNI rule uses it. With an LLVM that still takes ``<16 x i32>``
+    (checked by building one call) TVM's own stays.
+    """
+    global _VNNI_CHECKED
+    if _VNNI_CHECKED:
+        return
+    _VNNI_CHECKED = True
+    from tvm.s_tir import TensorIntrin
+    from tvm.s_tir.tensor_intrin import x86
+
+    impl = _vnni_bytes()
+    if _builds(impl):
+        TensorIntrin.register(
+            x86.VNNI_DOT_16x4_INTRIN, x86.dot_product_16x4_u8i8i32_desc, impl, override=True
+        )
+
+
+_VNNI_CHECKED = False
+
+
+def _vnni_bytes():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_u8x64,
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    return impl
+
+
+def _builds(impl) -> bool:
+    """Whether LLVM accepts ``impl`` (compiled for a VNNI CPU; nothing is run)."""
+    import tvm
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
+    try:
+        tvm.compile(impl.with_attr("global_symbol", "vnni_probe"), target=target)
+    except Exception:  # LLVM's verifier: the operand types of this LLVM differ
+        return False
+    return True
+
+
+def _tune_contexts(tasks, work_dir: str):
+    """MetaSchedule's tune contexts, with :class:`SerialTensorized` before the vectorizer.
+
+    The contexts are made as MetaSchedule makes them (its rules, postprocessors and mutators
+    for the target), then made again with the same lists plus one postprocessor.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    make = ms.relax_integration.extracted_tasks_to_tune_contexts
+    contexts, weights = make(tasks, work_dir=work_dir, seed=0)
+    if not any(
+        rule.__class__.__name__ == "MultiLevelTilingWithIntrin"
+        for context in contexts
+        for rule in context.space_generator.sch_rules
+    ):
+        return contexts, weights  # no tensor intrinsic for this target: nothing to keep serial
+    fixed = []
+    for index, (task, context) in enumerate(zip(tasks, contexts)):
+        space = context.space_generator
+        postprocs = [p.clone() for p in space.postprocs]
+        at = next(
+            (
+                i
+                for i, p in enumerate(postprocs)
+                if p.__class__.__name__ == "RewriteParallelVectorizeUnroll"
+            ),
+            None,
+        )
+        if at is None:
+            fixed.append(context)
+            continue
+        postprocs.insert(at, serial_tensorized())
+        generator = ms.space_generator.PostOrderApply(
+            sch_rules=[r.clone() for r in space.sch_rules],
+            postprocs=postprocs,
+            mutator_probs={m.clone(): p for m, p in space.mutator_probs.items()},
+        )
+        fixed.extend(make([task], work_dir=work_dir, space=generator, seed=index + 1)[0])
+    return fixed, weights
+
+
+TENSORIZED_OUTER = "lightir.tensorized_outer"
+
+
+def serial_tensorized():
+    """A postprocessor that keeps the loop around a tensorized block out of vectorization.
+
+    MetaSchedule's ``RewriteParallelVectorizeUnroll`` fuses and vectorizes the innermost
+    spatial loops of every block, including the loop that encloses a block marked for
+    tensorization (``meta_schedule.auto_tensorize``, e.g. VNNI's 16x4 dot product). After
+    ``RewriteTensorize`` the vectorized loop then holds the intrinsic's own vector code, and
+    TVM 0.27's lowering stops with "VectorizeLoop before LiftStorageAlloc": measured on the
+    zoo ResNet's NHWC int8 convs, 12 of 18 postprocessed VNNI sketches failed to build this
+    way (tools/README.md). That postprocessor leaves a loop with any annotation alone, so
+    this one, run before it, annotates the innermost loop above each such block. The
+    annotation is a traced schedule step, so a tuning record replays it; lowering ignores it.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.postproc import PyPostproc
+
+    @derived_object
+    class SerialTensorized(PyPostproc):
+        def _initialize_with_tune_context(self, context) -> None:
+            pass
+
+        def apply(self, sch) -> bool:
+            import tvm
+
+            for gvar, func in sch.mod.functions.items():
+                if not isinstance(func, tvm.tirx.PrimFunc):
+                    continue
+                for name in _tensorized_blocks(func.body, []):
+                    loops = sch.get_loops(sch.get_sblock(name, gvar.name_hint))
+                    if loops and TENSORIZED_OUTER not in sch.get(loops[-1]).annotations:
+                        sch.annotate(loops[-1], TENSORIZED_OUTER, 1)
+            return True
+
+        def clone(self):
+            return serial_tensorized()
+
+    return SerialTensorized()
+
+
+def _tensorized_blocks(stmt, found: list[str]) -> list[str]:
+    """Names of the blocks under ``stmt`` marked for tensorization, outermost first."""
+    import tvm
+
+    if isinstance(stmt, tvm.s_tir.SBlockRealize):
+        block = stmt.block
+        if "meta_schedule.auto_tensorize" in block.annotations:
+            found.append(block.name_hint)
+        _tensorized_blocks(block.body, found)
+    elif isinstance(stmt, tvm.tirx.SeqStmt):
+        for child in stmt.seq:
+            _tensorized_blocks(child, found)
+    elif hasattr(stmt, "body"):
+        _tensorized_blocks(stmt.body, found)
+    return found
 
 
 def _batch_callback(names: list[str], total: int, progress, state: _Interrupt):
@@ -264,7 +429,8 @@ def apply_database(mod, target, database) -> tuple[object, list[str]]:
     import tvm
     from tvm import relax
 
-    with target, database, tvm.transform.PassContext(opt_level=3):
+    # Records may replay a tensorization: the intrinsics they name must be registered.
+    with _x86_intrinsics_only(), target, database, tvm.transform.PassContext(opt_level=3):
         mod = relax.get_pipeline("zero")(mod)
     applied = [
         gvar.name_hint

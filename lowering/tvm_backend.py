@@ -300,13 +300,15 @@ def _build(
             "first, or report the model"
         ) from exc
     if integer:
-        from lightir.lowering.integer import integer_qdq, nhwc
+        from lightir.lowering.integer import integer_qdq, nhwc, vnni_layout
 
         mod, count = integer_qdq(mod)
         if facts is not None:
             facts["integer_ops"] = count
         if count and spec.kind != "cuda":
             mod = nhwc(mod)
+        if count and spec.kind == "x86":
+            mod = vnni_layout(mod)
     target = spec.tvm_target()
     if spec.kind != "cuda":  # GPU reductions are trees across threads: accurate already
         mod = accurate_reductions(mod)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -196,3 +198,85 @@ def test_the_check_runs_on_calibration_rows_when_given(tmp_path):
     assert result.metadata["integer_ops"] == 3
     plain = compile_model(model, tmp_path / "p.so", "x86")
     assert plain.checked_with == "synthesized"
+
+
+def _has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return "avx512_vnni" in handle.read()
+    except OSError:
+        return False
+
+
+def _random_args(func, rng) -> list[np.ndarray]:
+    arrays = []
+    for param in func.params:
+        shape, dtype = [int(d) for d in param.shape], str(param.dtype)
+        if dtype.startswith(("int", "uint")):
+            info = np.iinfo(dtype)
+            low, high = max(info.min, -100), min(info.max, 100) if dtype == "int32" else info.max
+            arrays.append(rng.integers(low, high, shape, endpoint=True).astype(dtype))
+        else:
+            arrays.append(rng.uniform(0.01, 0.1, shape).astype(dtype))
+    return arrays
+
+
+def test_vnni_tensorized_conv_schedules_all_build_and_compute_the_untuned_result():
+    """MetaSchedule's VNNI sketches of a blocked-weight int8 conv (``vnni_layout``),
+    postprocessed with lightir's tuning postprocessors for several random vectorize/unroll
+    choices: every one is tensorized and builds, and run on a VNNI CPU computes exactly
+    what the untuned kernel computes. Each of the three fixes is needed: on OHWI weights
+    tensorize matches nothing; without ``serial_tensorized`` the vectorizer wraps the dot
+    product and lowering stops ("VectorizeLoop before LiftStorageAlloc"); with TVM's own
+    intrinsic LLVM 22 rejects the call ("Call parameter type does not match")."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    from lightir.lowering.integer import nhwc, vnni_layout
+    from lightir.lowering.tuning import (
+        TENSORIZED_OUTER,
+        _tune_contexts,
+        _x86_intrinsics_only,
+        fast_build,
+    )
+    from lightir.lowering.tvm_backend import accurate_reductions
+
+    b = GraphBuilder("conv16", seed=3)
+    b.output(b.conv(b.input("x", [1, 16, 8, 8]), 32, 3, bias=True), "y")
+    model = lightir.optimize(b.build(), "int8").model
+    module, count = integer_qdq(imported(model))
+    assert count == 1
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    with target:
+        fused = relax.get_pipeline("zero")(vnni_layout(accurate_reductions(nhwc(module))))
+    tasks = [
+        t for t in ms.relax_integration.extract_tasks(fused, target) if "conv2d" in t.task_name
+    ]
+    assert len(tasks) == 1
+    with _x86_intrinsics_only(), tempfile.TemporaryDirectory() as work:
+        (context,), _ = _tune_contexts(tasks, work)
+        sketches = context.space_generator.generate_design_space(context.mod)
+        postprocs = list(context.space_generator.postprocs)
+    tensorized = [s for s in sketches if "dot_16x4_vnni" in str(s.trace)]
+    assert tensorized, "no VNNI sketch for an NHWC u8 x s8 conv"
+
+    func = context.mod["main"]
+    args = _random_args(func, np.random.default_rng(0))
+    untuned = fast_build(context.mod, target, None)
+    built = 0
+    for sketch in tensorized:
+        for seed in range(1, 5):
+            sch = Schedule(context.mod, seed=seed)
+            sketch.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=None)
+            assert all(p.apply(sch) for p in postprocs)
+            assert TENSORIZED_OUTER in sch.mod.script()
+            library = fast_build(sch.mod, target, None)  # raised before serial_tensorized
+            assert "vpdpbusd" in library.inspect_source("asm")
+            built += 1
+            if _has_vnni():
+                want = [tvm.runtime.tensor(a) for a in args]
+                got = [tvm.runtime.tensor(a) for a in args]
+                untuned(*want)
+                library(*got)
+                assert np.array_equal(got[-1].numpy(), want[-1].numpy())
+    assert built == 4 * len(tensorized)
