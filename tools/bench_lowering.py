@@ -177,6 +177,14 @@ def bench_int8(name: str, trial_counts: list[int], threads: int) -> None:
                 f"{vnni.get('vpdpbusd', 0):>2}/{vnni.get('kernels', 0):<3}",
                 flush=True,
             )
+            for key in ("tvm fp32", "int8"):
+                tuning = builds[key].metadata.get("tuning")
+                if tuning:
+                    print(
+                        f"{'':<18} {key}: {tuning['tasks']} tasks, {tuning['tuned_now']} tuned "
+                        f"now, {tuning['applied']} kernels with a tuned schedule",
+                        flush=True,
+                    )
             for key, why in failed.items():
                 print(f"{'':<18} {key} FAILED its check against onnxruntime: {why}", flush=True)
     finally:
