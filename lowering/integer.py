@@ -20,8 +20,10 @@ pipeline fuses them into the convolution's epilogue. ``matmul`` with a constant 
 rewritten the same way.
 
 u8 x s8 with int32 accumulation is the operand form of x86's VNNI ``vpdpbusd`` (and of
-AVX-512BW's ``vpmaddubsw``). :func:`nhwc` then puts the convolutions in NHWC, the layout
-in which MetaSchedule's x86 rules tensorize them. Anything that is not this pattern
+AVX-512BW's ``vpmaddubsw``). :func:`nhwc` then puts the convolutions in NHWC, input
+channels innermost, and on x86 :func:`vnni_layout` reorders the constant weights into the
+16 x 4 blocks the dot product reads, the form in which MetaSchedule's x86 rules tensorize
+them (lightir.lowering.tuning makes those tensorized kernels build). Anything that is not this pattern
 (per-channel activations, a non-zero weight zero point, a weight that is not a constant)
 is left as float fake-quant.
 """
