@@ -166,6 +166,24 @@ def test_nhwc_keeps_every_value_and_transposes_only_at_the_ends():
     assert np.abs(_run(converted, feed) - want).max() <= 1e-6 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_vnni_layout_blocks_dense_convs_and_gemm_and_keeps_every_value(depthwise):
+    """Blocked weights compute the NHWC build's values exactly; a grouped conv (depthwise)
+    is left as it was."""
+    from lightir.lowering.integer import nhwc, vnni_layout
+
+    model = lightir.optimize(conv_gemm(depthwise), "int8").model
+    module, _ = integer_qdq(imported(model))
+    converted = nhwc(module)
+    blocked = vnni_layout(converted)
+    text = blocked.script()
+    assert text.count("def conv2d_vnni") == (1 if depthwise else 2)
+    assert text.count("def matmul_vnni") == 1
+    assert ("R.nn.conv2d(" in text) == depthwise
+    feed = random_inputs(model, samples=1, seed=7)[0]["x"]
+    assert np.array_equal(_run(blocked, feed), _run(converted, feed))
+
+
 def test_an_integer_build_that_disagrees_gives_way_to_fake_quant(tmp_path, monkeypatch):
     """A wrong integer build (here: the border share of the zero point left out) fails the
     check; the library written is the float fake-quant build, and the result says why."""
