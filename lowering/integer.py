@@ -23,9 +23,9 @@ u8 x s8 with int32 accumulation is the operand form of x86's VNNI ``vpdpbusd`` (
 AVX-512BW's ``vpmaddubsw``). :func:`nhwc` then puts the convolutions in NHWC, input
 channels innermost, and on x86 :func:`vnni_layout` reorders the constant weights into the
 16 x 4 blocks the dot product reads, the form in which MetaSchedule's x86 rules tensorize
-them (lightir.lowering.tuning makes those tensorized kernels build). Anything that is not this pattern
-(per-channel activations, a non-zero weight zero point, a weight that is not a constant)
-is left as float fake-quant.
+them (lightir.lowering.tuning makes those tensorized kernels build). Anything that is not
+this pattern (per-channel activations, a non-zero weight zero point, a weight that is not a
+constant) is left as float fake-quant.
 """
 
 from __future__ import annotations
@@ -385,6 +385,10 @@ def vnni_layout(mod):
             )
 
     rewritten = mutate_functions(Blocked(mod), mod)
+    # The op's binding is left as an alias of the emitted call_tir (``y = lv``); FuseOps
+    # treats such a binding as opaque, and the epilogue would be a kernel of its own (an
+    # int32 tensor written and read back per conv: measured on MTCNN O-Net, all 8 ops).
+    rewritten = relax.transform.CanonicalizeBindings()(rewritten)
     return relax.transform.DeadCodeElimination()(rewritten)
 
 
