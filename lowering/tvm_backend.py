@@ -300,7 +300,7 @@ def _build(
             "first, or report the model"
         ) from exc
     if integer:
-        from lightir.lowering.integer import integer_qdq, nhwc, unfused_products, vnni_layout
+        from lightir.lowering.integer import integer_qdq, nhwc, vnni_layout
 
         mod, count = integer_qdq(mod)
         if facts is not None:
@@ -309,8 +309,6 @@ def _build(
             mod = nhwc(mod)
         if count and spec.kind == "x86":
             mod = vnni_layout(mod)
-        if count and spec.kind != "cuda":
-            mod = unfused_products(mod)
     target = spec.tvm_target()
     if spec.kind != "cuda":  # GPU reductions are trees across threads: accurate already
         mod = accurate_reductions(mod)

@@ -249,14 +249,24 @@ def _random_args(func, rng) -> list[np.ndarray]:
     return arrays
 
 
-def _conv16_task(fence: bool):
-    """The fused int8 conv kernel of a 16 -> 32 channel 3x3 conv as ``_build`` lowers it
-    for a VNNI x86 (``unfused_products`` only with ``fence``): its tune context, sketches,
-    postprocessors and target."""
+def test_vnni_tensorized_conv_schedules_all_build_and_compute_the_untuned_result():
+    """MetaSchedule's VNNI sketches of a blocked-weight int8 conv (``vnni_layout``),
+    postprocessed with lightir's tuning postprocessors for several random vectorize/unroll
+    choices: every one is tensorized and builds, and run on a VNNI CPU computes exactly
+    what the untuned kernel computes. Each of the three fixes is needed: on OHWI weights
+    tensorize matches nothing; without ``serial_tensorized`` the vectorizer wraps the dot
+    product and lowering stops ("VectorizeLoop before LiftStorageAlloc"); with TVM's own
+    intrinsic LLVM 22 rejects the call ("Call parameter type does not match")."""
+    from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
-    from lightir.lowering.integer import nhwc, unfused_products, vnni_layout
-    from lightir.lowering.tuning import _tune_contexts, _x86_intrinsics_only
+    from lightir.lowering.integer import nhwc, vnni_layout
+    from lightir.lowering.tuning import (
+        TENSORIZED_OUTER,
+        _tune_contexts,
+        _x86_intrinsics_only,
+        fast_build,
+    )
     from lightir.lowering.tvm_backend import accurate_reductions
 
     b = GraphBuilder("conv16", seed=3)
@@ -264,12 +274,9 @@ def _conv16_task(fence: bool):
     model = lightir.optimize(b.build(), "int8").model
     module, count = integer_qdq(imported(model))
     assert count == 1
-    module = vnni_layout(accurate_reductions(nhwc(module)))
-    if fence:
-        module = unfused_products(module)
     target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
     with target:
-        fused = relax.get_pipeline("zero")(module)
+        fused = relax.get_pipeline("zero")(vnni_layout(accurate_reductions(nhwc(module))))
     tasks = [
         t for t in ms.relax_integration.extract_tasks(fused, target) if "conv2d" in t.task_name
     ]
@@ -280,70 +287,24 @@ def _conv16_task(fence: bool):
         postprocs = list(context.space_generator.postprocs)
     tensorized = [s for s in sketches if "dot_16x4_vnni" in str(s.trace)]
     assert tensorized, "no VNNI sketch for an NHWC u8 x s8 conv"
-    return context, tensorized, postprocs, target
 
-
-def _scheduled(context, sketch, postprocs, seed: int):
-    from tvm.s_tir import Schedule
-
-    sch = Schedule(context.mod, seed=seed)
-    sketch.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=None)
-    assert all(p.apply(sch) for p in postprocs)
-    return sch
-
-
-def _outputs(library, args) -> np.ndarray:
-    tensors = [tvm.runtime.tensor(a) for a in args]
-    library(*tensors)
-    return tensors[-1].numpy()
-
-
-def test_vnni_tensorized_conv_schedules_all_build_and_compute_the_untuned_result():
-    """MetaSchedule's VNNI sketches of a blocked-weight int8 conv (``vnni_layout``),
-    postprocessed with lightir's tuning postprocessors for several random vectorize/unroll
-    choices: every one is tensorized and builds, and run on a VNNI CPU computes exactly
-    what the untuned kernel computes. Each of the three fixes is needed: on OHWI weights
-    tensorize matches nothing; without ``serial_tensorized`` the vectorizer wraps the dot
-    product and lowering stops ("VectorizeLoop before LiftStorageAlloc"); with TVM's own
-    intrinsic LLVM 22 rejects the call ("Call parameter type does not match")."""
-    from lightir.lowering.tuning import TENSORIZED_OUTER, fast_build
-
-    context, tensorized, postprocs, target = _conv16_task(fence=False)
-    args = _random_args(context.mod["main"], np.random.default_rng(0))
+    func = context.mod["main"]
+    args = _random_args(func, np.random.default_rng(0))
     untuned = fast_build(context.mod, target, None)
     built = 0
     for sketch in tensorized:
         for seed in range(1, 5):
-            sch = _scheduled(context, sketch, postprocs, seed)
+            sch = Schedule(context.mod, seed=seed)
+            sketch.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=None)
+            assert all(p.apply(sch) for p in postprocs)
             assert TENSORIZED_OUTER in sch.mod.script()
             library = fast_build(sch.mod, target, None)  # raised before serial_tensorized
             assert "vpdpbusd" in library.inspect_source("asm")
             built += 1
             if _has_vnni():
-                assert np.array_equal(_outputs(library, args), _outputs(untuned, args))
+                want = [tvm.runtime.tensor(a) for a in args]
+                got = [tvm.runtime.tensor(a) for a in args]
+                untuned(*want)
+                library(*got)
+                assert np.array_equal(got[-1].numpy(), want[-1].numpy())
     assert built == 4 * len(tensorized)
-
-
-@pytest.mark.parametrize("fence", [False, True])
-def test_a_tuned_epilogue_rounds_as_the_untuned_one_only_when_fenced(fence):
-    """With real float scales a tuned kernel inlines ``float32(acc - shift) * scale + bias``
-    and LLVM contracts it into an FMA (one rounding, not two): an ulp off the untuned kernel
-    in hundreds of outputs, enough to flip a later rounding tie. ``unfused_products`` fences
-    the product: no FMA, and the same bits as the untuned kernel."""
-    import re
-
-    from lightir.lowering.tuning import fast_build
-
-    context, tensorized, postprocs, target = _conv16_task(fence)
-    rng = np.random.default_rng(0)
-    args = [
-        rng.uniform(0.01, 0.1, a.shape).astype(a.dtype) if a.dtype == np.float32 else a
-        for a in _random_args(context.mod["main"], np.random.default_rng(0))
-    ]
-    untuned = fast_build(context.mod, target, None)
-    library = fast_build(_scheduled(context, tensorized[0], postprocs, 1).mod, target, None)
-    contracted = re.findall(r"vfn?m(add|sub)", library.inspect_source("asm"))
-    assert bool(contracted) != fence
-    if _has_vnni():
-        same = np.array_equal(_outputs(library, args), _outputs(untuned, args))
-        assert same == fence
