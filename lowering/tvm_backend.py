@@ -48,6 +48,9 @@ class LoweringError(LightirError):
     """The compiled library does not compute what the ONNX model computes."""
 
     exit_code = 1
+    integer_ops = 0  # set by the check: the build computed that many ops in integers
+    batches = None  # the inputs the outputs were compared on, when they were compared
+    tolerance = None
 
 
 @dataclass
@@ -62,6 +65,7 @@ class LoweringResult:
     tolerance: float | None = None
     checked_on: str = ""  # "this machine" or "qemu-aarch64"
     checked_with: str = ""  # "synthesized" or "calibration" inputs
+    stepwise: dict | None = None  # an integer build judged per quantized tensor (see _stepwise)
     notes: list[str] = field(default_factory=list)
 
 
@@ -160,7 +164,7 @@ def compile_model(
         # tie decided the other way, amplified by later layers; or a rewrite bug): keep what
         # verifies, the float fake-quant build, and say so.
         result = _build_and_check(model, integer=False, **build)
-        why = str(exc).split(";")[0]  # its tail says nothing was written: this one is
+        why = str(exc).removesuffix("; nothing was written")  # this one is written
         result.notes.append(
             f"the integer int8 build was not kept ({why}); built as float fake-quant"
         )
@@ -223,7 +227,17 @@ def _build_and_check(
                 _check(model, run, metadata, result, samples, seed, dims, calib)
             except LoweringError as exc:
                 exc.integer_ops = metadata["integer_ops"]
-                raise
+                if not exc.integer_ops or exc.batches is None:
+                    raise
+                # An integer build that misses at the outputs may only have decided rounding
+                # ties the other way (lightir.lowering.stepwise): judge it per quantized tensor.
+                stepwise = _stepwise(model, exc.batches, shapes, spec, tuning_db, Path(tmp), exc)
+                result.stepwise = stepwise.as_dict()
+                result.notes.append(
+                    f"outputs rel error {result.rel_error:.3g} > {result.tolerance:.2g} "
+                    f"(int8 rounding ties amplified); accepted per quantized tensor: "
+                    f"{stepwise.describe()}"
+                )
         if spec.kind == "cuda":
             result.notes.append(compile_cuda_source(executable, spec, Path(tmp)))
         metadata["check"] = (
@@ -232,6 +246,7 @@ def _build_and_check(
                 "rel_error": result.rel_error,
                 "tolerance": result.tolerance,
                 "inputs": result.checked_with,
+                **({"stepwise": result.stepwise} if result.stepwise else {}),
             }
             if result.checked
             else {"run_on": None, "notes": list(result.notes)}
@@ -473,11 +488,51 @@ def _check(model, run, metadata, result, samples, seed, dims, calib=None) -> Non
     worst = max(m.rel_error for m in metrics)
     result.checked, result.rel_error, result.tolerance = True, worst, tolerance
     if not worst <= tolerance:
-        raise LoweringError(
+        error = LoweringError(
             f"the compiled model disagrees with onnxruntime: rel error {worst:.3g} > "
             f"{tolerance:.2g} on output '{max(metrics, key=lambda m: m.rel_error).output}'; "
             "nothing was written"
         )
+        error.batches, error.tolerance = batches, tolerance
+        raise error
+    return batches
+
+
+def _stepwise(model, batches, shapes, spec, tuning_db, workdir: Path, failure: LoweringError):
+    """Judge an integer build that missed at its outputs per quantized tensor, or raise.
+
+    The cut copy (:mod:`lightir.lowering.stepwise`) is built as the build was, from the same
+    tuning database without new trials, and run where the build ran.
+    """
+    from lightir.lowering.stepwise import stepwise_check
+
+    def build(cut, cut_shapes):
+        fixed = {**{k: tuple(v) for k, v in shapes.items()}, **cut_shapes}
+        executable = _build(cut, fixed, spec, tuning_db, 0, {}, None, None, True, {})
+        library = workdir / "stepwise.so"
+        _export(executable, library, spec)
+        meta = {
+            "inputs": [
+                {"name": v.name, "shape": list(fixed[v.name]), "dtype": str(v.dtype.numpy())}
+                for v in cut.graph.inputs
+            ],
+            "outputs": [v.name for v in cut.graph.outputs],
+            "device": "cuda" if spec.kind == "cuda" else "cpu",
+        }
+        run = _runner(library, meta, spec, LoweringResult(library, meta, 0.0))
+        if run is None:
+            raise failure
+        return run
+
+    verdict = stepwise_check(model, batches, build, failure.tolerance)
+    if not verdict.ok:
+        message = str(failure).rsplit(";", 1)[0]
+        error = LoweringError(
+            f"{message}; per quantized tensor: {verdict.describe()}; nothing was written"
+        )
+        error.integer_ops = failure.integer_ops
+        raise error
+    return verdict
 
 
 def _calibration_rows(calib, specs, samples: int) -> list[dict]:
