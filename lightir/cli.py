@@ -338,12 +338,20 @@ def run(argv: list[str]) -> int:
             progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
         )
         if not args.quiet:
-            check = (
-                f"matches onnxruntime (run on {lowered.checked_on}): rel error "
-                f"{lowered.rel_error:.2e} <= {lowered.tolerance:.2g}"
-                if lowered.checked
-                else "; ".join(lowered.notes)
-            )
+            if not lowered.checked:
+                check = "; ".join(lowered.notes)
+            elif lowered.stepwise:  # kept per quantized tensor: the note says how
+                check = f"checked against onnxruntime (run on {lowered.checked_on}): " + (
+                    "; ".join(lowered.notes)
+                )
+            else:
+                check = "; ".join(
+                    [
+                        f"matches onnxruntime (run on {lowered.checked_on}): rel error "
+                        f"{lowered.rel_error:.2e} <= {lowered.tolerance:.2g}",
+                        *lowered.notes,  # e.g. the integer build was not kept, and why
+                    ]
+                )
             tuning = lowered.metadata["tuning"]
             tuned = (
                 f"; tuning: {tuning['tuned_now']} task(s) tuned now, "

@@ -58,11 +58,13 @@ class StepwiseResult:
 
     def describe(self) -> str:
         """One line for notes and errors."""
+        worst = f", worst '{self.worst_tensor}'" if self.max_steps else ""
+        bound = "<=" if self.float_rel <= self.float_tolerance else ">"
         return (
             f"{self.tensors} quantized tensors fed onnxruntime's inputs: at most "
             f"{self.max_steps} step(s) from onnxruntime's int8 run ({self.off_by_one} of "
-            f"{self.elements} elements one step apart, worst '{self.worst_tensor}'); float "
-            f"outputs rel {self.float_rel:.3g} <= {self.float_tolerance:.2g}"
+            f"{self.elements} elements one step apart{worst}); float outputs rel "
+            f"{self.float_rel:.3g} {bound} {self.float_tolerance:.2g}"
         )
 
     def as_dict(self) -> dict:

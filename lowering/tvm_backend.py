@@ -235,7 +235,7 @@ def _build_and_check(
                 result.stepwise = stepwise.as_dict()
                 result.notes.append(
                     f"outputs rel error {result.rel_error:.3g} > {result.tolerance:.2g} "
-                    f"(int8 rounding ties amplified); accepted per quantized tensor: "
+                    f"(an int8 model can amplify a rounding tie); kept per quantized tensor: "
                     f"{stepwise.describe()}"
                 )
         if spec.kind == "cuda":

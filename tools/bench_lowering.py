@@ -187,6 +187,16 @@ def bench_int8(name: str, trial_counts: list[int], threads: int) -> None:
                     )
             for key, why in failed.items():
                 print(f"{'':<18} {key} FAILED its check against onnxruntime: {why}", flush=True)
+            stepwise = builds["int8"].metadata.get("check", {}).get("stepwise")
+            if stepwise and "int8" not in failed:
+                check = builds["int8"].metadata["check"]
+                print(
+                    f"{'':<18} int8 outputs rel {check['rel_error']:.3g} > {check['tolerance']:.2g}"
+                    f"; kept per quantized tensor: {stepwise['tensors']} tensors, at most "
+                    f"{stepwise['max_steps']} step(s), {stepwise['off_by_one']} of "
+                    f"{stepwise['elements']} elements one step apart",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
