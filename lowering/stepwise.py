@@ -6,7 +6,7 @@ QLinearConv multiplies the accumulator by one fused scale, its QLinearAdd uses 2
 fixed-point multipliers, TVM's epilogue computes ``(acc - shift) * scale + bias`` and LLVM
 may contract that into an FMA. A step that differs early is then carried and amplified by
 every later layer. Measured with onnxruntime alone, moving each activation scale by one ulp
-moved the zoo ResNet's int8 logits by 0.9-1.7% and PP-OCRv6's tiny recognizer's
+moved the zoo ResNet's int8 logits by 0.14-1.7% and PP-OCRv6's tiny recognizer's
 probabilities by up to 94%, beyond any exact tolerance. Judged only at its outputs, a correct
 integer build of such a model fails as often as its ties fall the other way.
 
