@@ -188,18 +188,32 @@ def vnni_kernels(executable) -> dict[str, int]:
     Counted in the assembly LLVM emits for each function (about 1.5 s on a small model):
     MetaSchedule's tensorized schedules and LLVM's own vectorizer both emit it.
     """
-    import re
-
     counts = {"kernels": 0, "vpdpbusd": 0}
     for module in executable.mod.imports:
-        if module.kind != "llvm":
-            continue
-        parts = re.split(r"\n\t\.type\t([\w.$]+),@function\n", module.inspect_source("asm"))
-        for name, body in zip(parts[1::2], parts[2::2]):
-            if "conv2d" in name or "matmul" in name:
-                counts["kernels"] += 1
-                counts["vpdpbusd"] += "vpdpbusd" in body
+        if module.kind == "llvm":
+            kernels = _vnni_by_kernel(module.inspect_source("asm"))
+            counts["kernels"] += len(kernels)
+            counts["vpdpbusd"] += sum(kernels.values())
     return counts
+
+
+def _vnni_by_kernel(asm: str) -> dict[str, bool]:
+    """{conv / matmul kernel: whether its code uses vpdpbusd} in an x86 assembly listing."""
+    import re
+
+    parts = re.split(r"\n\t\.type\t([\w.$]+),@function\n", asm)
+    # A parallel loop's body is a function of its own (.L__tvm_parallel_lambda.N), emitted
+    # after the kernel that launches it: that is where a tuned kernel's vpdpbusd is.
+    kernels: dict[str, bool] = {}
+    owner = None
+    for name, body in zip(parts[1::2], parts[2::2]):
+        if "__tvm_parallel_lambda" not in name:
+            owner = name if ("conv2d" in name or "matmul" in name) else None
+            if owner is not None:
+                kernels.setdefault(owner, False)
+        if owner is not None and "vpdpbusd" in body:
+            kernels[owner] = True
+    return kernels
 
 
 def _inside(size, kernel, out, padding, strides, dilation) -> np.ndarray:

@@ -262,7 +262,7 @@ def test_vnni_tensorized_conv_schedules_all_build_and_compute_the_untuned_result
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
-    from lightir.lowering.integer import nhwc, vnni_layout
+    from lightir.lowering.integer import _vnni_by_kernel, nhwc, vnni_layout
     from lightir.lowering.tuning import (
         TENSORIZED_OUTER,
         _tune_contexts,
@@ -301,7 +301,13 @@ def test_vnni_tensorized_conv_schedules_all_build_and_compute_the_untuned_result
             assert all(p.apply(sch) for p in postprocs)
             assert TENSORIZED_OUTER in sch.mod.script()
             library = fast_build(sch.mod, target, None)  # raised before serial_tensorized
-            assert "vpdpbusd" in library.inspect_source("asm")
+            asm = library.inspect_source("asm")
+            assert "vpdpbusd" in asm
+            # The kernel (here "main") launches a parallel lambda that holds the dot product:
+            # the count credits the kernel with it.
+            assert _vnni_by_kernel(asm.replace("main_compute_", "fused_conv2d_vnni_")) == {
+                "fused_conv2d_vnni_": True
+            }
             built += 1
             if _has_vnni():
                 want = [tvm.runtime.tensor(a) for a in args]
@@ -310,3 +316,57 @@ def test_vnni_tensorized_conv_schedules_all_build_and_compute_the_untuned_result
                 library(*got)
                 assert np.array_equal(got[-1].numpy(), want[-1].numpy())
     assert built == 4 * len(tensorized)
+
+
+def test_a_candidate_with_the_pad_inlined_into_the_vnni_block_is_rejected():
+    """The search may inline a conv's zero pad into the block marked for VNNI (its reads
+    become if_then_else); the dot product cannot match that, and RewriteTensorize would only
+    warn and leave plain loops to be measured. lightir's postprocessor rejects the candidate;
+    the same sketch without the inlining passes."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    from lightir.lowering.integer import nhwc, vnni_layout
+    from lightir.lowering.tuning import _tune_contexts, _x86_intrinsics_only, serial_tensorized
+
+    b = GraphBuilder("conv16", seed=3)
+    b.output(b.conv(b.input("x", [1, 16, 8, 8]), 32, 3, bias=True), "y")  # pad 1
+    model = lightir.optimize(b.build(), "int8").model
+    module, _ = integer_qdq(imported(model))
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    with target:
+        fused = relax.get_pipeline("zero")(vnni_layout(nhwc(module)))
+    (task,) = [
+        t for t in ms.relax_integration.extract_tasks(fused, target) if "conv2d" in t.task_name
+    ]
+    with _x86_intrinsics_only(), tempfile.TemporaryDirectory() as work:
+        (context,), _ = _tune_contexts([task], work)
+        sketches = context.space_generator.generate_design_space(context.mod)
+    sketch = next(s for s in sketches if "dot_16x4_vnni" in str(s.trace))
+    results = []
+    for inline in (False, True):
+        sch = Schedule(context.mod, seed=1)
+        sketch.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=None)
+        if inline:
+            pad = next(
+                block.name_hint
+                for block in _blocks(sch.mod["main"].body)
+                if block.name_hint.lower().startswith("pad")
+            )
+            sch.compute_inline(sch.get_sblock(pad))
+            assert "if_then_else" in sch.mod.script()
+        results.append(serial_tensorized().apply(sch))
+    assert results == [True, False]
+
+
+def _blocks(stmt, found=None) -> list:
+    found = [] if found is None else found
+    if isinstance(stmt, tvm.s_tir.SBlockRealize):
+        found.append(stmt.block)
+        _blocks(stmt.block.body, found)
+    elif isinstance(stmt, tvm.tirx.SeqStmt):
+        for child in stmt.seq:
+            _blocks(child, found)
+    elif hasattr(stmt, "body"):
+        _blocks(stmt.body, found)
+    return found
