@@ -27,6 +27,7 @@ cut one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -69,15 +70,7 @@ class StepwiseResult:
 
     def as_dict(self) -> dict:
         """The figures, for the library's metadata."""
-        return {
-            "tensors": self.tensors,
-            "elements": self.elements,
-            "max_steps": self.max_steps,
-            "off_by_one": self.off_by_one,
-            "worst_tensor": self.worst_tensor,
-            "float_rel_error": self.float_rel,
-            "float_tolerance": self.float_tolerance,
-        }
+        return dataclasses.asdict(self)
 
 
 def cut_points(model: ir.Model) -> list[ir.Value]:
@@ -135,7 +128,7 @@ def stepwise_check(
     cut, names = cut_model(model)
     if not names:
         raise ValueError("the model has no quantized activations to cut at")
-    probes = {name: value for name, value in ((v.name, v) for v in cut_points(model))}
+    probes = {v.name: v for v in cut_points(model)}
     taps = OrtModel(model, optimize="all", probes=probes).run_all(list(batches))
     feeds = []
     for batch, tapped in zip(batches, taps):

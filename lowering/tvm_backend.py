@@ -495,7 +495,6 @@ def _check(model, run, metadata, result, samples, seed, dims, calib=None) -> Non
         )
         error.batches, error.tolerance = batches, tolerance
         raise error
-    return batches
 
 
 def _stepwise(model, batches, shapes, spec, tuning_db, workdir: Path, failure: LoweringError):
@@ -504,7 +503,7 @@ def _stepwise(model, batches, shapes, spec, tuning_db, workdir: Path, failure: L
     The cut copy (:mod:`lightir.lowering.stepwise`) is built as the build was, from the same
     tuning database without new trials, and run where the build ran.
     """
-    from lightir.lowering.stepwise import stepwise_check
+    from lightir.lowering.stepwise import cut_points, stepwise_check
 
     def build(cut, cut_shapes):
         fixed = {**{k: tuple(v) for k, v in shapes.items()}, **cut_shapes}
@@ -524,7 +523,14 @@ def _stepwise(model, batches, shapes, spec, tuning_db, workdir: Path, failure: L
             raise failure
         return run
 
-    verdict = stepwise_check(model, batches, build, failure.tolerance)
+    if not cut_points(model):  # integer ops on graph inputs only: nothing to cut at
+        raise failure
+    try:
+        verdict = stepwise_check(model, batches, build, failure.tolerance)
+    except LoweringError:
+        raise
+    except Exception as exc:  # the cut copy would not import or build: the outputs decide
+        raise failure from exc
     if not verdict.ok:
         message = str(failure).rsplit(";", 1)[0]
         error = LoweringError(
