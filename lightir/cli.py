@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="MetaSchedule trials for the kernels --tuning-db lacks (needs lightir[tune])",
     )
     parser.add_argument(
+        "--tune-minutes",
+        type=float,
+        metavar="M",
+        help="stop --tune after about M minutes (the batch in flight ends; records kept); "
+        "tuning on this machine also stops once the kernels add up to onnxruntime's time",
+    )
+    parser.add_argument(
         "--tuning-db", metavar="DIR", help="tuning database, reused across runs and models"
     )
     parser.add_argument(
@@ -253,6 +260,8 @@ def run(argv: list[str]) -> int:
         _check_output_path(args.output, args.model)
     if (args.tune or args.tuning_db) and not args.target:
         raise UsageError("--tune and --tuning-db need --target")
+    if args.tune_minutes is not None and (not args.tune or args.tune_minutes <= 0):
+        raise UsageError("--tune-minutes M caps --tune N: give both, with M > 0")
     if args.target:
         if not args.output or not args.output.endswith(".so"):
             raise UsageError("--target needs -o NAME.so, the library to write")
@@ -333,6 +342,7 @@ def run(argv: list[str]) -> int:
             calib=bind_calibration(args.calib, result.model),  # its preprocess is stored
             pipeline=report.pipeline,
             tune_trials=args.tune,
+            tune_seconds=args.tune_minutes * 60 if args.tune_minutes else None,
             tuning_db=args.tuning_db,
             rpc=rpc,
             progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
@@ -356,6 +366,7 @@ def run(argv: list[str]) -> int:
             tuned = (
                 f"; tuning: {tuning['tuned_now']} task(s) tuned now, "
                 f"{tuning['already_tuned']} of {tuning['tasks']} from the database"
+                + _tuning_stop(tuning)
                 if tuning
                 else ""
             )
@@ -376,6 +387,18 @@ def run(argv: list[str]) -> int:
     for failure in report.failures:
         print(f"{PROG}: {failure}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _tuning_stop(tuning: dict) -> str:
+    """Why tuning ended before its trials, for the compile line; "" when it did not."""
+    if tuning.get("stopped") == "goal":
+        return (
+            f", stopped at onnxruntime's time (kernels {tuning['estimate_ms']:.3f} ms, "
+            f"onnxruntime {tuning['goal_ms']:.3f} ms)"
+        )
+    if tuning.get("stopped") == "time":
+        return f", stopped when --tune-minutes ran out after {tuning['seconds']:.0f} s"
+    return ""
 
 
 def _require_tvm() -> None:

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +48,9 @@ class TuningStats:
     already_tuned: int = 0
     tuned_now: list[str] = field(default_factory=list)
     trials: int = 0
+    stopped: str = ""  # why tuning ended before its trials: "time" or "goal"
+    estimate: float | None = None  # seconds: sum over tasks of best kernel time x calls
+    search: dict = field(default_factory=dict)  # the evolutionary search's sizes
 
 
 def tune(
@@ -56,15 +60,23 @@ def tune(
     trials: int,
     progress: Callable[[str], None] | None = None,
     rpc=None,
+    search: dict | None = None,
+    max_seconds: float | None = None,
+    goal_seconds: float | None = None,
 ) -> tuple[object, TuningStats]:
     """Tune the tasks of ``fused_mod`` missing from ``database_dir``; return (database, stats).
 
     ``progress`` gets one line per measured batch (task, trials so far, best time); MetaSchedule's
     own logs go to ``database_dir/logs`` only. ``rpc`` (a :class:`lightir.lowering.rpc.
-    RPCTracker`) measures on the tracker's servers instead of this machine.
+    RPCTracker`) measures on the tracker's servers instead of this machine. ``search``
+    overrides the sizes of MetaSchedule's evolutionary search (default:
+    :func:`search_sizes`). Tuning stops after the batch in flight once ``max_seconds`` have
+    passed, or once every task has a measured kernel and the sum of the best kernel times
+    (times the calls of each) is at most ``goal_seconds`` (onnxruntime's time for the model).
     """
     from tvm.s_tir import meta_schedule as ms
 
+    started = time.perf_counter()
     os.makedirs(database_dir, exist_ok=True)
     database = ms.database.JSONDatabase(work_dir=database_dir)
     tasks = ms.relax_integration.extract_tasks(fused_mod, target)
@@ -75,14 +87,24 @@ def tune(
         return database, stats
     missing.sort(key=lambda t: -_flops(t) * t.weight)
     per_task = max(1, trials // len(missing))
+    stats.search = dict(search_sizes(per_task) if search is None else search)
     with _x86_intrinsics_only():
-        contexts, weights = _tune_contexts(missing, database_dir)
+        contexts, weights = _tune_contexts(missing, database_dir, stats.search)
     cores = max(1, (os.cpu_count() or 1))
     names = [t.task_name for t in missing]
     state = _Interrupt()
+    budget = _Budget(
+        weights=[float(w) for w in weights],
+        tuned_seconds=sum(
+            _best_seconds(database, t, target) * t.weight for t in tasks if t not in missing
+        ),
+        max_seconds=max_seconds,
+        goal_seconds=goal_seconds,
+        started=started,
+    )
     callbacks = [
         *ms.measure_callback.MeasureCallback.create("default"),
-        _batch_callback(names, min(trials, per_task * len(names)), progress, state),
+        _batch_callback(names, min(trials, per_task * len(names)), progress, state, budget),
     ]
     console = logging.getLogger("tvm.s_tir.meta_schedule")
     level = console.level
@@ -107,6 +129,8 @@ def tune(
     finally:
         console.setLevel(level)
     stats.trials = _measured(database)
+    stats.stopped = budget.stopped
+    stats.estimate = budget.estimate()
     if state.lost:
         from lightir.lowering.rpc import RPCLost
 
@@ -115,7 +139,7 @@ def tune(
             f"the {stats.trials} records measured are kept in {database_dir}: start the "
             "tracker and servers again and rerun with the same --tuning-db to go on"
         )
-    if state.requested:
+    if state.requested and not budget.stopped:
         raise TuningInterrupted(
             f"tuning interrupted; the {stats.trials} records measured are kept in "
             f"{database_dir}: a run with the same --tuning-db tunes only the tasks that have "
@@ -142,6 +166,55 @@ def _rpc_errors(rpc, database, database_dir: str):
             f"tuning over --rpc {rpc.describe()} failed ({first}); the {kept} records "
             f"measured are kept in {database_dir}"
         ) from exc
+
+
+def search_sizes(per_task: int) -> dict:
+    """Sizes of MetaSchedule's evolutionary search for ``per_task`` trials per task.
+
+    Its defaults (a population of 512 evolved 4 times, at least 50 fresh candidates) are
+    made for 1000+ trials a task; at 4 trials a task they spent 15.6 s of every
+    4-candidate batch on the zoo ResNet (fp32, 64 trials over 15 tasks), and a population
+    of 64 evolved twice took 4.7 s with the same tuned latency (5.16 and 5.01 ms). At 256
+    trials (17 a task) 32 evolved once reached 2.26 ms where 64 evolved twice reached 3.09
+    (tools/README.md). The population grows with the trials a task gets, back to the
+    defaults at 256 a task.
+    """
+    if per_task >= 256:
+        return {}
+    population = min(512, max(32, 2 * per_task))
+    return dict(
+        population_size=population,
+        init_min_unmeasured=min(50, max(8, population // 4)),
+        genetic_num_iters=1 if per_task < 64 else 2,
+    )
+
+
+@dataclass
+class _Budget:
+    """When to stop before the trials are spent: time, or the model as fast as the goal."""
+
+    weights: list[float]
+    tuned_seconds: float = 0.0  # already-tuned tasks: best time x calls
+    max_seconds: float | None = None
+    goal_seconds: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+    best: dict[int, float] = field(default_factory=dict)
+    stopped: str = ""
+
+    def estimate(self) -> float | None:
+        """Seconds per model run from the best kernels; None until every task has one."""
+        if len(self.best) < len(self.weights):
+            return None
+        return self.tuned_seconds + sum(self.weights[i] * t for i, t in self.best.items())
+
+    def exhausted(self) -> str:
+        if self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds:
+            return "time"
+        estimate = self.estimate()
+        if self.goal_seconds is not None and estimate is not None:
+            if estimate <= self.goal_seconds:
+                return "goal"
+        return ""
 
 
 class TuningInterrupted(LightirError):
@@ -274,7 +347,7 @@ def _builds(impl) -> bool:
     return True
 
 
-def _tune_contexts(tasks, work_dir: str):
+def _tune_contexts(tasks, work_dir: str, search: dict | None = None):
     """MetaSchedule's tune contexts, with :class:`SerialTensorized` before the vectorizer.
 
     The contexts are made as MetaSchedule makes them (its rules, postprocessors and mutators
@@ -282,7 +355,12 @@ def _tune_contexts(tasks, work_dir: str):
     """
     from tvm.s_tir import meta_schedule as ms
 
-    make = ms.relax_integration.extracted_tasks_to_tune_contexts
+    def make(tasks, **kwargs):
+        strategy = ms.search_strategy.EvolutionarySearch(**search) if search else "evolutionary"
+        return ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, strategy=strategy, **kwargs
+        )
+
     contexts, weights = make(tasks, work_dir=work_dir, seed=0)
     if not any(
         rule.__class__.__name__ == "MultiLevelTilingWithIntrin"
@@ -395,14 +473,14 @@ def _tensorized_blocks(stmt, found: list[str]) -> list[str]:
     return found
 
 
-def _batch_callback(names: list[str], total: int, progress, state: _Interrupt):
-    """A MetaSchedule measure callback: report each measured batch; stop when interrupted."""
+def _batch_callback(names: list[str], total: int, progress, state: _Interrupt, budget: _Budget):
+    """A MetaSchedule measure callback: report each batch; stop on Ctrl-C, time or goal."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     from lightir.lowering.rpc import lost as rpc_lost
 
-    best: dict[int, float] = {}
+    best = budget.best
     done = [0]
 
     @derived_object
@@ -433,6 +511,12 @@ def _batch_callback(names: list[str], total: int, progress, state: _Interrupt):
                     f"tuning {done[0]}/{total} trials: task {task_id + 1}/{len(names)} "
                     f"{names[task_id]}, best {shown}"
                 )
+            if not state.requested:
+                budget.stopped = budget.exhausted()
+                if budget.stopped:
+                    state.requested = True
+                    if progress is not None:
+                        progress(_stop_line(budget))
             if state.requested and not state.stopped:
                 state.stopped = True
                 for index, record in enumerate(task_scheduler.tasks_):
@@ -440,6 +524,17 @@ def _batch_callback(names: list[str], total: int, progress, state: _Interrupt):
                         task_scheduler.terminate_task(index)
 
     return Progress()
+
+
+def _stop_line(budget: _Budget) -> str:
+    estimate = budget.estimate()
+    if budget.stopped == "goal":
+        return (
+            f"tuning stopped: the tuned kernels add up to {estimate * 1e3:.3f} ms, the goal "
+            f"(onnxruntime's time) is {budget.goal_seconds * 1e3:.3f} ms"
+        )
+    shown = f"; the tuned kernels add up to {estimate * 1e3:.3f} ms" if estimate else ""
+    return f"tuning stopped: its {budget.max_seconds:.0f} s are spent{shown}"
 
 
 def apply_database(mod, target, database) -> tuple[object, list[str]]:
@@ -468,6 +563,18 @@ def _measured(database) -> int:
         for record in database.get_all_tuning_records()
         if record.run_secs and all(float(s) < 1e9 for s in record.run_secs)
     )
+
+
+def _best_seconds(database, task, target) -> float:
+    """The best measured time of ``task``'s kernel in ``database``; 0.0 when it has none."""
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return 0.0
+    records = database.get_top_k(database.commit_workload(mod), 1)
+    if not records or not records[0].run_secs:
+        return 0.0
+    secs = [float(s) for s in records[0].run_secs]
+    return sum(secs) / len(secs) if all(s < 1e9 for s in secs) else 0.0
 
 
 def _tuned(database, task, target) -> bool:

@@ -38,6 +38,7 @@ import onnx_ir as ir
 
 from lightir.data import concrete_shape, input_specs, synthesize
 from lightir.errors import InputError, LightirError, UsageError
+from lightir.lowering.layout import LAYOUTS, channels_last
 from lightir.lowering.relax_util import mutate_functions
 from lightir.lowering.targets import TargetSpec, resolve
 
@@ -99,16 +100,24 @@ def compile_model(
     rpc=None,
     integer: bool = True,
     calib=None,
+    layout: str = "nhwc",
+    tune_seconds: float | None = None,
+    tune_goal: bool | float = True,
 ) -> LoweringResult:
     """Build ``model`` for ``target`` into ``output`` (a ``.so``) and check it when it can run.
 
     Dynamic dims are fixed for the build: the batch to 1, others from ``dims``. With
     ``tuning_db``, kernels come from that MetaSchedule database, after ``tune_trials`` trials
     on the tasks it lacks (:mod:`lightir.lowering.tuning`); ``progress`` gets a line per
-    measured batch. ``rpc`` (:class:`lightir.lowering.rpc.RPCTracker`) measures the trials
-    on the tracker's servers instead of this machine. ``integer`` computes the QDQ
+    measured batch; it stops after ``tune_seconds``, and (``tune_goal``, tuning on this
+    machine) once the tuned kernels add up to onnxruntime's time for the model, measured
+    here first (a number: to that many seconds). ``rpc``
+    (:class:`lightir.lowering.rpc.RPCTracker`) measures the trials on the tracker's servers
+    instead of this machine. ``integer`` computes the QDQ
     convolutions and matmuls of an int8 model in integers (:mod:`lightir.lowering.integer`);
-    ``False`` keeps TVM's float fake-quant, to compare against. ``calib``
+    ``False`` keeps TVM's float fake-quant, to compare against. ``layout``: the float
+    convolutions of a model with no integer ops are built channels-last on x86
+    (``"nhwc"``, :mod:`lightir.lowering.layout`) or as the model has them (``"nchw"``). ``calib``
     (:class:`lightir.data.CalibrationData`): the check runs on its first ``samples`` rows,
     inputs in the model's working range, instead of synthesized ones (an int8 model fed
     N(0, 1) noise sits where rounding ties amplify: PP-OCR's orientation classifier's
@@ -130,6 +139,8 @@ def compile_model(
     shapes = {s.name: concrete_shape(s, 1, dict(dims or {})) for s in specs}
     if calib is not None:
         calib = calib.bind(specs)
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     if tune_trials and tuning_db is None:
         raise UsageError("--tune needs --tuning-db DIR, where the records are kept")
     if rpc is not None and not tune_trials:
@@ -154,7 +165,13 @@ def compile_model(
         tune_trials=tune_trials,
         progress=progress,
         rpc=rpc,
+        layout=layout,
+        budget={"max_seconds": tune_seconds},
     )
+    if tune_trials and tune_goal is True and rpc is None and spec.kind == "x86":
+        build["budget"]["goal_seconds"] = onnxruntime_seconds(model, shapes)
+    elif tune_trials and tune_goal:
+        build["budget"]["goal_seconds"] = float(tune_goal)
     try:
         result = _build_and_check(model, integer=integer, **build)
     except LoweringError as exc:
@@ -192,11 +209,24 @@ def _build_and_check(
     tune_trials,
     progress,
     rpc,
+    layout,
+    budget,
 ) -> LoweringResult:
     """One build of ``model``, exported to ``output`` only when its check passes."""
     tuning, facts = {}, {"integer_ops": 0}
     executable = _build(
-        model, shapes, spec, tuning_db, tune_trials, tuning, progress, rpc, integer, facts
+        model,
+        shapes,
+        spec,
+        tuning_db,
+        tune_trials,
+        tuning,
+        progress,
+        rpc,
+        integer,
+        facts,
+        layout=layout,
+        budget=budget,
     )
     metadata = {
         "inputs": [
@@ -212,6 +242,7 @@ def _build_and_check(
         "versions": _versions(),
         "tuning": tuning,
         "integer_ops": facts["integer_ops"],  # QDQ convs / matmuls computed in integers
+        "layout": facts["layout"],
     }
     if facts["integer_ops"] and spec.kind == "x86":
         from lightir.lowering.integer import vnni_kernels
@@ -301,6 +332,8 @@ def _build(
     rpc=None,
     integer: bool = True,
     facts: dict | None = None,
+    layout: str = "nhwc",
+    budget: dict | None = None,
 ):
     import tvm
     from tvm import relax
@@ -324,6 +357,15 @@ def _build(
             mod = nhwc(mod)
         if count and spec.kind == "x86":
             mod = vnni_layout(mod)
+    integer_ops = (facts or {}).get("integer_ops", 0)
+    if spec.kind == "x86" and layout == "nhwc" and not integer_ops:
+        mod = channels_last(mod)
+    if facts is not None:  # the convs' layout: channels-last, or the integer rewrite's NHWC
+        facts["layout"] = (
+            "nhwc"
+            if spec.kind != "cuda" and integer_ops or spec.kind == "x86" and layout == "nhwc"
+            else "nchw"
+        )
     target = spec.tvm_target()
     if spec.kind != "cuda":  # GPU reductions are trees across threads: accurate already
         mod = accurate_reductions(mod)
@@ -345,7 +387,7 @@ def _build(
     started = time.perf_counter()
     with target:
         fused = relax.get_pipeline("zero")(mod)
-    database, stats = tune(fused, target, str(tuning_db), trials, progress, rpc)
+    database, stats = tune(fused, target, str(tuning_db), trials, progress, rpc, **(budget or {}))
     # The "zero" pipeline fuses the imported module again, exactly as for the tasks, and
     # replaces each fused function that has a record (fusing an already fused module yields
     # other functions, which match no record).
@@ -358,8 +400,39 @@ def _build(
         trials=trials if stats.tuned_now else 0,
         applied=len(applied),
         seconds=round(time.perf_counter() - started, 1),
+        **({"stopped": stats.stopped} if stats.stopped else {}),
+        **({"search": stats.search} if stats.tuned_now else {}),
+        **(
+            {"estimate_ms": round(stats.estimate * 1e3, 4)}
+            if stats.estimate is not None and stats.tuned_now
+            else {}
+        ),
+        **(
+            {"goal_ms": round(budget["goal_seconds"] * 1e3, 4)}
+            if (budget or {}).get("goal_seconds")
+            else {}
+        ),
     )
     return tvm.compile(mod, target)
+
+
+def onnxruntime_seconds(model: ir.Model, shapes: dict) -> float:
+    """Median seconds of one run of ``model`` in onnxruntime here: the goal tuning stops at.
+
+    onnxruntime as it is deployed: every graph optimization, its default threads, spinning
+    on; synthesized inputs at the build's shapes; at least half a second of runs.
+    """
+    from lightir.onnx_bridge import ort
+    from lightir.search.latency import timed
+
+    fixed = _at_fixed_dims(model, shapes)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        ir.to_proto(fixed).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    feeds = synthesize(input_specs(fixed), 1)[0]
+    return timed(lambda: session.run(None, feeds), min_seconds=0.5, max_runs=2000)
 
 
 def accurate_reductions(mod):
