@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -144,6 +145,46 @@ def test_a_key_with_no_server_is_a_one_line_error(loopback, tmp_path):
     assert done.returncode == 2, done.stderr
     assert f"no server is registered under key '{KEY}'" in done.stderr
     assert "python -m tvm.exec.rpc_server --tracker 127.0.0.1:" in done.stderr
+
+
+def records(db: Path) -> dict[str, list[float]]:
+    """Measured seconds per workload (structural hash) in a MetaSchedule JSON database."""
+    workloads = [
+        json.loads(line)[0] for line in (db / "database_workload.json").read_text().splitlines()
+    ]
+    found: dict[str, list[float]] = {}
+    for line in (db / "database_tuning_record.json").read_text().splitlines():
+        index, (_trace, run_secs, *_) = json.loads(line)
+        found.setdefault(workloads[index], []).extend(run_secs or [])
+    return found
+
+
+def test_tuning_over_loopback_rpc_gives_records_local_tuning_gives(loopback, tmp_path):
+    """A handful of trials (CI), measured here and on two loopback servers: the servers do
+    the measuring, both databases hold measured records for the same kernels, and either
+    one builds the model with every kernel tuned. (The candidates themselves differ from
+    run to run: MetaSchedule's search is threaded; two local runs share 3 of 17.)"""
+    from lightir.lowering import compile_model
+
+    loopback.add_servers(2)
+    model = lightir.optimize("zoo:digits", "reparam").model
+    trials = {"tune_trials": 18, "tune_goal": False}  # 9 tasks, 2 a task: one batch each
+    local = compile_model(model, tmp_path / "a.so", tuning_db=tmp_path / "local", **trials)
+    remote = compile_model(
+        model, tmp_path / "b.so", tuning_db=tmp_path / "rpc",
+        rpc=RPCTracker.parse(loopback.address()), **trials,
+    )  # fmt: skip
+    assert loopback.logs().count("finish serving") >= 9  # measured there, not here
+    tasks = local.metadata["tuning"]["tasks"]
+    for result in (local, remote):
+        assert result.checked and result.metadata["tuning"]["tuned_now"] == tasks
+    here, there = records(tmp_path / "local"), records(tmp_path / "rpc")
+    assert len(here) == tasks and set(here) == set(there)
+    for times in (*here.values(), *there.values()):
+        assert times and 0 < min(times) < 1.0  # each kernel has a candidate that ran
+    # The records measured remotely build the model here, every kernel tuned, and it checks.
+    again = compile_model(model, tmp_path / "c.so", tuning_db=tmp_path / "rpc")
+    assert again.checked and again.metadata["tuning"]["applied"] == tasks
 
 
 @pytest.mark.slow
