@@ -7,11 +7,15 @@
   models that share workloads share records.
 * Records are committed to ``DIR`` as they are measured (MetaSchedule's JSON database). Ctrl-C
   stops after the batch in flight and raises :class:`TuningInterrupted`; the records stay.
+* A time budget stops tuning after the batch in flight, and so does a goal (onnxruntime's
+  time for the model): once every task has a measured kernel and their times, each times
+  its calls, add up to it (:class:`_Budget`). The evolutionary search is sized to the trials
+  a task gets (:func:`search_sizes`).
 * The builder compiles candidates with a build function that skips the import of
   ``tvm.s_tir.tensor_intrin`` the default one does (about 40 s on this machine, in a worker
   pool re-created per batch: every candidate timed out at 30 s; see ../shared/TVM-NOTES.md).
 
-Needs ``lightir[tune]`` (xgboost for the cost model, psutil, cloudpickle).
+Needs ``lightir[tune]`` (xgboost-cpu for the cost model, psutil, cloudpickle).
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ counts the kernels that got a tuned schedule from the database.
 
     python tools/bench_lowering.py --models digits resnet --trials 0 32 128 512   # 62 min
 
+``--minutes M`` caps each build's tuning (``--tune-minutes``); tuning also stops once the
+tuned kernels add up to onnxruntime's time (``stopped``). ``--layout nhwc nchw`` builds the
+float convs both ways, each from its own empty database, timed side by side. Models are zoo
+or corpus names:
+
+    python tools/bench_lowering.py --models resnet mtcnn-onet --trials 4000 --minutes 10
+
 ``--int8`` times, side by side in one interleaved run per model and trial budget, the float
 model and its ``int8`` QDQ model under onnxruntime and through TVM, the int8 one both as TVM's
 float fake-quant and as lightir's integer rewrite (``lightir.lowering.integer``), and counts
@@ -39,6 +46,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["digits", "resnet"])
     parser.add_argument("--trials", nargs="*", type=int, default=[0, 32, 128])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--minutes", type=float, help="tuning time budget per build (--tune-minutes)"
+    )
+    parser.add_argument(
+        "--layout", nargs="*", default=["nhwc"], help="float conv layouts to build (nhwc nchw)"
+    )
     parser.add_argument("--int8", action="store_true", help="fp32 vs int8 builds, side by side")
     args = parser.parse_args()
     if args.int8:
@@ -46,56 +59,61 @@ def main() -> None:
             bench_int8(name, args.trials, args.threads)
         return
     print(
-        f"{'model':<10} {'trials':>6} {'tasks':>5} {'tune s':>7} {'build s':>8} "
-        f"{'warm s':>7} {'warm tuned':>10} {'applied':>7} {'tvm/ort':>8} {'ort ms':>7}"
+        f"{'model':<18} {'layout':>6} {'trials':>6} {'tasks':>5} {'tune s':>7} {'build s':>8} "
+        f"{'warm s':>7} {'warm tuned':>10} {'applied':>7} {'tvm/ort':>8} {'ort ms':>7}  stopped"
     )
     for name in args.models:
-        model = lightir.optimize(f"zoo:{name}", "reparam").model
-        spec = model.graph.inputs[0]
-        shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-        feeds = {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        folder = Path(tempfile.mkdtemp(prefix="lightir-bench-"))
+        try:
+            model, _, dims, feeds, _ = _models(name, folder, int8=False)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         session = ort_session(model, args.threads)
         for trials in args.trials:
+            compiled, rows = {}, []
             work = Path(tempfile.mkdtemp(prefix="lightir-bench-"))
             try:
-                db = work / "db" if trials else None
-                started = time.perf_counter()
-                built = compile_model(model, work / "m.so", "x86", tune_trials=trials, tuning_db=db)
-                build_s = time.perf_counter() - started
-                tuning = built.metadata["tuning"]
-                warm_s, warm_tuned = float("nan"), "-"
-                if trials:
+                for layout in args.layout:
+                    db = work / f"db-{layout}" if trials else None
+                    options = dict(
+                        dims=dims, tune_trials=trials, tuning_db=db, layout=layout,
+                        tune_seconds=args.minutes * 60 if args.minutes and trials else None,
+                    )  # fmt: skip
                     started = time.perf_counter()
-                    warm = compile_model(
-                        model, work / "w.so", "x86", tune_trials=trials, tuning_db=db
-                    )
-                    warm_s = time.perf_counter() - started
-                    warm_tuned = str(warm.metadata["tuning"]["tuned_now"])
-                compiled = load(work / "m.so")
-                medians = interleaved_medians(
-                    {
-                        "ort": lambda f, s=session: s.run(None, f),
-                        "tvm": lambda f, c=compiled: c.run(None, f),
-                    },
-                    feeds,
-                    blocks=15,
-                    per_block=20,
-                )
+                    built = compile_model(model, work / f"{layout}.so", "x86", **options)
+                    build_s = time.perf_counter() - started
+                    warm_s, warm_tuned = float("nan"), "-"
+                    if trials:
+                        started = time.perf_counter()
+                        warm = compile_model(model, work / f"w-{layout}.so", "x86", **options)
+                        warm_s = time.perf_counter() - started
+                        warm_tuned = str(warm.metadata["tuning"]["tuned_now"])
+                    compiled[layout] = load(work / f"{layout}.so")
+                    rows.append((layout, built.metadata["tuning"], build_s, warm_s, warm_tuned))
+                runners = {"ort": lambda f, s=session: s.run(None, f)}
+                runners.update({k: (lambda f, c=c: c.run(None, f)) for k, c in compiled.items()})
+                medians = interleaved_medians(runners, feeds, blocks=15, per_block=None)
                 base = medians["ort"]
-                ratios = {key: value / base for key, value in medians.items()}
-                print(
-                    f"{name:<10} {trials:>6} {tuning.get('tasks', '-'):>5} "
-                    f"{tuning.get('seconds', 0.0):>7.1f} {build_s:>8.1f} {warm_s:>7.1f} "
-                    f"{warm_tuned:>10} {tuning.get('applied', '-'):>7} {ratios['tvm']:>8.2f} "
-                    f"{base * 1e3:>7.3f}",
-                    flush=True,
-                )
+                for layout, tuning, build_s, warm_s, warm_tuned in rows:
+                    stopped = tuning.get("stopped", "")
+                    if stopped == "goal":
+                        stopped = f"goal: kernels {tuning['estimate_ms']:.3f} ms"
+                    elif stopped:
+                        stopped = "time"
+                    print(
+                        f"{name:<18} {layout:>6} {trials:>6} {tuning.get('tasks', '-'):>5} "
+                        f"{tuning.get('seconds', 0.0):>7.1f} {build_s:>8.1f} {warm_s:>7.1f} "
+                        f"{warm_tuned:>10} {tuning.get('applied', '-'):>7} "
+                        f"{medians[layout] / base:>8.2f} {base * 1e3:>7.3f}  {stopped}",
+                        flush=True,
+                    )
             finally:
                 shutil.rmtree(work, ignore_errors=True)
 
 
-def _models(name: str, folder: Path):
-    """(float model, int8 model, dims, feeds, calibration data or None) of a model."""
+def _models(name: str, folder: Path, int8: bool = True):
+    """(float model, int8 model, dims, feeds, calibration data or None) of a model; the
+    int8 model is None unless ``int8``."""
     from lightir.data import CalibrationData, input_specs
     from lightir.testing import corpus, tasks
 
@@ -110,14 +128,16 @@ def _models(name: str, folder: Path):
                 if isinstance(dim, str) and dim:
                     dims[dim] = int(size)
         fp32 = lightir.optimize(source, "reparam").model
-        int8 = lightir.optimize(source, "reparam,int8", calib=str(calib)).model
-        return fp32, int8, dims, first, data
+        quantized = None
+        if int8:
+            quantized = lightir.optimize(source, "reparam,int8", calib=str(calib)).model
+        return fp32, quantized, dims, first, data
     fp32 = lightir.optimize(f"zoo:{name}", "reparam").model
-    int8 = lightir.optimize(f"zoo:{name}", "reparam,int8").model
+    quantized = lightir.optimize(f"zoo:{name}", "reparam,int8").model if int8 else None
     spec = fp32.graph.inputs[0]
     shape = [d if isinstance(d, int) else 1 for d in spec.shape]
     feeds = {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    return fp32, int8, {}, feeds, None
+    return fp32, quantized, {}, feeds, None
 
 
 def bench_int8(name: str, trial_counts: list[int], threads: int) -> None:

@@ -78,3 +78,21 @@ def test_the_goal_is_onnxruntimes_time_for_the_model_here():
     fast = onnxruntime_seconds(small, {"input": (1, 1, 8, 8)})
     slow = onnxruntime_seconds(large, {"input": (1, 3, 32, 32)})
     assert 0 < fast < slow < 1.0
+
+
+def test_tune_minutes_without_tune_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.so"
+    for extra in ([], ["--tune", "8", "--tuning-db", str(tmp_path / "db")]):
+        minutes = "5" if not extra else "0"
+        done = subprocess.run(
+            [sys.executable, "-m", "lightir.cli", "zoo:digits", "-p", "reparam", "--target",
+             "x86", "-o", str(out), "--tune-minutes", minutes, *extra],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--tune-minutes M caps --tune N" in lines[0]
+        assert not out.exists()
