@@ -52,6 +52,7 @@ class TuningStats:
     already_tuned: int = 0
     tuned_now: list[str] = field(default_factory=list)
     trials: int = 0
+    measured_now: int = 0  # candidates measured by this call
     stopped: str = ""  # why tuning ended before its trials: "time" or "goal"
     estimate: float | None = None  # seconds: sum over tasks of best kernel time x calls
     search: dict = field(default_factory=dict)  # the evolutionary search's sizes
@@ -67,6 +68,7 @@ def tune(
     search: dict | None = None,
     max_seconds: float | None = None,
     goal_seconds: float | None = None,
+    again: bool = False,
 ) -> tuple[object, TuningStats]:
     """Tune the tasks of ``fused_mod`` missing from ``database_dir``; return (database, stats).
 
@@ -77,6 +79,7 @@ def tune(
     :func:`search_sizes`). Tuning stops after the batch in flight once ``max_seconds`` have
     passed, or once every task has a measured kernel and the sum of the best kernel times
     (times the calls of each) is at most ``goal_seconds`` (onnxruntime's time for the model).
+    ``again`` tunes every task on, from the records it has, instead of only those without.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -87,6 +90,8 @@ def tune(
     stats = TuningStats(tasks=len(tasks))
     missing = [t for t in tasks if not _tuned(database, t, target)]
     stats.already_tuned = len(tasks) - len(missing)
+    if again:
+        missing = list(tasks)
     if not trials or not missing:
         return database, stats
     missing.sort(key=lambda t: -_flops(t) * t.weight)
@@ -105,6 +110,10 @@ def tune(
         max_seconds=max_seconds,
         goal_seconds=goal_seconds,
         started=started,
+        # Tuning on: each task's best so far counts from the start.
+        best={i: t for i, t in enumerate(_best_seconds(database, m, target) for m in missing) if t}
+        if again
+        else {},
     )
     callbacks = [
         *ms.measure_callback.MeasureCallback.create("default"),
@@ -135,6 +144,7 @@ def tune(
     stats.trials = _measured(database)
     stats.stopped = budget.stopped
     stats.estimate = budget.estimate()
+    stats.measured_now = budget.done
     if state.lost:
         from lightir.lowering.rpc import RPCLost
 
@@ -204,6 +214,7 @@ class _Budget:
     started: float = field(default_factory=time.perf_counter)
     best: dict[int, float] = field(default_factory=dict)
     stopped: str = ""
+    done: int = 0  # candidates measured
 
     def estimate(self) -> float | None:
         """Seconds per model run from the best kernels; None until every task has one."""
@@ -495,6 +506,7 @@ def _batch_callback(names: list[str], total: int, progress, state: _Interrupt, b
             if not runner_results:
                 return
             done[0] += len(runner_results)
+            budget.done = done[0]
             errors = []
             for result in runner_results:
                 if result.error_msg is None and result.run_secs:

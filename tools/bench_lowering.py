@@ -50,6 +50,9 @@ def main() -> None:
         "--minutes", type=float, help="tuning time budget per build (--tune-minutes)"
     )
     parser.add_argument(
+        "--no-goal", action="store_true", help="tune on past onnxruntime's time (tune_goal)"
+    )
+    parser.add_argument(
         "--layout", nargs="*", default=["nhwc"], help="float conv layouts to build (nhwc nchw)"
     )
     parser.add_argument("--int8", action="store_true", help="fp32 vs int8 builds, side by side")
@@ -78,6 +81,7 @@ def main() -> None:
                     options = dict(
                         dims=dims, tune_trials=trials, tuning_db=db, layout=layout,
                         tune_seconds=args.minutes * 60 if args.minutes and trials else None,
+                        tune_goal=not args.no_goal,
                     )  # fmt: skip
                     started = time.perf_counter()
                     built = compile_model(model, work / f"{layout}.so", "x86", **options)

@@ -65,6 +65,11 @@ def test_tuning_stops_at_onnxruntime_and_when_its_time_is_spent(tmp_path):
     tuning = goal.metadata["tuning"]
     assert goal.checked and tuning["stopped"] == "goal", lines
     assert tuning["estimate_ms"] <= tuning["goal_ms"] == 1000.0
+    # The stop is checked on the built model, which met the goal: no more tuning.
+    (check,) = tuning["goal_checks"]
+    assert 0 < check["model_ms"] <= 1000.0 and check["kernels_ms"] == pytest.approx(
+        tuning["estimate_ms"], abs=1e-4
+    )
     batches = sum(line.startswith("tuning ") and "trials" in line for line in lines)
     assert batches == tuning["tasks"]  # one batch a task, round-robin: then every task has one
     assert "the goal (onnxruntime's time) is 1000.000 ms" in lines[-1]
