@@ -164,8 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune-minutes",
         type=float,
         metavar="M",
-        help="stop --tune after about M minutes (the batch in flight ends; records kept); "
-        "tuning on this machine also stops once the kernels add up to onnxruntime's time",
+        help="stop --tune after about M minutes (the batch in flight ends; records kept)",
     )
     parser.add_argument(
         "--tuning-db", metavar="DIR", help="tuning database, reused across runs and models"

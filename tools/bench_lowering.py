@@ -8,10 +8,10 @@ counts the kernels that got a tuned schedule from the database.
 
     python tools/bench_lowering.py --models digits resnet --trials 0 32 128 512   # 62 min
 
-``--minutes M`` caps each build's tuning (``--tune-minutes``); tuning also stops once the
-tuned kernels add up to onnxruntime's time (``stopped``). ``--layout nhwc nchw`` builds the
-float convs both ways, each from its own empty database, timed side by side. Models are zoo
-or corpus names:
+``--minutes M`` caps each build's tuning (``--tune-minutes``); with ``--goal`` tuning also
+stops once the built model is as fast as onnxruntime (``stopped``). ``--layout nhwc nchw``
+builds the float convs both ways, each from its own empty database, timed side by side.
+Models are zoo or corpus names:
 
     python tools/bench_lowering.py --models resnet mtcnn-onet --trials 4000 --minutes 10
 
@@ -50,7 +50,7 @@ def main() -> None:
         "--minutes", type=float, help="tuning time budget per build (--tune-minutes)"
     )
     parser.add_argument(
-        "--no-goal", action="store_true", help="tune on past onnxruntime's time (tune_goal)"
+        "--goal", action="store_true", help="stop tuning at onnxruntime's time (tune_goal)"
     )
     parser.add_argument(
         "--layout", nargs="*", default=["nhwc"], help="float conv layouts to build (nhwc nchw)"
@@ -81,7 +81,7 @@ def main() -> None:
                     options = dict(
                         dims=dims, tune_trials=trials, tuning_db=db, layout=layout,
                         tune_seconds=args.minutes * 60 if args.minutes and trials else None,
-                        tune_goal=not args.no_goal,
+                        tune_goal=args.goal,
                     )  # fmt: skip
                     started = time.perf_counter()
                     built = compile_model(model, work / f"{layout}.so", "x86", **options)
